@@ -1,0 +1,39 @@
+"""bitro: gene expression from H&E histology at spot, slide and single-cell resolution.
+
+Submodules (``io``, ``pp``, ``tl``, ``pl``, ``datasets``, ``models``) load on first access, so
+``import bitro`` stays light: the science stack (torch, lightning, peft, cellpose,
+spatialdata-io) is imported only by the functions that need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+from ._logging import logger
+from ._settings import settings
+
+try:
+    __version__ = version("bitro")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+_SUBMODULES = ("datasets", "io", "models", "pl", "pp", "tl")
+
+__all__ = ["__version__", "logger", "settings", *_SUBMODULES]
+
+if TYPE_CHECKING:
+    from . import datasets, io, models, pl, pp, tl
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module  # later accesses skip __getattr__
+        return module
+    raise AttributeError(f"module 'bitro' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

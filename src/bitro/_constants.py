@@ -1,0 +1,89 @@
+"""Every element, table, column, ``obsm`` and ``uns`` key that bitro reads or writes.
+
+Other modules import these names instead of spelling strings, so a key changes in one place.
+Keys follow spatialdata's naming rules: ``[A-Za-z0-9_.-]``, no leading ``__``.
+"""
+
+from __future__ import annotations
+
+# --- SpatialData attrs ---------------------------------------------------------------------------
+ATTRS_KEY = "bitro"
+"""``sdata.attrs[ATTRS_KEY]`` holds the keys a step used, the pixel size and the package version."""
+
+ATTR_IMAGE = "image_key"
+ATTR_SPOTS = "spots_key"
+ATTR_TISSUE = "tissue_key"
+ATTR_TABLE = "table_key"
+ATTR_CELLS_SHAPES = "cells_shapes_key"
+ATTR_CELLS_TABLE = "cells_table_key"
+ATTR_MPP = "mpp"
+ATTR_COORDINATE_SYSTEM = "coordinate_system"
+ATTR_SAMPLE_ID = "sample_id"
+ATTR_VERSION = "version"
+
+# --- element names -------------------------------------------------------------------------------
+TABLE_KEY = "table"
+"""Spots x genes table (ST) or 1 x genes table annotating the tissue polygon (bulk)."""
+
+CELLS_TABLE_KEY = "bitro_cells"
+"""Cells table written by segmentation, annotating the ``{method}_boundaries`` shapes."""
+
+TRUE_CELLS_TABLE_KEY = "true_cells"
+"""Ground-truth cells table of the synthetic tissue (cells x genes of true expression)."""
+
+FULL_IMAGE_SUFFIX = "_full_image"
+"""Spot data: ``{sample_id}_full_image``, as spatialdata-io names the full-resolution Visium image."""
+
+HIRES_IMAGE_SUFFIX = "_hires_image"
+HE_IMAGE_SUFFIX = "_he_image"
+"""Whole slides: ``{sample_id}_he_image``."""
+
+TISSUE_SUFFIX = "_tissue"
+"""Whole slides: ``{sample_id}_tissue`` tissue polygon."""
+
+TRUE_CELLS_SUFFIX = "_true_cells"
+"""Synthetic tissue: ``{sample_id}_true_cells`` ground-truth nucleus polygons."""
+
+BOUNDARIES_SUFFIX = "_boundaries"
+"""Segmentation output: ``{method}_boundaries``, e.g. ``cellpose_boundaries`` (as sopa names it)."""
+
+# --- table columns -------------------------------------------------------------------------------
+REGION_KEY = "region"
+SPOT_ID_KEY = "spot_id"
+CELL_ID_KEY = "cell_id"
+TISSUE_ID_KEY = "tissue_id"
+SAMPLE_ID_KEY = "sample_id"
+PATIENT_ID_KEY = "patient_id"
+SLIDE_KEY = "slide_id"
+"""Cohort ``obs`` column naming the slide's ``sample_id`` (the prefix of its elements)."""
+
+CELL_TYPE_KEY = "cell_type"
+IN_TISSUE_KEY = "in_tissue"
+ARRAY_ROW_KEY = "array_row"
+ARRAY_COL_KEY = "array_col"
+CENTROID_X_PX, CENTROID_Y_PX = "x_px", "y_px"
+CENTROID_X_UM, CENTROID_Y_UM = "x_um", "y_um"
+AREA_UM2_KEY = "area_um2"
+N_CELLS_KEY = "n_cells"
+
+# --- layers / obsm / varm / uns ------------------------------------------------------------------
+TRUE_RATE_LAYER = "true_rate"
+"""Expected counts (Poisson rate) of each spot or sample: the summed true expression of its cells."""
+
+TYPE_FRACTION_KEY = "true_type_fraction"
+"""``obsm``: fraction of each cell type among the cells of a spot or slide (columns: ``uns`` cell types)."""
+
+TYPE_PROGRAM_KEY = "type_program"
+"""``varm``: expression rate of each gene per cell type (genes x cell types)."""
+
+MARKER_OF_KEY = "marker_of"
+"""``var``: the cell type a gene marks, or ``"none"``."""
+
+TOY_UNS_KEY = "toy"
+"""``uns``: parameters of the synthetic tissue (cell types, seeds, pixel size)."""
+
+FEATURES_KEY = "bitro_features"
+PRED_KEY = "bitro_pred"
+TARGET_KEY = "bitro_target"
+PEARSON_KEY = "bitro_pearson"
+EVAL_KEY = "bitro_eval"

@@ -1,0 +1,587 @@
+"""Synthetic H&E tissue with known ground truth: ``toy_st`` (spots) and ``toy_bulk_cohort`` (slides)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from .. import _constants as K
+from .._logging import logger
+from .._validate import check_choice, check_float, check_int, check_name
+from ._cell_types import cell_types, expression_programs
+from ._layout import Cells, blob, sample_cells
+from ._render import Scene, Stain
+
+_CHUNK = 1024
+_EAGER_MAX_PIXELS = 64_000_000  # above this the image stays a lazy dask array
+_ORIGIN_UM = (1500.0, 800.0)  # stage position of the image's corner: a non-identity transform on purpose
+
+
+def toy_st(
+    *,
+    n_spots: int = 36,
+    n_genes: int = 100,
+    n_cell_types: int = 4,
+    grid: Literal["hex", "square"] = "hex",
+    spot_diameter_um: float = 55.0,
+    spot_spacing_um: float = 100.0,
+    mpp: float = 0.5,
+    cell_spacing_um: float = 14.0,
+    region_size_um: float = 150.0,
+    region_sharpness: float = 2.5,
+    cell_type_proportions: np.ndarray | list[float] | None = None,
+    cell_noise: float = 0.2,
+    stain_jitter: float = 1.0,
+    sample_id: str = "toy",
+    seed: int = 0,
+    program_seed: int = 0,
+    lazy: bool | None = None,
+):
+    """Synthetic spatial-transcriptomics section with known cell-level ground truth.
+
+    An H&E-like RGB image (pink eosin, purple hematoxylin nuclei) of ``n_cell_types`` cell types
+    that differ in nucleus size, shape, stain intensity and texture and cluster into tissue
+    regions; a hexagonal (Visium-like) or square (legacy ST-like) grid of spots; and a spots x
+    genes count table whose counts are Poisson draws from the summed true expression of the cells
+    whose centroids lie inside each spot.
+
+    Cell types (morphology and expression programs) depend only on ``program_seed``, so any two
+    toy datasets with the same ``program_seed`` and ``n_cell_types`` share them — whatever their
+    ``seed`` — and a model trained on one applies to the other. ``seed`` varies the layout, the
+    mixture and the noise.
+
+    Parameters
+    ----------
+    n_spots
+        Number of spots, laid out row by row on a near-square grid.
+    n_genes
+        Number of genes. Gene ``j`` has the same program whatever ``n_genes`` is.
+    n_cell_types
+        Number of cell types: the first four are tumor, stroma, lymphocyte, myeloid; more are drawn
+        from ``program_seed``.
+    grid
+        ``"hex"`` (Visium) or ``"square"`` (legacy ST) spot lattice.
+    spot_diameter_um, spot_spacing_um
+        Spot diameter and centre-to-centre distance in µm (Visium: 55 and 100; legacy ST: 100 and 200).
+    mpp
+        Pixel size of the image in µm per pixel.
+    cell_spacing_um
+        Spacing of the lattice the cells sit on; sparser types leave sites empty.
+    region_size_um
+        Typical size of a region of one cell type.
+    region_sharpness
+        How pure the regions are (0 = types mixed at random).
+    cell_type_proportions
+        Relative abundance of each type (default: equal).
+    cell_noise
+        Log-normal noise of each cell's expression around its type's program.
+    stain_jitter
+        How much the stain deviates from the reference H&E colours (0 = reference).
+    sample_id
+        Dataset id: prefix of the element names and name of the coordinate system.
+    seed
+        Seed of the layout, mixture and noise.
+    program_seed
+        Seed of the cell types' morphology and expression programs.
+    lazy
+        Keep the image as a lazy dask array rendered chunk by chunk. Default: only for images
+        above 64 megapixels.
+
+    Returns
+    -------
+    :class:`spatialdata.SpatialData` with
+
+    - images ``{sample_id}_full_image``: multiscale, chunked RGB uint8 ``(c, y, x)``;
+    - shapes ``{sample_id}``: spot circles (``radius`` in pixels);
+    - shapes ``{sample_id}_true_cells``: true nucleus polygons;
+    - tables ``"table"`` (spots x genes, raw counts in ``X``; ``layers["true_rate"]`` the Poisson
+      rates; ``obsm["true_type_fraction"]``; ``obs`` ``spot_id``, ``region``, ``array_row``,
+      ``array_col``, ``n_cells``) and ``"true_cells"`` (cells x genes of true expression;
+      ``obs`` ``cell_type``, centroid in px and µm, ``area_um2``, ``state``, ``spot_id`` of the
+      containing spot or ``<NA>``; ``varm["type_program"]``);
+    - ``attrs["bitro"]`` with the element keys, ``mpp`` and the coordinate system.
+
+    All elements are in full-resolution pixel coordinates, mapped to the coordinate system
+    ``sample_id`` (in µm) by a scale of ``mpp`` and a translation (the stage position).
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> sdata = bt.datasets.toy_st(n_spots=16, seed=1)
+    >>> sdata["table"].shape
+    (16, 100)
+    """
+    n_spots = check_int(n_spots, "n_spots", min_value=1)
+    n_genes = check_int(n_genes, "n_genes", min_value=1)
+    n_cell_types = check_int(n_cell_types, "n_cell_types", min_value=1)
+    grid = check_choice(grid, "grid", ("hex", "square"))
+    spot_diameter_um = check_float(spot_diameter_um, "spot_diameter_um", min_value=0, strict_min=True)
+    spot_spacing_um = check_float(spot_spacing_um, "spot_spacing_um", min_value=0, strict_min=True)
+    if spot_diameter_um >= spot_spacing_um:
+        raise ValueError(
+            f"`spot_diameter_um` ({spot_diameter_um}) must be smaller than `spot_spacing_um` "
+            f"({spot_spacing_um}): spots may not overlap."
+        )
+    params = _check_tissue_params(mpp, cell_spacing_um, region_size_um, region_sharpness, cell_noise, stain_jitter)
+    sample_id = check_name(sample_id, "sample_id")
+    types = cell_types(n_cell_types, check_int(program_seed, "program_seed", min_value=0))
+    proportions = _check_proportions(cell_type_proportions, n_cell_types)
+    rng = np.random.default_rng(check_int(seed, "seed", min_value=0))
+
+    # spot centres (µm) on the chosen lattice, with a margin of one spacing around the grid
+    n_cols = int(np.ceil(np.sqrt(n_spots)))
+    index = np.arange(n_spots)
+    row, col = index // n_cols, index % n_cols
+    dy = spot_spacing_um * (np.sqrt(3) / 2 if grid == "hex" else 1.0)
+    sx = spot_spacing_um * (col + 1 + (0.5 * (row % 2) if grid == "hex" else 0.0))
+    sy = dy * row + spot_spacing_um
+    width = spot_spacing_um * (n_cols + 1.5 + (0.5 if grid == "hex" else 0.0))
+    height = dy * row.max() + 2 * spot_spacing_um
+    # tissue: a rounded outline that contains every spot with room to spare
+    half_w, half_h = (
+        (sx.max() - sx.min()) / 2 + 0.7 * spot_spacing_um,
+        (sy.max() - sy.min()) / 2 + 0.7 * spot_spacing_um,
+    )
+    tissue = blob(
+        ((sx.max() + sx.min()) / 2, (sy.max() + sy.min()) / 2), (half_w * 1.08, half_h * 1.08), rng, wobble=0.03
+    )
+    tissue = tissue.intersection(_box(width, height))
+
+    cells, logits, step = sample_cells(
+        tissue,
+        types=types,
+        programs=expression_programs(n_genes, n_cell_types, program_seed),
+        proportions=proportions,
+        rng=rng,
+        **params["layout"],
+    )
+    stain = Stain.draw(rng, params["stain_jitter"])
+    array_col = 2 * col + row % 2 if grid == "hex" else col
+    spots = pd.DataFrame(
+        {K.ARRAY_ROW_KEY: row, K.ARRAY_COL_KEY: array_col, "x_um": sx, "y_um": sy},
+        index=[f"{c}x{r}" for c, r in zip(array_col, row, strict=True)],
+    )
+    sdata = _assemble(
+        cells=cells,
+        tissue=tissue,
+        logits=logits,
+        logits_step=step,
+        stain=stain,
+        types=types,
+        n_genes=n_genes,
+        width_um=width,
+        height_um=height,
+        mpp=params["mpp"],
+        sample_id=sample_id,
+        seed=int(seed),
+        program_seed=int(program_seed),
+        lazy=lazy,
+        image_suffix=K.FULL_IMAGE_SUFFIX,
+        spots=spots,
+        spot_radius_um=spot_diameter_um / 2,
+        rng=rng,
+    )
+    table = sdata[K.TABLE_KEY]
+    logger.info(
+        "toy_st: %d spots, %d cells, %d genes, median %d cells per spot",
+        table.n_obs,
+        len(cells),
+        n_genes,
+        np.median(table.obs[K.N_CELLS_KEY]),
+    )
+    return sdata
+
+
+def toy_bulk_cohort(
+    *,
+    n_slides: int = 8,
+    n_patients: int | None = None,
+    n_genes: int = 100,
+    n_cell_types: int = 4,
+    cells_per_slide: int = 2000,
+    mixture_concentration: float = 2.0,
+    mpp: float = 0.5,
+    cell_spacing_um: float = 14.0,
+    region_size_um: float = 150.0,
+    region_sharpness: float = 2.5,
+    cell_noise: float = 0.2,
+    stain_jitter: float = 1.0,
+    sample_prefix: str = "slide",
+    seed: int = 0,
+    program_seed: int = 0,
+    lazy: bool | None = None,
+):
+    """Synthetic bulk RNA-seq cohort: whole-slide images with the summed expression of their cells.
+
+    Each patient has its own cell-type mixture (drawn from a Dirichlet distribution) and stain;
+    each of its slides varies around them. A slide's bulk profile is a Poisson draw from the
+    summed true expression of all its cells. Cell types are those of :func:`toy_st` with the
+    same ``program_seed`` and ``n_cell_types``, so models move between the two.
+
+    Parameters
+    ----------
+    n_slides
+        Number of slides (one bulk sample each).
+    n_patients
+        Number of patients the slides belong to, assigned in turn (default: ``ceil(n_slides / 2)``).
+    n_genes
+        Number of genes.
+    n_cell_types
+        Number of cell types (see :func:`toy_st`).
+    cells_per_slide
+        Approximate number of cells on each slide: sets the tissue area.
+    mixture_concentration
+        Dirichlet concentration of the patients' mixtures (small = more different patients).
+    mpp, cell_spacing_um, region_size_um, region_sharpness, cell_noise, stain_jitter
+        As in :func:`toy_st`.
+    sample_prefix
+        Slides are called ``{sample_prefix}{i}``; patients ``patient{j}``.
+    seed
+        Seed of the cohort (layouts, mixtures, stains, noise).
+    program_seed
+        Seed of the cell types' morphology and expression programs.
+    lazy
+        As in :func:`toy_st`.
+
+    Returns
+    -------
+    ``(slides, cohort)``: a list of :class:`spatialdata.SpatialData`, one per slide, with
+    images ``{sample_id}_he_image``, shapes ``{sample_id}_tissue`` (tissue polygon) and
+    ``{sample_id}_true_cells``, tables ``"table"`` (1 x genes bulk counts annotating the tissue
+    polygon) and ``"true_cells"``; and the cohort :class:`anndata.AnnData` (slides x genes, raw
+    counts in ``X``, ``layers["true_rate"]``, ``obs`` ``sample_id``, ``patient_id``,
+    ``slide_id``, ``n_cells``, ``obsm["true_type_fraction"]``).
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> slides, cohort = bt.datasets.toy_bulk_cohort(n_slides=2, cells_per_slide=300)
+    >>> cohort.obs["patient_id"].tolist()
+    ['patient0', 'patient0']
+    """
+    import anndata as ad
+
+    n_slides = check_int(n_slides, "n_slides", min_value=1)
+    n_patients = -(-n_slides // 2) if n_patients is None else check_int(n_patients, "n_patients", min_value=1)
+    if n_patients > n_slides:
+        raise ValueError(f"`n_patients` ({n_patients}) cannot exceed `n_slides` ({n_slides}).")
+    n_genes = check_int(n_genes, "n_genes", min_value=1)
+    n_cell_types = check_int(n_cell_types, "n_cell_types", min_value=1)
+    cells_per_slide = check_int(cells_per_slide, "cells_per_slide", min_value=1)
+    concentration = check_float(mixture_concentration, "mixture_concentration", min_value=0, strict_min=True)
+    params = _check_tissue_params(mpp, cell_spacing_um, region_size_um, region_sharpness, cell_noise, stain_jitter)
+    sample_prefix = check_name(sample_prefix, "sample_prefix")
+    types = cell_types(n_cell_types, check_int(program_seed, "program_seed", min_value=0))
+    programs = expression_programs(n_genes, n_cell_types, program_seed)
+    seq = np.random.SeedSequence(check_int(seed, "seed", min_value=0))
+    patient_seqs, slide_seqs = seq.spawn(2)
+    patients = []
+    for p_seq in patient_seqs.spawn(n_patients):
+        p_rng = np.random.default_rng(p_seq)
+        patients.append(
+            (p_rng.dirichlet(np.full(n_cell_types, concentration)), Stain.draw(p_rng, params["stain_jitter"]))
+        )
+
+    density = np.mean([t.density for t in types])
+    site_area = params["layout"]["cell_spacing_um"] ** 2 * np.sqrt(3) / 2
+    slides, rows = [], []
+    for i, s_seq in enumerate(slide_seqs.spawn(n_slides)):
+        rng = np.random.default_rng(s_seq)
+        patient = i % n_patients
+        mixture, patient_stain = patients[patient]
+        proportions = rng.dirichlet(20 * mixture + 0.5)  # slides vary around their patient
+        # tissue area for the requested number of cells, an irregular outline, glass around it
+        radius = np.sqrt(cells_per_slide * site_area / density / np.pi) * rng.uniform(0.9, 1.1)
+        margin = 0.25 * radius + 20
+        semi = (radius * rng.uniform(1.0, 1.25), radius * rng.uniform(0.8, 1.0))
+        width, height = 2 * (semi[0] * 1.3 + margin), 2 * (semi[1] * 1.3 + margin)
+        tissue = blob((width / 2, height / 2), semi, rng, wobble=0.12).intersection(_box(width, height))
+        cells, logits, step = sample_cells(
+            tissue, types=types, programs=programs, proportions=proportions, rng=rng, **params["layout"]
+        )
+        stain = _jitter_stain(patient_stain, rng, 0.3 * params["stain_jitter"])
+        sample_id = f"{sample_prefix}{i}"
+        sdata = _assemble(
+            cells=cells,
+            tissue=tissue,
+            logits=logits,
+            logits_step=step,
+            stain=stain,
+            types=types,
+            n_genes=n_genes,
+            width_um=width,
+            height_um=height,
+            mpp=params["mpp"],
+            sample_id=sample_id,
+            seed=int(seed),
+            program_seed=int(program_seed),
+            lazy=lazy,
+            image_suffix=K.HE_IMAGE_SUFFIX,
+            spots=None,
+            spot_radius_um=None,
+            rng=rng,
+        )
+        slides.append(sdata)
+        rows.append((sample_id, f"patient{patient}", sdata[K.TABLE_KEY]))
+
+    bulk = [r[2] for r in rows]
+    cohort = ad.AnnData(
+        X=np.vstack([b.X for b in bulk]),
+        obs=pd.DataFrame(
+            {
+                K.SAMPLE_ID_KEY: [r[0] for r in rows],
+                K.PATIENT_ID_KEY: pd.Categorical([r[1] for r in rows]),
+                K.SLIDE_KEY: [r[0] for r in rows],
+                K.N_CELLS_KEY: [int(b.obs[K.N_CELLS_KEY].iloc[0]) for b in bulk],
+            },
+            index=[r[0] for r in rows],
+        ),
+        var=bulk[0].var.copy(),
+        layers={K.TRUE_RATE_LAYER: np.vstack([b.layers[K.TRUE_RATE_LAYER] for b in bulk])},
+        obsm={K.TYPE_FRACTION_KEY: np.vstack([b.obsm[K.TYPE_FRACTION_KEY] for b in bulk])},
+        uns={K.TOY_UNS_KEY: _toy_uns(types, params["mpp"], int(seed), int(program_seed))},
+    )
+    logger.info(
+        "toy_bulk_cohort: %d slides of %d patients, %d cells in all",
+        n_slides,
+        n_patients,
+        cohort.obs[K.N_CELLS_KEY].sum(),
+    )
+    return slides, cohort
+
+
+def _check_tissue_params(mpp, cell_spacing_um, region_size_um, region_sharpness, cell_noise, stain_jitter) -> dict:
+    mpp = check_float(mpp, "mpp", min_value=0.05, max_value=5.0)
+    cell_spacing_um = check_float(cell_spacing_um, "cell_spacing_um", min_value=4.0)
+    return {
+        "mpp": mpp,
+        "stain_jitter": check_float(stain_jitter, "stain_jitter", min_value=0, max_value=3),
+        "layout": {
+            "cell_spacing_um": cell_spacing_um,
+            "region_size_um": check_float(region_size_um, "region_size_um", min_value=cell_spacing_um),
+            "region_sharpness": check_float(region_sharpness, "region_sharpness", min_value=0),
+            "cell_noise": check_float(cell_noise, "cell_noise", min_value=0, max_value=3),
+        },
+    }
+
+
+def _check_proportions(proportions, n_cell_types: int) -> np.ndarray:
+    if proportions is None:
+        return np.full(n_cell_types, 1 / n_cell_types)
+    p = np.asarray(proportions, dtype=float)
+    if p.shape != (n_cell_types,) or not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
+        raise ValueError(
+            f"`cell_type_proportions` must be {n_cell_types} non-negative numbers with a positive sum, got {proportions!r}."
+        )
+    return np.maximum(p / p.sum(), 1e-9)
+
+
+def _jitter_stain(stain: Stain, rng: np.random.Generator, jitter: float) -> Stain:
+    delta = Stain.draw(rng, jitter)
+    return Stain(
+        h_vector=stain.h_vector,
+        e_vector=stain.e_vector,
+        h_scale=stain.h_scale * delta.h_scale,
+        e_scale=stain.e_scale * delta.e_scale,
+    )
+
+
+def _box(width: float, height: float):
+    import shapely
+
+    return shapely.box(0, 0, width, height)
+
+
+def _toy_uns(types, mpp: float, seed: int, program_seed: int) -> dict:
+    return {
+        "cell_types": [t.name for t in types],
+        "morphology": {t.name: t.to_dict() for t in types},
+        "mpp": mpp,
+        "seed": seed,
+        "program_seed": program_seed,
+    }
+
+
+def _assemble(
+    *,
+    cells: Cells,
+    tissue,
+    logits: np.ndarray,
+    logits_step: float,
+    stain: Stain,
+    types,
+    n_genes: int,
+    width_um: float,
+    height_um: float,
+    mpp: float,
+    sample_id: str,
+    seed: int,
+    program_seed: int,
+    lazy: bool | None,
+    image_suffix: str,
+    spots: pd.DataFrame | None,
+    spot_radius_um: float | None,
+    rng: np.random.Generator,
+):
+    """Image, shapes and tables of one synthetic section, all in full-resolution pixels."""
+    import anndata as ad
+    import geopandas as gpd
+    import shapely
+    from scipy import sparse
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Scale, Sequence, Translation
+
+    from .. import __version__
+    from ._cell_types import expression_programs
+
+    n_types = len(types)
+    to_um = Sequence([Scale([mpp, mpp], axes=("x", "y")), Translation(list(_ORIGIN_UM), axes=("x", "y"))])
+    transformations = {sample_id: to_um}
+    shape = (int(np.ceil(height_um / mpp)), int(np.ceil(width_um / mpp)))
+
+    # --- image ------------------------------------------------------------------------------
+    probs = np.exp(logits - logits.max(axis=0))
+    probs /= probs.sum(axis=0)
+    eosin_grid = np.tensordot(np.array([t.eosin for t in types]), probs, axes=1)
+    scene = Scene(
+        boundaries=cells.boundary / mpp,
+        hematoxylin=cells.hematoxylin,
+        texture=np.array([t.texture for t in types])[cells.cell_type],
+        rim=np.array([t.rim for t in types])[cells.cell_type],
+        tissue=np.asarray(tissue.exterior.coords) / mpp,
+        eosin_grid=eosin_grid,
+        eosin_step=logits_step / mpp,
+        stain=stain,
+        grain_px=max(0.8 / mpp, 1.0),
+        seed=int(rng.integers(2**31)),
+    )
+    image = scene.to_dask(shape, _CHUNK)
+    if not (lazy if lazy is not None else shape[0] * shape[1] > _EAGER_MAX_PIXELS):
+        image = image.compute(scheduler="threads")
+    scale_factors = []
+    while max(shape) // 2 ** (len(scale_factors) + 1) >= 256 or not scale_factors:
+        scale_factors.append(2)
+    image_key = f"{sample_id}{image_suffix}"
+    images = {
+        image_key: Image2DModel.parse(
+            image,
+            dims=("c", "y", "x"),
+            c_coords=["r", "g", "b"],
+            scale_factors=scale_factors,
+            chunks=(3, _CHUNK, _CHUNK),
+            transformations=transformations,
+        )
+    }
+
+    # --- true cells -------------------------------------------------------------------------
+    polygons = shapely.polygons(cells.boundary / mpp)
+    centroid = shapely.get_coordinates(shapely.centroid(polygons))
+    cell_ids = np.arange(len(cells))
+    cells_key = f"{sample_id}{K.TRUE_CELLS_SUFFIX}"
+    shapes = {
+        cells_key: ShapesModel.parse(
+            gpd.GeoDataFrame(geometry=polygons, index=pd.Index(cell_ids, name=None)), transformations=transformations
+        )
+    }
+    names = [t.name for t in types]
+    programs = expression_programs(n_genes, n_types, program_seed)
+    var = pd.DataFrame(
+        {K.MARKER_OF_KEY: pd.Categorical([names[m] if m >= 0 else "none" for m in programs.marker_of])},
+        index=[f"gene{j:04d}" for j in range(n_genes)],
+    )
+    cell_obs = pd.DataFrame(
+        {
+            K.CELL_ID_KEY: cell_ids,
+            K.REGION_KEY: pd.Categorical([cells_key] * len(cells)),
+            K.CELL_TYPE_KEY: pd.Categorical.from_codes(cells.cell_type, categories=names),
+            K.CENTROID_X_PX: centroid[:, 0],
+            K.CENTROID_Y_PX: centroid[:, 1],
+            K.CENTROID_X_UM: centroid[:, 0] * mpp,
+            K.CENTROID_Y_UM: centroid[:, 1] * mpp,
+            K.AREA_UM2_KEY: shapely.area(polygons) * mpp**2,
+            "state": cells.state,
+        },
+        index=[f"cell{i}" for i in cell_ids],
+    )
+    uns = {K.TOY_UNS_KEY: _toy_uns(types, mpp, seed, program_seed)}
+
+    # --- bags: spots, or the whole tissue for a bulk slide -------------------------------------
+    if spots is not None:
+        from scipy.spatial import cKDTree
+
+        dist, nearest = cKDTree(spots[["x_um", "y_um"]].to_numpy()).query(centroid * mpp)
+        member = dist <= spot_radius_um
+        cell_obs[K.SPOT_ID_KEY] = pd.array(np.where(member, nearest, 0), dtype="Int64")
+        cell_obs.loc[~member, K.SPOT_ID_KEY] = pd.NA
+        bag_of, n_bags = nearest[member], len(spots)
+        member_idx = np.flatnonzero(member)
+        region = sample_id
+        spot_px = spots[["x_um", "y_um"]].to_numpy() / mpp
+        shapes[region] = ShapesModel.parse(
+            gpd.GeoDataFrame(
+                {"radius": np.full(len(spots), spot_radius_um / mpp)},
+                geometry=gpd.points_from_xy(spot_px[:, 0], spot_px[:, 1]),
+                index=np.arange(len(spots)),
+            ),
+            transformations=transformations,
+        )
+        bag_obs = spots[[K.ARRAY_ROW_KEY, K.ARRAY_COL_KEY]].copy()
+        bag_obs[K.SPOT_ID_KEY] = np.arange(len(spots))
+        instance_key, obsm = K.SPOT_ID_KEY, {"spatial": spot_px}
+    else:
+        bag_of, n_bags = np.zeros(len(cells), dtype=int), 1
+        member_idx = cell_ids
+        region = f"{sample_id}{K.TISSUE_SUFFIX}"
+        shapes[region] = ShapesModel.parse(
+            gpd.GeoDataFrame(geometry=[shapely.affinity.scale(tissue, 1 / mpp, 1 / mpp, origin=(0, 0))], index=[0]),
+            transformations=transformations,
+        )
+        bag_obs = pd.DataFrame({K.TISSUE_ID_KEY: [0], K.SAMPLE_ID_KEY: [sample_id]}, index=[sample_id])
+        instance_key, obsm = K.TISSUE_ID_KEY, {}
+
+    membership = sparse.csr_matrix((np.ones(len(member_idx)), (bag_of, member_idx)), shape=(n_bags, len(cells)))
+    rate = np.asarray(membership @ cells.expression.astype(np.float64))
+    counts = rng.poisson(rate).astype(np.float32)
+    n_cells = np.asarray(membership.sum(axis=1)).ravel().astype(int)
+    type_counts = np.asarray(membership @ np.eye(n_types)[cells.cell_type])
+    bag_obs[K.REGION_KEY] = pd.Categorical([region] * n_bags)
+    bag_obs[K.N_CELLS_KEY] = n_cells
+    obsm[K.TYPE_FRACTION_KEY] = type_counts / np.maximum(n_cells, 1)[:, None]
+    table = ad.AnnData(
+        X=sparse.csr_matrix(counts) if spots is not None else counts,
+        obs=bag_obs,
+        var=var.copy(),
+        layers={K.TRUE_RATE_LAYER: rate.astype(np.float32)},
+        obsm=obsm,
+        uns=uns,
+    )
+    true_cells = ad.AnnData(
+        X=cells.expression,
+        obs=cell_obs,
+        var=var.copy(),
+        varm={K.TYPE_PROGRAM_KEY: programs.rates.T.copy()},
+        uns=copy.deepcopy(uns),
+    )
+    tables = {
+        K.TABLE_KEY: TableModel.parse(table, region=region, region_key=K.REGION_KEY, instance_key=instance_key),
+        K.TRUE_CELLS_TABLE_KEY: TableModel.parse(
+            true_cells, region=cells_key, region_key=K.REGION_KEY, instance_key=K.CELL_ID_KEY
+        ),
+    }
+    attrs = {
+        K.ATTRS_KEY: {
+            K.ATTR_SAMPLE_ID: sample_id,
+            K.ATTR_IMAGE: image_key,
+            K.ATTR_SPOTS if spots is not None else K.ATTR_TISSUE: region,
+            K.ATTR_TABLE: K.TABLE_KEY,
+            "true_cells_key": cells_key,
+            K.ATTR_MPP: mpp,
+            K.ATTR_COORDINATE_SYSTEM: sample_id,
+            K.ATTR_VERSION: __version__,
+        }
+    }
+    return SpatialData(images=images, shapes=shapes, tables=tables, attrs=attrs)

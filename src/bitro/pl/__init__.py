@@ -1,0 +1,6 @@
+"""Plots of images, predictions, scores and training.
+
+Nothing is public yet; conventions as for :mod:`bitro.pp`.
+"""
+
+__all__: list[str] = []
