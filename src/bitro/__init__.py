@@ -21,7 +21,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 _SUBMODULES = ("datasets", "io", "models", "pl", "pp", "tl")
 
-__all__ = ["__version__", "logger", "settings", *_SUBMODULES]
+__all__ = ["__version__", "datasets", "io", "logger", "models", "pl", "pp", "settings", "tl"]
 
 if TYPE_CHECKING:
     from . import datasets, io, models, pl, pp, tl

@@ -8,9 +8,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from .. import _constants as K
-from .._logging import logger
-from .._validate import check_choice, check_float, check_int, check_name
+from bitro import _constants as K
+from bitro._logging import logger
+from bitro._validate import check_choice, check_float, check_int, check_name
+
 from ._cell_types import cell_types, expression_programs
 from ._layout import Cells, blob, sample_cells
 from ._render import Scene, Stain
@@ -435,7 +436,8 @@ def _assemble(
     from spatialdata.models import Image2DModel, ShapesModel, TableModel
     from spatialdata.transformations import Scale, Sequence, Translation
 
-    from .. import __version__
+    from bitro import __version__
+
     from ._cell_types import expression_programs
 
     n_types = len(types)
