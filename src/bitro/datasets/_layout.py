@@ -106,7 +106,8 @@ def sample_cells(
     # strong jitter so the lattice does not show; overlapping nuclei are removed below
     angle_j, radius_j = rng.uniform(0, 2 * np.pi, x.size), 0.35 * cell_spacing_um * np.sqrt(rng.random(x.size))
     x, y = x + radius_j * np.cos(angle_j), y + radius_j * np.sin(angle_j)
-    inside = shapely.contains_xy(tissue, x, y)
+    # whole nuclei inside the tissue (and so inside the image)
+    inside = shapely.contains_xy(tissue.buffer(-MAX_NUCLEUS_RADIUS_UM), x, y)
     x, y = x[inside], y[inside]
 
     p = sample_at(logits, step, x, y)

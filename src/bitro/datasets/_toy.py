@@ -397,8 +397,10 @@ def _box(width: float, height: float):
 
 
 def _toy_uns(types, mpp: float, seed: int, program_seed: int) -> dict:
+    # Cell-type order as {name: column}, not a list: zarr reads string lists back as numpy
+    # StringDType arrays, and deep-copying those crashes numpy < 2.1 (which cellpose 3 pins).
     return {
-        "cell_types": [t.name for t in types],
+        "cell_types": {t.name: i for i, t in enumerate(types)},
         "morphology": {t.name: t.to_dict() for t in types},
         "mpp": mpp,
         "seed": seed,

@@ -1,0 +1,33 @@
+# Quick start: `make demo` runs the demo, `make test` runs the whole test suite.
+# Both create .venv on first use and install what they need (torch first, so pip takes the
+# local CPU build instead of a multi-GB CUDA one).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bitro-installed
+
+.PHONY: demo test lint docs clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch>=2.5,<2.14"
+	$(BIN)/python -m pip install --quiet -e ".[test,doc]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/bitro demo --out bitro_demo
+
+test: $(STAMP)
+	MPLBACKEND=agg $(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff format --check src tests benchmarks docs
+
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+clean:
+	rm -rf $(VENV) docs/_build docs/generated bitro_demo

@@ -1,0 +1,28 @@
+"""Shared fixtures: synthetic data built once per session, deep-copied for each test that may change it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def _toy_st_session():
+    import bitro as bt
+
+    return bt.datasets.toy_st(n_spots=25, n_genes=60, seed=3)
+
+
+@pytest.fixture
+def toy_st(_toy_st_session):
+    """A small synthetic ST section (25 spots, 60 genes); each test gets its own copy."""
+    return copy.deepcopy(_toy_st_session)
+
+
+@pytest.fixture(scope="session")
+def toy_cohort():
+    """A small synthetic bulk cohort (4 slides, 2 patients); read-only, shared by the session."""
+    import bitro as bt
+
+    return bt.datasets.toy_bulk_cohort(n_slides=4, n_genes=60, cells_per_slide=600, seed=5)
