@@ -8,16 +8,10 @@ spatialdata-io) is imported only by the functions that need it.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from ._logging import logger
 from ._settings import settings
-
-try:
-    __version__ = version("bitro")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
 
 _SUBMODULES = ("datasets", "io", "models", "pl", "pp", "tl")
 
@@ -28,6 +22,15 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # importlib.metadata costs ~35 ms: only pay it when asked
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("bitro")
+        except PackageNotFoundError:  # a source tree that was never installed
+            value = "0.0.0+unknown"
+        globals()["__version__"] = value
+        return value
     if name in _SUBMODULES:
         module = importlib.import_module(f"{__name__}.{name}")
         globals()[name] = module  # later accesses skip __getattr__

@@ -35,7 +35,7 @@ class Settings:
 
     @property
     def verbosity(self) -> int:
-        """0 errors only, 1 warnings (default), 2 info, 3 debug; also sets the ``bitro`` logger level."""
+        """Verbosity, which also sets the ``bitro`` logger level (0 errors, 1 warnings, 2 info, 3 debug)."""
         return self._verbosity
 
     @verbosity.setter
@@ -47,7 +47,7 @@ class Settings:
 
     @property
     def n_jobs(self) -> int:
-        """Number of parallel workers for tiled steps; ``-1`` means all cores."""
+        """Number of parallel workers for tiled steps (``-1`` means all cores)."""
         return self._n_jobs
 
     @n_jobs.setter
@@ -58,12 +58,12 @@ class Settings:
 
     @property
     def effective_n_jobs(self) -> int:
-        """:attr:`n_jobs` with ``-1`` resolved to the number of available cores."""
+        """The number of workers that ``n_jobs`` means here (``-1`` resolved to the available cores)."""
         return (os.cpu_count() or 1) if self._n_jobs == -1 else self._n_jobs
 
     @property
     def device(self) -> str:
-        """Torch device for models: ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``."""
+        """The torch device models run on (``"auto"`` picks a GPU when present, else ``"cpu"``; or ``"cuda:N"``, ``"mps"``)."""
         return self._device
 
     @device.setter
@@ -74,7 +74,7 @@ class Settings:
 
     @property
     def use_dask(self) -> bool:
-        """Whether tiled steps run through dask (the scheduler in use, or a distributed client)."""
+        """Whether tiled steps run through dask (the active scheduler, or a distributed client)."""
         return self._use_dask
 
     @use_dask.setter
@@ -85,7 +85,7 @@ class Settings:
 
     @property
     def cachedir(self) -> Path:
-        """Folder for downloaded datasets and model weights (``$BITRO_CACHE_DIR`` overrides the default)."""
+        """The folder for downloaded datasets and model weights (``$BITRO_CACHE_DIR`` overrides the default)."""
         return self._cachedir
 
     @cachedir.setter

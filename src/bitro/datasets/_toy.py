@@ -93,20 +93,23 @@ def toy_st(
 
     Returns
     -------
-    :class:`spatialdata.SpatialData` with
+    :class:`spatialdata.SpatialData`
+        The section, with these elements (``attrs["bitro"]`` names them, with ``mpp`` and the
+        coordinate system):
 
-    - images ``{sample_id}_full_image``: multiscale, chunked RGB uint8 ``(c, y, x)``;
-    - shapes ``{sample_id}``: spot circles (``radius`` in pixels);
-    - shapes ``{sample_id}_true_cells``: true nucleus polygons;
-    - tables ``"table"`` (spots x genes, raw counts in ``X``; ``layers["true_rate"]`` the Poisson
-      rates; ``obsm["true_type_fraction"]``; ``obs`` ``spot_id``, ``region``, ``array_row``,
-      ``array_col``, ``n_cells``) and ``"true_cells"`` (cells x genes of true expression;
-      ``obs`` ``cell_type``, centroid in px and µm, ``area_um2``, ``state``, ``spot_id`` of the
-      containing spot or ``<NA>``; ``varm["type_program"]``);
-    - ``attrs["bitro"]`` with the element keys, ``mpp`` and the coordinate system.
+        - image ``{sample_id}_full_image``: multiscale, chunked RGB uint8 ``(c, y, x)``;
+        - shapes ``{sample_id}``: spot circles (``radius`` in pixels);
+        - shapes ``{sample_id}_true_cells``: true nucleus polygons;
+        - table ``"table"``: spots x genes, raw counts in ``X``, the Poisson rates in
+          ``layers["true_rate"]``, ``obsm["true_type_fraction"]``, ``obs`` ``spot_id``, ``region``,
+          ``array_row``, ``array_col``, ``n_cells``;
+        - table ``"true_cells"``: cells x genes of true expression, ``obs`` ``cell_type``, centroid in
+          px and µm, ``area_um2``, ``state``, ``spot_id`` of the containing spot (``<NA>`` outside
+          every spot), ``varm["type_program"]``, and ``uns["toy"]["cell_types"]`` mapping each type
+          to its column in ``type_program`` and ``true_type_fraction``.
 
-    All elements are in full-resolution pixel coordinates, mapped to the coordinate system
-    ``sample_id`` (in µm) by a scale of ``mpp`` and a translation (the stage position).
+        All elements are in full-resolution pixel coordinates, mapped to the coordinate system
+        ``sample_id`` (in µm) by a scale of ``mpp`` and a translation (the stage position).
 
     Examples
     --------

@@ -1,0 +1,84 @@
+"""Sphinx configuration of the bitro documentation (built with -W: warnings are errors)."""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from importlib.metadata import version as _version
+
+project = "bitro"
+author = "bitro developers"
+copyright = f"{date.today():%Y}, {author}"
+release = version = _version("bitro")
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.mathjax",
+    "sphinx_autodoc_typehints",
+    "sphinx_copybutton",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+master_doc = "index"
+exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints"]
+templates_path = ["_templates"]
+html_static_path = ["_static"]
+
+# API pages
+autosummary_generate = True
+autodoc_member_order = "bysource"
+autodoc_default_options = {"members": True}
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_use_rtype = True
+napoleon_use_param = True
+typehints_defaults = "braces"
+always_document_param_types = True
+
+# notebooks: tutorials run on bundled or synthetic data at build time
+nb_execution_mode = "cache" if os.environ.get("READTHEDOCS") else "force"
+nb_execution_timeout = 300
+nb_execution_raise_on_error = True
+nb_merge_streams = True
+myst_enable_extensions = ["colon_fence", "dollarmath", "amsmath"]
+myst_heading_anchors = 3
+
+html_theme = "sphinx_book_theme"
+html_title = "bitro"
+html_theme_options = {
+    "repository_url": "https://github.com/bitro-dev/bitro",
+    "use_repository_button": True,
+    "path_to_docs": "docs/",
+    "navigation_with_keys": False,
+}
+
+# Cross-references. Inventories are fetched on Read the Docs (or with BITRO_DOCS_INTERSPHINX=1);
+# offline builds (CI here has no internet) skip them and do not check references into other
+# projects, but every reference into bitro itself is still checked (nitpicky).
+nitpicky = True
+intersphinx_mapping = {
+    "python": ("https://docs.python.org/3", None),
+    "numpy": ("https://numpy.org/doc/stable/", None),
+    "pandas": ("https://pandas.pydata.org/docs/", None),
+    "anndata": ("https://anndata.readthedocs.io/en/stable/", None),
+    "scanpy": ("https://scanpy.readthedocs.io/en/stable/", None),
+    "spatialdata": ("https://spatialdata.scverse.org/en/stable/", None),
+    "torch": ("https://docs.pytorch.org/docs/stable/", None),
+    "lightning": ("https://lightning.ai/docs/pytorch/stable/", None),
+}
+_ONLINE = bool(os.environ.get("READTHEDOCS") or os.environ.get("BITRO_DOCS_INTERSPHINX"))
+if not _ONLINE:
+    intersphinx_mapping = {}
+    _EXTERNAL = r"(numpy|np|pandas|pd|anndata|ad|spatialdata|sd|scanpy|sc|geopandas|shapely|torch|lightning|dask|xarray|matplotlib|pathlib|os|collections|typing)\b.*"
+    nitpick_ignore_regex = [
+        (r"py:.*", _EXTERNAL),
+        (r"py:class", r"(AnnData|SpatialData|DataFrame|ndarray|Path|PathLike)"),
+    ]
+else:
+    nitpick_ignore_regex = []
+# names of standard types written in numpydoc prose ("array-like", "optional")
+nitpick_ignore = [("py:class", "optional"), ("py:class", "array-like")]
