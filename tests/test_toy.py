@@ -26,7 +26,7 @@ def _spot_members(sdata) -> tuple[np.ndarray, np.ndarray]:
     """Recompute, from geometry alone, which true cell lies in which spot (or -1)."""
     info = sdata.attrs[K.ATTRS_KEY]
     spots = sdata[info[K.ATTR_SPOTS]]
-    cells = sdata[info["true_cells_key"]]
+    cells = sdata[info[K.ATTR_TRUE_CELLS]]
     centroids = shapely.get_coordinates(cells.geometry.centroid)
     centres = shapely.get_coordinates(spots.geometry)
     d = np.hypot(*(centroids[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))
@@ -71,7 +71,7 @@ def test_toy_st_transformation_is_non_identity_and_in_um(toy_st):
     # radius is in pixels: 55 µm spot diameter at 0.5 µm/px
     assert np.allclose(spots["radius"], 55.0)
     # all elements share the image's transformation
-    for key in (info[K.ATTR_IMAGE], info["true_cells_key"]):
+    for key in (info[K.ATTR_IMAGE], info[K.ATTR_TRUE_CELLS]):
         other = get_transformation(toy_st[key], to_coordinate_system="toy")
         assert np.allclose(other.to_affine_matrix(("x", "y"), ("x", "y")), matrix)
 
@@ -207,7 +207,7 @@ def test_marker_genes_mark_their_type(toy_st):
 
 def _nucleus_measures(sdata) -> pd.DataFrame:
     cells = sdata[K.TRUE_CELLS_TABLE_KEY]
-    polys = sdata[sdata.attrs[K.ATTRS_KEY]["true_cells_key"]].geometry
+    polys = sdata[sdata.attrs[K.ATTRS_KEY][K.ATTR_TRUE_CELLS]].geometry
     hed = rgb2hed(np.moveaxis(_image(sdata), 0, -1))[..., 0]
     rows = []
     for poly in polys:

@@ -60,7 +60,7 @@ def run_demo(out: Path, *, n_spots: int = 64, seed: int = 0) -> dict:
     )
     (
         back.pl.render_images(image_key)
-        .pl.render_shapes(info["true_cells_key"], color=K.CELL_TYPE_KEY, table_name=K.TRUE_CELLS_TABLE_KEY)
+        .pl.render_shapes(info[K.ATTR_TRUE_CELLS], color=K.CELL_TYPE_KEY, table_name=K.TRUE_CELLS_TABLE_KEY)
         .pl.show(coordinate_systems=cs, ax=axes[1], title="true cell types")
     )
     fig.savefig(out / "toy.png", dpi=90)

@@ -41,6 +41,20 @@ class Cells:
         return len(self.x)
 
 
+@dataclass
+class Section:
+    """One synthetic section before it becomes a SpatialData (lengths in µm)."""
+
+    cells: Cells
+    tissue: shapely.Polygon
+    width_um: float
+    height_um: float
+    region_logits: np.ndarray
+    """(n_types, gh, gw) region fields (plus log proportions) on a coarse grid."""
+    region_step_um: float
+    """Spacing of ``region_logits``."""
+
+
 def blob(center: tuple[float, float], semi_axes: tuple[float, float], rng, *, wobble: float, n: int = 256):
     """An irregular, star-shaped tissue outline: a superellipse with random low-frequency wobble."""
     theta = np.linspace(0, 2 * np.pi, n, endpoint=False)
@@ -75,9 +89,11 @@ def sample_at(grid: np.ndarray, step: float, x: np.ndarray, y: np.ndarray) -> np
     return np.stack([ndimage.map_coordinates(g, coords, order=1, mode="nearest") for g in grid])
 
 
-def sample_cells(
+def sample_section(
     tissue: shapely.Polygon,
     *,
+    width_um: float,
+    height_um: float,
     types: tuple[CellType, ...],
     programs: Programs,
     proportions: np.ndarray,
@@ -86,15 +102,14 @@ def sample_cells(
     region_sharpness: float,
     cell_noise: float,
     rng: np.random.Generator,
-) -> tuple[Cells, np.ndarray, float]:
-    """Draw the nuclei inside ``tissue``: positions, types, shapes, stain and expression.
+) -> Section:
+    """Draw the nuclei inside ``tissue`` (in a ``width_um`` x ``height_um`` image): positions, types, shapes, stain, expression.
 
-    Cells sit on a jittered hexagonal lattice, so true nuclei never overlap; each lattice site
-    takes a type from the local region fields and is kept with that type's density.
-    Returns the cells and the region logits grid (for the image's stroma colour) with its spacing.
+    Cells sit on a strongly jittered hexagonal lattice; each site takes a type from the local
+    region fields and is kept with that type's density; nuclei that would overlap are dropped.
     """
     xmin, ymin, xmax, ymax = tissue.bounds
-    fields, step = region_logits(xmax, ymax, len(types), region_size_um, rng)
+    fields, step = region_logits(width_um, height_um, len(types), region_size_um, rng)
     logits = region_sharpness * fields + np.log(proportions)[:, None, None]
 
     row_h = cell_spacing_um * np.sqrt(3) / 2
@@ -166,7 +181,7 @@ def sample_cells(
         hematoxylin=hema,
         expression=expression.astype(np.float32),
     )
-    return cells, logits, step
+    return Section(cells, tissue, width_um, height_um, logits, step)
 
 
 def _non_overlapping(x: np.ndarray, y: np.ndarray, extent: np.ndarray, *, gap: float) -> np.ndarray:

@@ -13,12 +13,9 @@ from bitro._logging import logger
 from bitro._validate import check_choice, check_float, check_int, check_name
 
 from ._cell_types import cell_types, expression_programs
-from ._layout import Cells, blob, sample_cells
-from ._render import Scene, Stain
-
-_CHUNK = 1024
-_EAGER_MAX_PIXELS = 64_000_000  # above this the image stays a lazy dask array
-_ORIGIN_UM = (1500.0, 800.0)  # stage position of the image's corner: a non-identity transform on purpose
+from ._elements import to_spatialdata
+from ._layout import blob, sample_section
+from ._render import Stain
 
 
 def toy_st(
@@ -154,10 +151,13 @@ def toy_st(
     )
     tissue = tissue.intersection(_box(width, height))
 
-    cells, logits, step = sample_cells(
+    programs = expression_programs(n_genes, n_cell_types, program_seed)
+    section = sample_section(
         tissue,
+        width_um=width,
+        height_um=height,
         types=types,
-        programs=expression_programs(n_genes, n_cell_types, program_seed),
+        programs=programs,
         proportions=proportions,
         rng=rng,
         **params["layout"],
@@ -168,31 +168,25 @@ def toy_st(
         {K.ARRAY_ROW_KEY: row, K.ARRAY_COL_KEY: array_col, "x_um": sx, "y_um": sy},
         index=[f"{c}x{r}" for c, r in zip(array_col, row, strict=True)],
     )
-    sdata = _assemble(
-        cells=cells,
-        tissue=tissue,
-        logits=logits,
-        logits_step=step,
-        stain=stain,
-        types=types,
-        n_genes=n_genes,
-        width_um=width,
-        height_um=height,
-        mpp=params["mpp"],
+    sdata = to_spatialdata(
+        section,
         sample_id=sample_id,
-        seed=int(seed),
-        program_seed=int(program_seed),
-        lazy=lazy,
+        mpp=params["mpp"],
+        types=types,
+        programs=programs,
+        stain=stain,
         image_suffix=K.FULL_IMAGE_SUFFIX,
         spots=spots,
         spot_radius_um=spot_diameter_um / 2,
+        uns={K.TOY_UNS_KEY: _toy_uns(types, params["mpp"], int(seed), int(program_seed))},
+        lazy=lazy,
         rng=rng,
     )
     table = sdata[K.TABLE_KEY]
     logger.info(
         "toy_st: %d spots, %d cells, %d genes, median %d cells per spot",
         table.n_obs,
-        len(cells),
+        len(section.cells),
         n_genes,
         np.median(table.obs[K.N_CELLS_KEY]),
     )
@@ -289,6 +283,7 @@ def toy_bulk_cohort(
             (p_rng.dirichlet(np.full(n_cell_types, concentration)), Stain.draw(p_rng, params["stain_jitter"]))
         )
 
+    uns = {K.TOY_UNS_KEY: _toy_uns(types, params["mpp"], int(seed), int(program_seed))}
     density = np.mean([t.density for t in types])
     site_area = params["layout"]["cell_spacing_um"] ** 2 * np.sqrt(3) / 2
     slides, rows = [], []
@@ -303,29 +298,30 @@ def toy_bulk_cohort(
         semi = (radius * rng.uniform(1.0, 1.25), radius * rng.uniform(0.8, 1.0))
         width, height = 2 * (semi[0] * 1.3 + margin), 2 * (semi[1] * 1.3 + margin)
         tissue = blob((width / 2, height / 2), semi, rng, wobble=0.12).intersection(_box(width, height))
-        cells, logits, step = sample_cells(
-            tissue, types=types, programs=programs, proportions=proportions, rng=rng, **params["layout"]
+        section = sample_section(
+            tissue,
+            width_um=width,
+            height_um=height,
+            types=types,
+            programs=programs,
+            proportions=proportions,
+            rng=rng,
+            **params["layout"],
         )
         stain = _jitter_stain(patient_stain, rng, 0.3 * params["stain_jitter"])
         sample_id = f"{sample_prefix}{i}"
-        sdata = _assemble(
-            cells=cells,
-            tissue=tissue,
-            logits=logits,
-            logits_step=step,
-            stain=stain,
-            types=types,
-            n_genes=n_genes,
-            width_um=width,
-            height_um=height,
-            mpp=params["mpp"],
+        sdata = to_spatialdata(
+            section,
             sample_id=sample_id,
-            seed=int(seed),
-            program_seed=int(program_seed),
-            lazy=lazy,
+            mpp=params["mpp"],
+            types=types,
+            programs=programs,
+            stain=stain,
             image_suffix=K.HE_IMAGE_SUFFIX,
             spots=None,
             spot_radius_um=None,
+            uns=uns,
+            lazy=lazy,
             rng=rng,
         )
         slides.append(sdata)
@@ -346,7 +342,7 @@ def toy_bulk_cohort(
         var=bulk[0].var.copy(),
         layers={K.TRUE_RATE_LAYER: np.vstack([b.layers[K.TRUE_RATE_LAYER] for b in bulk])},
         obsm={K.TYPE_FRACTION_KEY: np.vstack([b.obsm[K.TYPE_FRACTION_KEY] for b in bulk])},
-        uns={K.TOY_UNS_KEY: _toy_uns(types, params["mpp"], int(seed), int(program_seed))},
+        uns=copy.deepcopy(uns),
     )
     logger.info(
         "toy_bulk_cohort: %d slides of %d patients, %d cells in all",
@@ -409,186 +405,3 @@ def _toy_uns(types, mpp: float, seed: int, program_seed: int) -> dict:
         "seed": seed,
         "program_seed": program_seed,
     }
-
-
-def _assemble(
-    *,
-    cells: Cells,
-    tissue,
-    logits: np.ndarray,
-    logits_step: float,
-    stain: Stain,
-    types,
-    n_genes: int,
-    width_um: float,
-    height_um: float,
-    mpp: float,
-    sample_id: str,
-    seed: int,
-    program_seed: int,
-    lazy: bool | None,
-    image_suffix: str,
-    spots: pd.DataFrame | None,
-    spot_radius_um: float | None,
-    rng: np.random.Generator,
-):
-    """Image, shapes and tables of one synthetic section, all in full-resolution pixels."""
-    import anndata as ad
-    import geopandas as gpd
-    import shapely
-    from scipy import sparse
-    from spatialdata import SpatialData
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
-    from spatialdata.transformations import Scale, Sequence, Translation
-
-    from bitro import __version__
-
-    from ._cell_types import expression_programs
-
-    n_types = len(types)
-    to_um = Sequence([Scale([mpp, mpp], axes=("x", "y")), Translation(list(_ORIGIN_UM), axes=("x", "y"))])
-    transformations = {sample_id: to_um}
-    shape = (int(np.ceil(height_um / mpp)), int(np.ceil(width_um / mpp)))
-
-    # --- image ------------------------------------------------------------------------------
-    probs = np.exp(logits - logits.max(axis=0))
-    probs /= probs.sum(axis=0)
-    eosin_grid = np.tensordot(np.array([t.eosin for t in types]), probs, axes=1)
-    scene = Scene(
-        boundaries=cells.boundary / mpp,
-        hematoxylin=cells.hematoxylin,
-        texture=np.array([t.texture for t in types])[cells.cell_type],
-        rim=np.array([t.rim for t in types])[cells.cell_type],
-        tissue=np.asarray(tissue.exterior.coords) / mpp,
-        eosin_grid=eosin_grid,
-        eosin_step=logits_step / mpp,
-        stain=stain,
-        grain_px=max(0.8 / mpp, 1.0),
-        seed=int(rng.integers(2**31)),
-    )
-    image = scene.to_dask(shape, _CHUNK)
-    if not (lazy if lazy is not None else shape[0] * shape[1] > _EAGER_MAX_PIXELS):
-        image = image.compute(scheduler="threads")
-    scale_factors = []
-    while max(shape) // 2 ** (len(scale_factors) + 1) >= 256 or not scale_factors:
-        scale_factors.append(2)
-    image_key = f"{sample_id}{image_suffix}"
-    images = {
-        image_key: Image2DModel.parse(
-            image,
-            dims=("c", "y", "x"),
-            c_coords=["r", "g", "b"],
-            scale_factors=scale_factors,
-            chunks=(3, _CHUNK, _CHUNK),
-            transformations=transformations,
-        )
-    }
-
-    # --- true cells -------------------------------------------------------------------------
-    polygons = shapely.polygons(cells.boundary / mpp)
-    centroid = shapely.get_coordinates(shapely.centroid(polygons))
-    cell_ids = np.arange(len(cells))
-    cells_key = f"{sample_id}{K.TRUE_CELLS_SUFFIX}"
-    shapes = {
-        cells_key: ShapesModel.parse(
-            gpd.GeoDataFrame(geometry=polygons, index=pd.Index(cell_ids, name=None)), transformations=transformations
-        )
-    }
-    names = [t.name for t in types]
-    programs = expression_programs(n_genes, n_types, program_seed)
-    var = pd.DataFrame(
-        {K.MARKER_OF_KEY: pd.Categorical([names[m] if m >= 0 else "none" for m in programs.marker_of])},
-        index=[f"gene{j:04d}" for j in range(n_genes)],
-    )
-    cell_obs = pd.DataFrame(
-        {
-            K.CELL_ID_KEY: cell_ids,
-            K.REGION_KEY: pd.Categorical([cells_key] * len(cells)),
-            K.CELL_TYPE_KEY: pd.Categorical.from_codes(cells.cell_type, categories=names),
-            K.CENTROID_X_PX: centroid[:, 0],
-            K.CENTROID_Y_PX: centroid[:, 1],
-            K.CENTROID_X_UM: centroid[:, 0] * mpp,
-            K.CENTROID_Y_UM: centroid[:, 1] * mpp,
-            K.AREA_UM2_KEY: shapely.area(polygons) * mpp**2,
-            "state": cells.state,
-        },
-        index=[f"cell{i}" for i in cell_ids],
-    )
-    uns = {K.TOY_UNS_KEY: _toy_uns(types, mpp, seed, program_seed)}
-
-    # --- bags: spots, or the whole tissue for a bulk slide -------------------------------------
-    if spots is not None:
-        from scipy.spatial import cKDTree
-
-        dist, nearest = cKDTree(spots[["x_um", "y_um"]].to_numpy()).query(centroid * mpp)
-        member = dist <= spot_radius_um
-        cell_obs[K.SPOT_ID_KEY] = pd.array(np.where(member, nearest, 0), dtype="Int64")
-        cell_obs.loc[~member, K.SPOT_ID_KEY] = pd.NA
-        bag_of, n_bags = nearest[member], len(spots)
-        member_idx = np.flatnonzero(member)
-        region = sample_id
-        spot_px = spots[["x_um", "y_um"]].to_numpy() / mpp
-        shapes[region] = ShapesModel.parse(
-            gpd.GeoDataFrame(
-                {"radius": np.full(len(spots), spot_radius_um / mpp)},
-                geometry=gpd.points_from_xy(spot_px[:, 0], spot_px[:, 1]),
-                index=np.arange(len(spots)),
-            ),
-            transformations=transformations,
-        )
-        bag_obs = spots[[K.ARRAY_ROW_KEY, K.ARRAY_COL_KEY]].copy()
-        bag_obs[K.SPOT_ID_KEY] = np.arange(len(spots))
-        instance_key, obsm = K.SPOT_ID_KEY, {"spatial": spot_px}
-    else:
-        bag_of, n_bags = np.zeros(len(cells), dtype=int), 1
-        member_idx = cell_ids
-        region = f"{sample_id}{K.TISSUE_SUFFIX}"
-        shapes[region] = ShapesModel.parse(
-            gpd.GeoDataFrame(geometry=[shapely.affinity.scale(tissue, 1 / mpp, 1 / mpp, origin=(0, 0))], index=[0]),
-            transformations=transformations,
-        )
-        bag_obs = pd.DataFrame({K.TISSUE_ID_KEY: [0], K.SAMPLE_ID_KEY: [sample_id]}, index=[sample_id])
-        instance_key, obsm = K.TISSUE_ID_KEY, {}
-
-    membership = sparse.csr_matrix((np.ones(len(member_idx)), (bag_of, member_idx)), shape=(n_bags, len(cells)))
-    rate = np.asarray(membership @ cells.expression.astype(np.float64))
-    counts = rng.poisson(rate).astype(np.float32)
-    n_cells = np.asarray(membership.sum(axis=1)).ravel().astype(int)
-    type_counts = np.asarray(membership @ np.eye(n_types)[cells.cell_type])
-    bag_obs[K.REGION_KEY] = pd.Categorical([region] * n_bags)
-    bag_obs[K.N_CELLS_KEY] = n_cells
-    obsm[K.TYPE_FRACTION_KEY] = type_counts / np.maximum(n_cells, 1)[:, None]
-    table = ad.AnnData(
-        X=sparse.csr_matrix(counts) if spots is not None else counts,
-        obs=bag_obs,
-        var=var.copy(),
-        layers={K.TRUE_RATE_LAYER: rate.astype(np.float32)},
-        obsm=obsm,
-        uns=uns,
-    )
-    true_cells = ad.AnnData(
-        X=cells.expression,
-        obs=cell_obs,
-        var=var.copy(),
-        varm={K.TYPE_PROGRAM_KEY: programs.rates.T.copy()},
-        uns=copy.deepcopy(uns),
-    )
-    tables = {
-        K.TABLE_KEY: TableModel.parse(table, region=region, region_key=K.REGION_KEY, instance_key=instance_key),
-        K.TRUE_CELLS_TABLE_KEY: TableModel.parse(
-            true_cells, region=cells_key, region_key=K.REGION_KEY, instance_key=K.CELL_ID_KEY
-        ),
-    }
-    attrs = {
-        K.ATTRS_KEY: {
-            K.ATTR_SAMPLE_ID: sample_id,
-            K.ATTR_IMAGE: image_key,
-            K.ATTR_SPOTS if spots is not None else K.ATTR_TISSUE: region,
-            K.ATTR_TABLE: K.TABLE_KEY,
-            "true_cells_key": cells_key,
-            K.ATTR_MPP: mpp,
-            K.ATTR_COORDINATE_SYSTEM: sample_id,
-            K.ATTR_VERSION: __version__,
-        }
-    }
-    return SpatialData(images=images, shapes=shapes, tables=tables, attrs=attrs)
