@@ -25,8 +25,6 @@ extensions = [
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 master_doc = "index"
 exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints"]
-templates_path = ["_templates"]
-html_static_path = ["_static"]
 
 # API pages
 autosummary_generate = True
