@@ -376,6 +376,8 @@ def test_zarr_round_trip(toy_st, toy_cohort, tmp_path):
         ({"cell_type_proportions": [1, -1, 1, 1]}, ValueError, "cell_type_proportions"),
         ({"seed": -1}, ValueError, "seed"),
         ({"seed": True}, TypeError, "seed"),
+        ({"lazy": "yes"}, TypeError, "lazy"),
+        ({"cell_spacing_um": 1.0}, ValueError, "cell_spacing_um"),
     ],
 )
 def test_toy_st_rejects_bad_arguments(kwargs, error, match):

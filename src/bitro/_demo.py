@@ -52,7 +52,7 @@ def run_demo(out: Path, *, n_spots: int = 64, seed: int = 0) -> dict:
     info = back.attrs[K.ATTRS_KEY]
     cs, image_key, spots_key = info[K.ATTR_COORDINATE_SYSTEM], info[K.ATTR_IMAGE], info[K.ATTR_SPOTS]
     marker = table.var_names[np.argmax(table.X.toarray().std(axis=0))]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"wspace": 0.45})
     (
         back.pl.render_images(image_key)
         .pl.render_shapes(spots_key, color=marker, table_name=K.TABLE_KEY, fill_alpha=0.6)
@@ -63,7 +63,10 @@ def run_demo(out: Path, *, n_spots: int = 64, seed: int = 0) -> dict:
         .pl.render_shapes(info[K.ATTR_TRUE_CELLS], color=K.CELL_TYPE_KEY, table_name=K.TRUE_CELLS_TABLE_KEY)
         .pl.show(coordinate_systems=cs, ax=axes[1], title="true cell types")
     )
-    fig.savefig(out / "toy.png", dpi=90)
+    for ax in axes:
+        ax.set_xlabel(f"x (µm, coordinate system {cs!r})")
+        ax.set_ylabel("y (µm)")
+    fig.savefig(out / "toy.png", dpi=90, bbox_inches="tight")
     plt.close(fig)
 
     by_type = cells.obs.groupby(K.CELL_TYPE_KEY, observed=True)[K.AREA_UM2_KEY].agg(["size", "mean"])

@@ -126,7 +126,9 @@ def toy_st(
             f"`spot_diameter_um` ({spot_diameter_um}) must be smaller than `spot_spacing_um` "
             f"({spot_spacing_um}): spots may not overlap."
         )
-    params = _check_tissue_params(mpp, cell_spacing_um, region_size_um, region_sharpness, cell_noise, stain_jitter)
+    params = _check_tissue_params(
+        mpp, cell_spacing_um, region_size_um, region_sharpness, cell_noise, stain_jitter, lazy
+    )
     sample_id = check_name(sample_id, "sample_id")
     types = cell_types(n_cell_types, check_int(program_seed, "program_seed", min_value=0))
     proportions = _check_proportions(cell_type_proportions, n_cell_types)
@@ -270,7 +272,9 @@ def toy_bulk_cohort(
     n_cell_types = check_int(n_cell_types, "n_cell_types", min_value=1)
     cells_per_slide = check_int(cells_per_slide, "cells_per_slide", min_value=1)
     concentration = check_float(mixture_concentration, "mixture_concentration", min_value=0, strict_min=True)
-    params = _check_tissue_params(mpp, cell_spacing_um, region_size_um, region_sharpness, cell_noise, stain_jitter)
+    params = _check_tissue_params(
+        mpp, cell_spacing_um, region_size_um, region_sharpness, cell_noise, stain_jitter, lazy
+    )
     sample_prefix = check_name(sample_prefix, "sample_prefix")
     types = cell_types(n_cell_types, check_int(program_seed, "program_seed", min_value=0))
     programs = expression_programs(n_genes, n_cell_types, program_seed)
@@ -353,7 +357,11 @@ def toy_bulk_cohort(
     return slides, cohort
 
 
-def _check_tissue_params(mpp, cell_spacing_um, region_size_um, region_sharpness, cell_noise, stain_jitter) -> dict:
+def _check_tissue_params(
+    mpp, cell_spacing_um, region_size_um, region_sharpness, cell_noise, stain_jitter, lazy
+) -> dict:
+    if lazy is not None and not isinstance(lazy, bool):
+        raise TypeError(f"`lazy` must be True, False or None, got {lazy!r}.")
     mpp = check_float(mpp, "mpp", min_value=0.05, max_value=5.0)
     cell_spacing_um = check_float(cell_spacing_um, "cell_spacing_um", min_value=4.0)
     return {
