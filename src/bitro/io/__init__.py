@@ -1,6 +1,5 @@
-"""Readers: Visium, legacy ST, HEST-1k, whole-slide images and bulk cohorts into SpatialData.
+"""Readers: Visium, legacy ST, HEST-1k, whole-slide images and bulk RNA-seq cohorts into SpatialData / AnnData."""
 
-Nothing is public yet; the readers land with the readers issue.
-"""
+from ._bulk import bulk
 
-__all__: list[str] = []
+__all__ = ["bulk"]
