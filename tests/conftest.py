@@ -26,3 +26,19 @@ def toy_cohort():
     import bitro as bt
 
     return bt.datasets.toy_bulk_cohort(n_slides=4, n_genes=60, cells_per_slide=600, seed=5)
+
+
+@pytest.fixture
+def bitro_log(caplog):
+    """``caplog`` that also sees the ``bitro`` logger (which does not propagate to the root logger)."""
+    import logging
+
+    logger = logging.getLogger("bitro")
+    logger.addHandler(caplog.handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(old)
