@@ -1,0 +1,231 @@
+"""Reader for the original Spatial Transcriptomics layout (HER2ST, ST-Net, cSCC data)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from bitro import _constants as K
+from bitro._logging import logger
+from bitro._validate import check_float
+
+from ._common import check_path, make_unique, record_attrs, sanitize_id
+
+ST_SPOT_PITCH_UM = 200.0
+"""Centre-to-centre distance of legacy ST spots."""
+ST_SPOT_RADIUS_UM = 50.0
+"""Legacy ST spots are 100 µm across."""
+
+
+def legacy_st(
+    counts: str | os.PathLike,
+    spots: str | os.PathLike,
+    image: str | os.PathLike,
+    *,
+    sample_id: str,
+    pixel_size: float | None = None,
+):
+    """Read a legacy Spatial Transcriptomics section into SpatialData.
+
+    The layout of HER2ST, ST-Net and the cSCC atlas: a spots x genes counts table indexed
+    ``"{x}x{y}"`` (array coordinates), a spot selection file with ``x``, ``y``, ``pixel_x``,
+    ``pixel_y`` and ``selected`` columns, and the full-resolution H&E image.
+
+    Only spots marked ``selected`` that have counts are kept; the others are counted and logged.
+    Without ``pixel_size``, the pixel size is estimated from the 200 µm spot pitch (an affine fit
+    of pixel against array coordinates) and logged.
+
+    Parameters
+    ----------
+    counts
+        Counts table (``.tsv`` or ``.tsv.gz``), spots x genes, first column the spot ids ``"{x}x{y}"``.
+    spots
+        Spot selection file (tab-separated) with ``x``, ``y``, ``pixel_x``, ``pixel_y`` and,
+        optionally, ``selected`` (1 = under tissue).
+    image
+        Full-resolution H&E image (JPEG, PNG or TIFF).
+    sample_id
+        Section id: names the elements and the coordinate system (sanitised to ``[A-Za-z0-9_.-]``).
+    pixel_size
+        µm per pixel of ``image``; estimated from the spot pitch when not given.
+
+    Returns
+    -------
+    :class:`spatialdata.SpatialData`
+        Image ``{sample_id}_full_image`` (multiscale), spot circles ``{sample_id}`` (``radius`` in
+        pixels, 50 µm), table ``"table"`` (spots x genes raw counts, ``obs_names`` the counts file's
+        spot ids, ``obs`` ``spot_id``, ``array_row``, ``array_col``, ``obsm["spatial"]`` pixel
+        centres). All in image pixels, mapped to the coordinate system ``sample_id`` in µm.
+        ``attrs["bitro"]`` records the keys and ``mpp``.
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> sdata = bt.io.legacy_st(
+    ...     "ST-cnts/C3.tsv.gz", "ST-spotfiles/C3_selection.tsv", "ST-imgs/C3_HE.jpg", sample_id="C3"
+    ... )  # doctest: +SKIP
+    """
+    import anndata as ad
+    import geopandas as gpd
+    from scipy import sparse
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Scale
+
+    counts = check_path(counts, name="counts")
+    spots = check_path(spots, name="spots")
+    image = check_path(image, name="image")
+    sample_id = sanitize_id(sample_id, name="sample_id")
+    if pixel_size is not None:
+        pixel_size = check_float(pixel_size, "pixel_size", min_value=0, strict_min=True)
+
+    table = _read_counts(counts)
+    positions = _read_spots(spots)
+    positions, table = _match(positions, table, counts=counts, spots=spots)
+    mpp = pixel_size if pixel_size is not None else estimate_mpp(positions, source=spots)
+    if pixel_size is None:
+        logger.info("%s: pixel size %.4f µm/px estimated from the %g µm spot pitch", spots, mpp, ST_SPOT_PITCH_UM)
+
+    image_element, shape = _read_image(image, sample_id=sample_id, mpp=mpp)
+    xy = positions[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
+    radius = ST_SPOT_RADIUS_UM / mpp
+    outside = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= shape[1]) | (xy[:, 1] >= shape[0])
+    if outside.any():
+        raise ValueError(
+            f"{image}: the image ({shape[1]} x {shape[0]} px) is smaller than the spot coordinates in {spots} "
+            f"imply: {int(outside.sum())} spot centres fall outside it (e.g. {positions.index[outside][0]!r} at "
+            f"{xy[outside][0].round(1).tolist()}). Is it the full-resolution image of this section?"
+        )
+
+    transformations = {sample_id: Scale([mpp, mpp], axes=("x", "y"))}
+    spot_ids = np.arange(len(positions))
+    shapes = ShapesModel.parse(
+        gpd.GeoDataFrame(
+            {"radius": np.full(len(positions), radius)},
+            geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]),
+            index=spot_ids,
+        ),
+        transformations=transformations,
+    )
+    obs = pd.DataFrame(
+        {
+            K.SPOT_ID_KEY: spot_ids,
+            K.REGION_KEY: pd.Categorical([sample_id] * len(positions)),
+            K.ARRAY_ROW_KEY: positions["y"].to_numpy(),
+            K.ARRAY_COL_KEY: positions["x"].to_numpy(),
+        },
+        index=positions.index,
+    )
+    adata = ad.AnnData(
+        X=sparse.csr_matrix(table.to_numpy(dtype=np.float32)),
+        obs=obs,
+        var=pd.DataFrame(index=table.columns),
+        obsm={"spatial": xy},
+    )
+    image_key = f"{sample_id}{K.FULL_IMAGE_SUFFIX}"
+    sdata = SpatialData(
+        images={image_key: image_element},
+        shapes={sample_id: shapes},
+        tables={
+            K.TABLE_KEY: TableModel.parse(adata, region=sample_id, region_key=K.REGION_KEY, instance_key=K.SPOT_ID_KEY)
+        },
+    )
+    record_attrs(
+        sdata,
+        **{
+            K.ATTR_SAMPLE_ID: sample_id,
+            K.ATTR_IMAGE: image_key,
+            K.ATTR_SPOTS: sample_id,
+            K.ATTR_TABLE: K.TABLE_KEY,
+            K.ATTR_MPP: float(mpp),
+            K.ATTR_COORDINATE_SYSTEM: sample_id,
+        },
+    )
+    logger.info("legacy_st %s: %d spots x %d genes, %.4f µm/px", sample_id, adata.n_obs, adata.n_vars, mpp)
+    return sdata
+
+
+def estimate_mpp(positions: pd.DataFrame, *, source: str | os.PathLike = "spots") -> float:
+    """µm per pixel from the spot pitch: affine fit of pixel coordinates on array coordinates.
+
+    Uses ``new_x``/``new_y`` (sub-spot array coordinates, when present) or ``x``/``y``; one array
+    step is 200 µm. The scale is the square root of the fitted 2 x 2 matrix's determinant.
+    """
+    cols = ("new_x", "new_y") if {"new_x", "new_y"} <= set(positions.columns) else ("x", "y")
+    array = positions[list(cols)].to_numpy(dtype=float)
+    pixel = positions[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
+    if len(positions) < 3 or np.linalg.matrix_rank(array - array.mean(axis=0)) < 2:
+        raise ValueError(
+            f"{source}: need at least 3 spots not on one line to estimate the pixel size from the spot pitch; "
+            "pass `pixel_size=`."
+        )
+    design = np.column_stack([array, np.ones(len(array))])
+    coef, *_ = np.linalg.lstsq(design, pixel, rcond=None)
+    px_per_step = np.sqrt(abs(np.linalg.det(coef[:2])))
+    return float(ST_SPOT_PITCH_UM / px_per_step)
+
+
+def _read_counts(path) -> pd.DataFrame:
+    table = pd.read_csv(path, sep="\t", index_col=0)
+    # pandas renames repeated column names ("A", "A.1") silently: take the header as written
+    header = pd.read_csv(path, sep="\t", header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0, 1:]
+    table.columns = pd.Index(header.to_numpy())
+    if table.shape[0] == 0 or table.shape[1] == 0:
+        raise ValueError(f"{path}: the counts table is empty ({table.shape[0]} spots x {table.shape[1]} genes).")
+    numeric = table.apply(pd.to_numeric, errors="coerce")
+    bad = numeric.isna()  # missing, or not a number
+    if bad.to_numpy().any():
+        row, col = np.argwhere(bad.to_numpy())[0]
+        raise ValueError(
+            f"{path}: non-numeric or missing count {table.iat[row, col]!r} at spot {table.index[row]!r}, "
+            f"gene {table.columns[col]!r} ({int(bad.to_numpy().sum())} such values)."
+        )
+    if (numeric.to_numpy() < 0).any():
+        raise ValueError(f"{path}: counts must be non-negative.")
+    numeric.index = make_unique(numeric.index, what="spot ids", source=path)
+    numeric.columns = make_unique(numeric.columns, what="gene names", source=path)
+    return numeric
+
+
+def _read_spots(path) -> pd.DataFrame:
+    spots = pd.read_csv(path, sep="\t")
+    missing = {"x", "y", "pixel_x", "pixel_y"} - set(spots.columns)
+    if missing:
+        raise ValueError(f"{path}: the spot file lacks the columns {sorted(missing)} (has {list(spots.columns)}).")
+    if "selected" in spots.columns:
+        n_off = int((spots["selected"] != 1).sum())
+        if n_off:
+            logger.info("%s: %d spots not selected (outside tissue) skipped", path, n_off)
+        spots = spots[spots["selected"] == 1]
+    spots.index = pd.Index([f"{x}x{y}" for x, y in zip(spots["x"], spots["y"], strict=True)])
+    if not spots.index.is_unique:
+        dup = spots.index[spots.index.duplicated()].unique().tolist()
+        raise ValueError(f"{path}: spots listed more than once: {dup[:5]}.")
+    return spots
+
+
+def _match(positions: pd.DataFrame, table: pd.DataFrame, *, counts, spots) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep the spots present in both files, in the counts file's order; log what was left out."""
+    shared = table.index[table.index.isin(positions.index)]
+    if len(shared) == 0:
+        raise ValueError(
+            f"{counts}: none of its spot ids (e.g. {table.index[:3].tolist()}) match the selected spots of {spots} "
+            f"(e.g. {positions.index[:3].tolist()}); the counts index must be '{{x}}x{{y}}' array coordinates."
+        )
+    n_no_counts, n_not_selected = len(positions) - len(shared), len(table) - len(shared)
+    if n_no_counts:
+        logger.warning("%s: %d selected spots have no counts in %s and are skipped", spots, n_no_counts, counts)
+    if n_not_selected:
+        logger.warning("%s: %d spots with counts are not selected in %s and are skipped", counts, n_not_selected, spots)
+    return positions.loc[shared], table.loc[shared]
+
+
+def _read_image(path, *, sample_id: str, mpp: float):
+    """Full-resolution image as a multiscale element in µm, and its (height, width)."""
+    from bitro.io._wsi import wsi
+
+    element = next(iter(wsi(path, sample_id=sample_id, mpp=mpp, tissue=False).images.values()))
+    level0 = element["scale0"]["image"] if hasattr(element, "keys") else element
+    return element, level0.shape[1:]
