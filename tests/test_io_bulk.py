@@ -504,3 +504,122 @@ def test_non_numeric_values_raise_naming_file_value_and_gene(tmp_path):
 def test_bad_arguments_raise_naming_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bulk(GDC, **kwargs)
+
+
+# --- FPKM / TPM files are not counts -------------------------------------------------------------
+
+# a legacy GDC HTSeq-FPKM file: headerless like HTSeq counts, but the values are not counts
+FPKM_TEXT = "ENSG00000000003.13\t4.0\nENSG00000000005.5\t0\nENSG00000000419.11\t12.853\n"
+
+
+@pytest.mark.parametrize("name", ["x.FPKM.txt.gz", "x.FPKM-UQ.txt", "x.htseq.counts"])
+def test_fpkm_values_are_not_read_as_htseq_counts(tmp_path, name):
+    path = write(tmp_path / name, FPKM_TEXT)
+    with pytest.raises(
+        ValueError,
+        match=rf"{re.escape(name)}: a non-integer count: 12\.853 at gene 'ENSG00000000419\.11'.*FPKM",
+    ):
+        bulk(path)
+
+
+def test_gdc_and_star_counts_must_be_integers(tmp_path):
+    lines = gdc_lines()
+    lines[10] = lines[10].replace("\t80\t", "\t80.5\t", 1)  # C1orf112 unstranded
+    with pytest.raises(ValueError, match=r"gdc\.tsv: a non-integer count: 80\.5 at gene 'ENSG00000000460\.17'"):
+        bulk(write(tmp_path / "gdc.tsv", "".join(lines)))
+    with gzip.open(STAR, "rt") as fh:
+        star = fh.read().replace("ENSG00000000005.6\t2\t", "ENSG00000000005.6\t2.25\t", 1)
+    with pytest.raises(ValueError, match=r"star\.tab: a non-integer count: 2\.25 at gene 'ENSG00000000005\.6'"):
+        bulk(write(tmp_path / "star.tab", star))
+    # integral values written as floats are counts; a plain matrix keeps whatever values it holds
+    lines = gdc_lines()
+    lines[10] = lines[10].replace("\t80\t", "\t80.0\t", 1)
+    assert read_gdc(write(tmp_path / "float.tsv", "".join(lines))).X[0, 4] == 80
+    matrix = write(tmp_path / "tpm.csv", "gene_id,S1\nENSG00000000003.1,1.5\nENSG00000000005.1,3\n")
+    np.testing.assert_array_equal(read(matrix, gene_id="ensembl").X, [[1.5, 3]])
+
+
+def test_directory_of_a_legacy_gdc_download_skips_fpkm_files(tmp_path, log):
+    for i, name in enumerate(["s1.htseq.counts.gz", "s1.FPKM.txt.gz", "s1.FPKM-UQ.txt.gz", "s1.fpkm.tsv"]):
+        (tmp_path / f"file{i}").mkdir()
+        if name.endswith(".htseq.counts.gz"):
+            shutil.copy(HTSEQ, tmp_path / f"file{i}" / name)
+        else:
+            write(tmp_path / f"file{i}" / name, FPKM_TEXT)
+    adata = read(tmp_path)
+    assert adata.shape == (1, 50)
+    assert adata.obs["sample_id"].tolist() == ["s1"]
+    assert re.search(r"skipping 3 FPKM files in .*: not counts", log.text)
+
+
+# --- sample sheets of carts with other files -----------------------------------------------------
+
+
+def test_sample_sheet_of_a_cart_with_slides_reads_the_expression_rows(tmp_path, log):
+    sheet = pd.DataFrame(
+        {
+            "File ID": ["id-counts", "id-slide", "id-clinical", "id-fpkm"],
+            "File Name": [
+                "a.rna_seq.augmented_star_gene_counts.tsv",
+                "b.svs",
+                "nationwidechildrens.org_clinical_patient_luad.txt",
+                "c.FPKM.txt.gz",
+            ],
+            "Data Category": ["Transcriptome Profiling", "Biospecimen", "Clinical", "Transcriptome Profiling"],
+            "Data Type": [
+                "Gene Expression Quantification",
+                "Slide Image",
+                "Clinical Supplement",
+                "Gene Expression Quantification",
+            ],
+            "Case ID": "TCGA-73-4658",
+            "Sample ID": ["TCGA-73-4658-01A", "TCGA-73-4658-01A", "", "TCGA-73-4658-01A"],
+        }
+    )
+    for file_id, name in zip(sheet["File ID"], sheet["File Name"], strict=True):
+        (tmp_path / file_id).mkdir()
+        if name.endswith(".svs"):
+            (tmp_path / file_id / name).write_bytes(b"II*\x00" + bytes(64))  # a TIFF, as slides are
+        else:
+            write(tmp_path / file_id / name, "bcr_patient_barcode\tgender\nTCGA-73-4658\tMALE\n")
+    shutil.copy(GDC, tmp_path / "id-counts" / "a.rna_seq.augmented_star_gene_counts.tsv")  # gzip inside: fine
+    path = tmp_path / "gdc_sample_sheet.tsv"
+    sheet.to_csv(path, sep="\t", index=False)
+    adata = read_gdc(path)
+    assert adata.obs_names.tolist() == ["TCGA-73-4658-01A"]
+    assert adata.obs["file"].tolist() == ["a.rna_seq.augmented_star_gene_counts.tsv"]
+    assert re.search(r"skipping 3 of the 4 rows of .*gdc_sample_sheet\.tsv", log.text)
+    # a manifest has no Data Type: the file names decide
+    manifest = tmp_path / "gdc_manifest.txt"
+    pd.DataFrame({"id": sheet["File ID"][:2], "filename": sheet["File Name"][:2]}).to_csv(
+        manifest, sep="\t", index=False
+    )
+    assert read_gdc(manifest).obs_names.tolist() == ["a"]
+    # a sheet of slides only
+    sheet.iloc[1:2].to_csv(path, sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"the sample sheet .*gdc_sample_sheet\.tsv lists no counts files"):
+        bulk(path)
+
+
+def test_keys_are_the_constants():
+    from bitro import _constants as K
+
+    adata = read_gdc(value="tpm")
+    assert list(adata.var.columns) == [K.GENE_ID_KEY, K.GENE_NAME_KEY, K.GENE_TYPE_KEY]
+    assert set(adata.layers) == {K.COUNTS_LAYER}
+    assert {K.FILE_KEY, K.GENE_MODEL_KEY} <= set(adata.obs.columns)
+    assert set(read_gdc().layers) == {K.TPM_LAYER}
+
+
+def test_header_with_numeric_sample_names_and_a_named_first_column(tmp_path):
+    # any first-column name made of words like gene / sample / id / name / symbol marks a header
+    path = write(tmp_path / "n.tsv", "Ensembl Gene ID\t101\t102\nENSG00000000003.1\t5\t6\nENSG00000000005.1\t7\t8\n")
+    adata = read(path, gene_id="ensembl")
+    assert adata.obs_names.tolist() == ["101", "102"]
+    np.testing.assert_array_equal(adata.X, [[5, 7], [6, 8]])
+
+
+def test_boolean_values_are_not_numbers(tmp_path):
+    path = write(tmp_path / "b.csv", "gene_id,S1\nENSG00000000003.1,True\nENSG00000000005.1,False\n")
+    with pytest.raises(ValueError, match=r"b\.csv: a non-numeric or missing value: True at gene 'ENSG00000000003\.1'"):
+        bulk(path)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
 import csv
 import gzip
+import lzma
 import os
 import re
 from collections.abc import Sequence
@@ -23,18 +25,6 @@ from ._common import check_path, make_unique, sanitize_id
 if TYPE_CHECKING:
     import anndata as ad
 
-# Keys this reader writes (candidates for _constants.py).
-GENE_ID_KEY = "gene_id"
-"""``var``: the gene id as the file spells it (versioned Ensembl id for GDC / HTSeq files)."""
-GENE_NAME_KEY = "gene_name"
-GENE_TYPE_KEY = "gene_type"
-COUNTS_LAYER = "counts"
-TPM_LAYER = "tpm"
-FILE_KEY = "file"
-"""``obs``: the name of the file a sample was read from."""
-GENE_MODEL_KEY = "gene_model"
-"""``obs``: the gene model a GDC file names in its ``# gene-model:`` line (e.g. ``GENCODE v36``)."""
-
 _GENE_ID_CHOICES = ("symbol", "ensembl")
 _VALUE_CHOICES = ("counts", "tpm")
 _ORIENTATIONS = ("auto", "genes_x_samples", "samples_x_genes")
@@ -44,40 +34,28 @@ _ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*G\d{6,})\.\d+")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _BARCODE = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9]{2}-[A-Z0-9]{4}")  # TCGA-73-4658-01A, TARGET-20-PAEFGT-03A
 _STAR_SUMMARY = ("N_unmapped", "N_multimapping", "N_noFeature", "N_ambiguous")
+_SUMMARY = re.compile(rf"^({'|'.join(_STAR_SUMMARY)})$|^__")  # STAR and HTSeq (__no_feature, ...) summary rows
+_GENE_LIKE = re.compile(f"{_ENSEMBL.pattern}|{_SUMMARY.pattern}")
 _COMPRESSION = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
+_OPENERS = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
 _COUNT_SUFFIXES = (".tsv", ".txt", ".csv", ".tab", ".counts")
 _TOOL_SUFFIXES = (".rna_seq.augmented_star_gene_counts", ".ReadsPerGene.out", ".htseq")
 _SHEET_PREFIXES = ("gdc_sample_sheet", "gdc_manifest")
 _SKIP_FILES = ("annotations.txt", "manifest.txt")
-# names of the row-names column that mark the first row as a header even when the sample names are numbers
-_INDEX_NAMES = {
-    "",
-    "gene",
-    "genes",
-    "gene_id",
-    "gene_ids",
-    "gene_name",
-    "gene_symbol",
-    "symbol",
-    "id",
-    "ensembl",
-    "ensembl_id",
-    "ensembl_gene_id",
-    "name",
-    "feature",
-    "sample",
-    "samples",
-    "sample_id",
-}
+_GDC = "GDC augmented STAR counts"
+_EXPRESSION_TYPES = ("gene expression quantification", "")  # sample-sheet `Data Type`s of counts files
+# words of the row-names column's name that mark the first row as a header even when the sample names are numbers
+_INDEX_WORDS = {"", "gene", "genes", "sample", "samples", "id", "ids", "name", "symbol", "ensembl", "feature"}
 # matrix columns (genes x samples) that annotate genes instead of holding a sample
 _ANNOTATION_COLUMNS = {
-    "gene_name": GENE_NAME_KEY,
-    "gene_symbol": GENE_NAME_KEY,
-    "symbol": GENE_NAME_KEY,
-    "hgnc_symbol": GENE_NAME_KEY,
-    "gene_type": GENE_TYPE_KEY,
-    "gene_biotype": GENE_TYPE_KEY,
-    "biotype": GENE_TYPE_KEY,
+    "gene_name": K.GENE_NAME_KEY,
+    "gene_symbol": K.GENE_NAME_KEY,
+    "symbol": K.GENE_NAME_KEY,
+    "hgnc_symbol": K.GENE_NAME_KEY,
+    "gene_type": K.GENE_TYPE_KEY,
+    "gene_biotype": K.GENE_TYPE_KEY,
+    "biotype": K.GENE_TYPE_KEY,
     "description": "description",
 }
 
@@ -109,6 +87,9 @@ def bulk(
       columns ``gene_name``, ``gene_symbol``, ``symbol``, ``gene_type``, ``gene_biotype`` and
       ``description`` go to ``var``. Values are read as they are (counts, or whatever the matrix holds).
 
+    GDC, STAR and HTSeq counts must be integers: a file of FPKM, FPKM-UQ or TPM values in one of
+    these layouts (legacy GDC ``*.FPKM.txt.gz``) raises a ValueError naming a non-integer value.
+
     STAR (``N_unmapped``, ``N_multimapping``, ``N_noFeature``, ``N_ambiguous``) and HTSeq
     (``__no_feature``, ``__ambiguous``, ...) summary rows are dropped from the genes, logged, and
     kept per sample in ``obs`` (``N_unmapped``, ..., ``no_feature``, ...).
@@ -122,8 +103,9 @@ def bulk(
         - a directory: every ``*.tsv``, ``*.txt``, ``*.csv``, ``*.tab``, ``*.counts`` file (also
           compressed) in it and in its direct subfolders (the ``{file_id}/{file_name}`` layout that
           ``gdc-client`` downloads to), sorted by path; GDC sample sheets and manifests
-          (``gdc_sample_sheet*``, ``gdc_manifest*``), ``annotations.txt``, ``MANIFEST.txt`` and
-          ``logs/`` folders are skipped;
+          (``gdc_sample_sheet*``, ``gdc_manifest*``), ``annotations.txt``, ``MANIFEST.txt``,
+          ``logs/`` folders and files whose names contain ``FPKM`` (legacy GDC ``*.FPKM.txt.gz``,
+          ``*.FPKM-UQ.txt.gz``; logged) are skipped;
         - a list of counts files;
         - a GDC sample sheet (the TSV the GDC portal's cart gives, columns ``File ID``, ``File Name``,
           ``Data Category``, ``Data Type``, ``Project ID``, ``Case ID``, ``Sample ID``, ``Sample Type``,
@@ -131,7 +113,10 @@ def bulk(
           listed file is looked for at ``{folder}/{File ID}/{File Name}`` (the ``gdc-client`` layout)
           and then ``{folder}/{File Name}``, ``{folder}`` being the sheet's folder. ``Sample ID``
           gives the sample ids, ``Case ID`` ``obs["patient_id"]``, and the other columns go to ``obs``
-          in snake case (``project_id``, ``sample_type``, ...).
+          in snake case (``project_id``, ``sample_type``, ...). Rows of other files are skipped
+          and logged: a ``Data Type`` other than ``Gene Expression Quantification`` (slide images,
+          clinical files, ...), or a file name that is not a counts table as in a directory (above),
+          so the sheet of a cart holding expression files and slides (see :func:`bitro.io.cohort`) reads.
 
         Every file must list the same genes in the same order.
     gene_id
@@ -191,9 +176,9 @@ def bulk(
     tables = [_read_file(path, orientation=orientation) for path, _ in entries]
     for (path, sheet_obs), table in zip(entries, tables, strict=True):
         if sheet_obs:
-            if table.n_samples != 1:
+            if len(table.samples) != 1:
                 raise ValueError(
-                    f"`source`: {label} lists {path}, which holds {table.n_samples} samples; "
+                    f"`source`: {label} lists {path}, which holds {len(table.samples)} samples; "
                     "a sample sheet can only name files of one sample each."
                 )
             for key, val in sheet_obs.items():
@@ -236,12 +221,12 @@ def bulk(
 
     tpm_values = np.vstack([t.tpm for t in tables]) if has_tpm else None
     if value == "tpm":
-        X, layers = tpm_values, {COUNTS_LAYER: counts}
+        X, layers = tpm_values, {K.COUNTS_LAYER: counts}
     else:
-        X, layers = counts, ({TPM_LAYER: tpm_values} if has_tpm else {})
+        X, layers = counts, ({K.TPM_LAYER: tpm_values} if has_tpm else {})
     adata = ad.AnnData(X=X, obs=obs, var=var, layers=layers)
 
-    n_dropped = sum(t.n_dropped for t in tables)
+    n_dropped = sum(len(t.dropped) for t in tables)
     dropped = sorted({name for t in tables for name in t.dropped})
     formats = sorted({t.fmt for t in tables})
     logger.info(
@@ -328,29 +313,31 @@ def _resolve_source(source) -> tuple[list[tuple[Path, dict]], str]:
     raise TypeError(f"`source` must be a path or a list of paths, got {type(source).__name__} {source!r}.")
 
 
-def _list_dir(folder: Path) -> list[Path]:
-    def wanted(p: Path) -> bool:
-        name = p.name.lower()
-        if name.startswith(".") or name in _SKIP_FILES or not p.is_file():
-            return False
-        if name.startswith(_SHEET_PREFIXES):
-            logger.info("bulk: skipping %s in %s; pass it as `source` to take sample ids from it.", p.name, folder)
-            return False
-        return _strip_suffix(name, (".gz", ".bz2", ".xz")).endswith(_COUNT_SUFFIXES)
+def _is_table_name(name: str) -> bool:
+    return _strip_suffix(name.lower(), _COMPRESSED_SUFFIXES).endswith(_COUNT_SUFFIXES)
 
-    files = [p for p in folder.iterdir() if wanted(p)]
-    for sub in folder.iterdir():
-        if sub.is_dir() and not sub.name.startswith(".") and sub.name != "logs":
-            files += [p for p in sub.iterdir() if wanted(p)]
-    return sorted(files)
+
+def _list_dir(folder: Path) -> list[Path]:
+    subfolders = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "logs"]
+    files = sorted(
+        p
+        for d in [folder, *subfolders]
+        for p in d.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower() not in _SKIP_FILES and _is_table_name(p.name)
+    )
+    for p in files:
+        if p.name.lower().startswith(_SHEET_PREFIXES):
+            logger.info("bulk: skipping %s in %s; pass it as `source` to take sample ids from it.", p.name, folder)
+    fpkm = [p for p in files if "fpkm" in p.name.lower()]  # legacy GDC *.FPKM.txt.gz, *.FPKM-UQ.txt.gz
+    if fpkm:
+        logger.info("bulk: skipping %d FPKM files in %s (e.g. %s): not counts.", len(fpkm), folder, fpkm[0].name)
+    return [p for p in files if not p.name.lower().startswith(_SHEET_PREFIXES) and p not in fpkm]
 
 
 def _read_sheet(path: Path) -> list[tuple[Path, dict]] | None:
-    """Entries of a GDC sample sheet or manifest, or ``None`` when ``path`` is not one."""
+    """Entries of a GDC sample sheet or manifest (its counts files only), or ``None`` when ``path`` is not one."""
     head = _head(path)
-    if not head.lines:
-        return None
-    header = _split(head.lines[0], head.delimiter)
+    header = _split(head.first, head.delimiter) if head.first else []
     if "File Name" in header:
         file_col, id_col = "File Name", "File ID"
     elif "filename" in header and "id" in header:
@@ -361,17 +348,31 @@ def _read_sheet(path: Path) -> list[tuple[Path, dict]] | None:
         path,
         sep=head.delimiter,
         compression=head.compression,
-        skiprows=head.n_comments,
+        skiprows=len(head.comments),
         dtype=str,
         keep_default_na=False,
         encoding="utf-8-sig",
     )
-    if sheet.empty:
-        raise ValueError(f"`source`: the sample sheet {path} lists no files.")
+    counts = sheet[file_col].map(lambda name: _is_table_name(name) and "fpkm" not in name.lower())
+    if "Data Type" in sheet:
+        counts &= sheet["Data Type"].str.strip().str.lower().isin(_EXPRESSION_TYPES)
+    if not counts.any():
+        raise ValueError(
+            f"`source`: the sample sheet {path} lists no counts files (`Data Type` 'Gene Expression Quantification', "
+            "*.tsv, *.txt, ... and no FPKM)."
+        )
+    if not counts.all():
+        logger.info(
+            "bulk: skipping %d of the %d rows of %s that list no counts file (e.g. %r).",
+            int((~counts).sum()),
+            len(sheet),
+            path,
+            sheet.loc[~counts, file_col].iloc[0],
+        )
     rename = {"Sample ID": K.SAMPLE_ID_KEY, "Case ID": K.PATIENT_ID_KEY, "id": "file_id"}
     skip = {file_col, "md5", "size", "state"}
     entries = []
-    for _, row in sheet.iterrows():
+    for _, row in sheet[counts].iterrows():
         name = row[file_col]
         candidates = [path.parent / row[id_col] / name] if row.get(id_col) else []
         candidates += [path.parent / name]
@@ -394,9 +395,8 @@ def _read_sheet(path: Path) -> list[tuple[Path, dict]] | None:
 @dataclass
 class _Head:
     compression: str | None
-    n_comments: int
-    comments: list[str]
-    lines: list[str]
+    comments: list[str]  # the leading ``#`` lines
+    first: str  # the first line after them, "" when there is none
     delimiter: str
 
 
@@ -410,57 +410,41 @@ class _Table:
     tpm: np.ndarray | None  # float32
     samples: list[str]
     obs: pd.DataFrame
-    n_dropped: int
-    dropped: list[str]
-
-    @property
-    def n_samples(self) -> int:
-        return self.counts.shape[0]
+    dropped: list[str]  # the summary rows
 
 
-def _compression(path: Path) -> str | None:
+def _head(path: Path) -> _Head:
+    """Leading ``#`` comments, the first line after them, the compression and the delimiter of ``path``."""
     with open(path, "rb") as fh:
         magic = fh.read(6)
-    return next((kind for prefix, kind in _COMPRESSION.items() if magic.startswith(prefix)), None)
-
-
-def _head(path: Path, n_lines: int = 3) -> _Head:
-    """Leading ``#`` comments, the first lines after them, the compression and the delimiter of ``path``."""
-    import bz2
-    import lzma
-
-    compression = _compression(path)
-    opener = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}.get(compression, open)
-    comments, lines = [], []
+    compression = next((kind for prefix, kind in _COMPRESSION.items() if magic.startswith(prefix)), None)
+    comments, first = [], ""
     try:
-        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as fh:
+        with _OPENERS.get(compression, open)(path, "rt", encoding="utf-8-sig", errors="replace") as fh:
             for line in fh:
                 line = line.rstrip("\r\n")
-                if not lines and line.startswith("#"):
+                if line.startswith("#"):
                     comments.append(line)
-                    continue
-                if line.strip():
-                    lines.append(line)
-                if len(lines) >= n_lines:
+                elif line.strip():
+                    first = line
                     break
     except (OSError, EOFError) as err:  # a truncated or corrupt archive
         raise ValueError(f"{path}: cannot read the file ({err}).") from err
-    first = lines[0] if lines else ""
     delimiter = "\t" if "\t" in first else ("," if "," in first else "\t")
-    return _Head(compression, len(comments), comments, lines, delimiter)
+    return _Head(compression, comments, first, delimiter)
 
 
 def _read_file(path: Path, *, orientation: str) -> _Table:
     head = _head(path)
-    if not head.lines:
+    if not head.first:
         raise ValueError(f"{path}: the file is empty (no rows after the comment lines).")
-    header = _split(head.lines[0], head.delimiter)
+    header = _split(head.first, head.delimiter)
     if len(header) < 2:
         raise ValueError(
-            f"{path}: not a counts table: the first row {head.lines[0][:80]!r} has no tab or comma between columns."
+            f"{path}: not a counts table: the first row {head.first[:80]!r} has no tab or comma between columns."
         )
-    if GENE_ID_KEY in header and "unstranded" in header:
-        fmt = "GDC augmented STAR counts"
+    if K.GENE_ID_KEY in header and "unstranded" in header:
+        fmt = _GDC
     elif header[0] in _STAR_SUMMARY and len(header) == 4 and all(_is_number(x) for x in header[1:]):
         fmt = "STAR ReadsPerGene"
     elif len(header) == 2 and _is_number(header[1]):
@@ -469,25 +453,36 @@ def _read_file(path: Path, *, orientation: str) -> _Table:
         fmt = "matrix"
     if fmt != "matrix" and orientation == "samples_x_genes":
         raise ValueError(f"`orientation='samples_x_genes'`: {path} is a {fmt} file, whose genes are always rows.")
-    if fmt == "GDC augmented STAR counts":
-        table = _read_gdc(path, head, header)
-    elif fmt == "matrix":
+    if fmt == "matrix":
         table = _read_matrix(path, head, header, orientation)
-    else:  # STAR ReadsPerGene or HTSeq: headerless, gene id then unstranded counts
-        frame = _read_frame(path, head, skip_header=False, n_columns=len(header))
-        table = _from_columns(path, fmt, frame[0].to_numpy(), frame[[1]], None, None)
-    logger.debug("bulk: %s: %s, %d genes, %d summary rows dropped", path, fmt, len(table.genes), table.n_dropped)
+    else:  # one sample, genes in rows; STAR and HTSeq: headerless, unstranded counts in the second column
+        frame = _read_table(path, head, header if fmt == _GDC else None)
+        count_col, tpm_col = ("unstranded", "tpm_unstranded") if fmt == _GDC else (1, None)
+        var = frame[[c for c in (K.GENE_NAME_KEY, K.GENE_TYPE_KEY) if c in frame]].fillna("").astype(str)
+        tpm_frame = frame[[tpm_col]] if tpm_col in frame else None
+        table = _table(path, fmt, frame[[count_col]], var, [_sample_from_name(path)], tpm=tpm_frame)
+    for line in head.comments:
+        key, _, val = line.lstrip("#").partition(":")
+        if key.strip() == "gene-model" and val.strip():
+            table.obs[K.GENE_MODEL_KEY] = val.strip()
+    logger.debug("bulk: %s: %s, %d genes, %d summary rows dropped", path, fmt, len(table.genes), len(table.dropped))
     return table
 
 
-def _read_frame(path: Path, head: _Head, *, skip_header: bool, n_columns: int) -> pd.DataFrame:
-    """All rows of ``path`` with integer column labels; the first column as strings, empty cells as NaN."""
+def _read_table(path: Path, head: _Head, header: list[str] | None, *, matrix: bool = False) -> pd.DataFrame:
+    """The rows after the comments (and ``header``, when given), the first column as (string) index.
+
+    The other columns are named by ``header``, or numbered from 1 without one. A matrix's header may
+    lack the name of the row-names column (as R's ``write.table`` writes it).
+    """
+    noun = "matrix" if matrix else "table"
     try:
         frame = pd.read_csv(
             path,
             sep=head.delimiter,
             header=None,
-            skiprows=head.n_comments + int(skip_header),
+            index_col=0,
+            skiprows=len(head.comments) + (header is not None),
             compression=head.compression,
             dtype={0: str},
             keep_default_na=False,
@@ -496,139 +491,90 @@ def _read_frame(path: Path, head: _Head, *, skip_header: bool, n_columns: int) -
             low_memory=False,
         )
     except pd.errors.EmptyDataError as err:
-        raise ValueError(f"{path}: the table is empty (a header but no rows).") from err
+        raise ValueError(f"{path}: the {noun} is empty (a header but no rows).") from err
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: cannot parse the table: {err}") from err
-    if frame.shape[1] != n_columns:
-        raise ValueError(f"{path}: rows have {frame.shape[1]} columns but the first row has {n_columns}.")
-    frame[0] = frame[0].fillna("")
+    frame.index = frame.index.fillna("").rename(None)
+    if header is None:
+        return frame
+    if len(header) == frame.shape[1] + 1:
+        frame.columns = header[1:]
+    elif matrix and len(header) == frame.shape[1]:
+        frame.columns = header
+    else:
+        raise ValueError(f"{path}: the header has {len(header)} names but the rows have {frame.shape[1] + 1} columns.")
     return frame
 
 
-def _read_gdc(path: Path, head: _Head, header: list[str]) -> _Table:
-    frame = _read_frame(path, head, skip_header=True, n_columns=len(header))
-    frame.columns = header
-    var = pd.DataFrame(index=pd.RangeIndex(len(frame)))
-    for col in (GENE_NAME_KEY, GENE_TYPE_KEY):
-        if col in frame:
-            var[col] = frame[col].fillna("").astype(str).to_numpy()
-    tpm_col = frame[["tpm_unstranded"]] if "tpm_unstranded" in frame else None
-    table = _from_columns(
-        path, "GDC augmented STAR counts", frame[GENE_ID_KEY].to_numpy(), frame[["unstranded"]], tpm_col, var
-    )
-    for line in head.comments:
-        key, _, val = line.lstrip("#").partition(":")
-        if key.strip() == "gene-model" and val.strip():
-            table.obs[GENE_MODEL_KEY] = val.strip()
-    return table
+def _read_matrix(path: Path, head: _Head, header: list[str], orientation: str) -> _Table:
+    if all(_is_number(x) for x in header[1:]) and not _INDEX_WORDS & set(re.split(r"[\W_]+", header[0].lower())):
+        raise ValueError(
+            f"{path}: the first row {head.first[:80]!r} looks like data, not a header of sample or gene "
+            "names, and the file is not a GDC, STAR or HTSeq file either. Give the matrix a header row "
+            "(numeric sample names are fine when the first column is named, e.g. 'gene_id')."
+        )
+    frame = _read_table(path, head, header, matrix=True)
+    if orientation == "auto":
+        rows, columns = frame.index.to_numpy().astype(str), frame.columns.to_numpy().astype(str)
+        orientation, reason, sure = _detect_orientation(rows, columns, path)
+        log = logger.info if sure else logger.warning
+        log(
+            "bulk: %s: read as %s (%s); pass orientation= to override.", path, orientation.replace("_x_", " x "), reason
+        )
+    if orientation == "genes_x_samples":
+        annotation = frame.columns.str.lower().isin(list(_ANNOTATION_COLUMNS))
+        var = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+        for j in np.flatnonzero(annotation):
+            var[_ANNOTATION_COLUMNS[frame.columns[j].lower()]] = frame.iloc[:, j].fillna("").astype(str).to_numpy()
+        values = frame.loc[:, ~annotation]
+    else:
+        var = pd.DataFrame(index=pd.RangeIndex(frame.shape[1]))
+        values = frame.T
+    if values.size == 0:
+        raise ValueError(f"{path}: the matrix is empty ({values.shape[0]} genes x {values.shape[1]} samples).")
+    return _table(path, "matrix", values, var, values.columns.astype(str).tolist())
 
 
-def _from_columns(
-    path: Path, fmt: str, labels: np.ndarray, counts: pd.DataFrame, tpm_frame: pd.DataFrame | None, var
+def _table(
+    path: Path,
+    fmt: str,
+    values: pd.DataFrame,
+    var: pd.DataFrame,
+    samples: list[str],
+    *,
+    tpm: pd.DataFrame | None = None,
 ) -> _Table:
-    """One sample from a genes-in-rows file: drop the summary rows, check the numbers."""
-    labels = labels.astype(str)
+    """Samples from ``values`` (genes x samples, gene labels as index): summary rows to ``obs``, numbers checked."""
+    labels = values.index.to_numpy().astype(str)
     summary = _is_summary(labels)
-    keep = ~summary
+    keep, matrix = ~summary, fmt == "matrix"
     if not keep.any():
-        raise ValueError(f"{path}: the table has no genes (only {int(summary.sum())} summary rows).")
-    genes = labels[keep]
-    values = _numeric(counts[keep], path, row_labels=genes, what="count")
-    tpm_values = None if tpm_frame is None else _numeric(tpm_frame[keep], path, row_labels=genes, what="TPM value")
-    var = pd.DataFrame(index=pd.RangeIndex(keep.sum())) if var is None else var[keep].reset_index(drop=True)
-    var = _gene_columns(genes, var)
-    summary_values = _numeric(counts[summary], path, row_labels=labels[summary], what="summary count")
+        raise ValueError(
+            f"{path}: the {'matrix' if matrix else 'table'} has no genes (only {summary.sum()} summary rows)."
+        )
+    counts = _numeric(values, path, "value" if matrix else "count", integer=not matrix, by_sample=matrix)
     obs = pd.DataFrame(
-        {_summary_name(n): summary_values[i] for i, n in enumerate(labels[summary])}, index=pd.RangeIndex(1)
+        {n.lstrip("_"): row for n, row in zip(labels[summary], counts[summary], strict=True)},
+        index=pd.RangeIndex(len(samples)),
     )
-    obs.insert(0, FILE_KEY, path.name)
+    obs.insert(0, K.FILE_KEY, path.name)
+    genes = labels[keep]
     return _Table(
         path=path,
         fmt=fmt,
         genes=genes,
-        var=var,
-        counts=_float32(values.T, path),
-        tpm=None if tpm_values is None else tpm_values.T.astype(np.float32),
-        samples=[_sample_from_name(path)],
-        obs=obs,
-        n_dropped=int(summary.sum()),
-        dropped=list(labels[summary]),
-    )
-
-
-def _read_matrix(path: Path, head: _Head, header: list[str], orientation: str) -> _Table:
-    if all(_is_number(x) for x in header[1:]) and header[0].strip().lower() not in _INDEX_NAMES:
-        raise ValueError(
-            f"{path}: the first row {head.lines[0][:80]!r} looks like data, not a header of sample or gene "
-            "names, and the file is not a GDC, STAR or HTSeq file either. Give the matrix a header row "
-            "(numeric sample names are fine when the first column is named, e.g. 'gene_id')."
-        )
-    frame = _read_frame(path, head, skip_header=True, n_columns=_n_fields(path, head))
-    if frame.shape[1] == len(header) + 1:  # R's write.table: no name above the row names
-        header = ["", *header]
-    elif frame.shape[1] != len(header):
-        raise ValueError(f"{path}: the header has {len(header)} names but the rows have {frame.shape[1]} columns.")
-    rows = frame[0].to_numpy().astype(str)
-    columns = np.asarray(header[1:], dtype=object).astype(str)
-    values = frame.iloc[:, 1:].set_axis(range(frame.shape[1] - 1), axis=1)
-    if orientation == "auto":
-        orientation, reason, sure = _detect_orientation(rows, columns, path)
-        log = logger.info if sure else logger.warning
-        log(
-            "bulk: %s: read as %s (%s); pass orientation= to override.",
-            path,
-            orientation.replace("_x_", " x "),
-            reason,
-        )
-    var = pd.DataFrame(index=pd.RangeIndex(len(rows) if orientation == "genes_x_samples" else len(columns)))
-    if orientation == "genes_x_samples":
-        annotation = [j for j, c in enumerate(columns) if c.lower() in _ANNOTATION_COLUMNS]
-        for j in annotation:
-            var[_ANNOTATION_COLUMNS[columns[j].lower()]] = values[j].fillna("").astype(str).to_numpy()
-        sample_cols = [j for j in range(len(columns)) if j not in annotation]
-        labels, samples, gene_rows = rows, columns[sample_cols], values[sample_cols]
-    else:
-        labels, samples, gene_rows = columns, rows, values.T.set_axis(range(len(columns)), axis=0)
-    if len(samples) == 0 or len(labels) == 0:
-        raise ValueError(f"{path}: the matrix is empty ({len(labels)} genes x {len(samples)} samples).")
-    summary = _is_summary(labels)
-    keep = ~summary
-    if not keep.any():
-        raise ValueError(f"{path}: the matrix has no genes (only {int(summary.sum())} summary rows).")
-    genes = labels[keep]
-    counts = _numeric(gene_rows[keep], path, row_labels=genes, col_labels=samples, what="value")
-    summary_values = _numeric(
-        gene_rows[summary], path, row_labels=labels[summary], col_labels=samples, what="summary count"
-    )
-    obs = pd.DataFrame(
-        {_summary_name(n): summary_values[i] for i, n in enumerate(labels[summary])},
-        index=pd.RangeIndex(len(samples)),
-    )
-    obs.insert(0, FILE_KEY, path.name)
-    return _Table(
-        path=path,
-        fmt="matrix",
-        genes=genes,
         var=_gene_columns(genes, var[keep].reset_index(drop=True)),
-        counts=_float32(counts.T, path),
-        tpm=None,
-        samples=[str(s) for s in samples],
+        counts=_float32(counts[keep].T, path),
+        tpm=None if tpm is None else _numeric(tpm[keep], path, "TPM value").T.astype(np.float32),
+        samples=samples,
         obs=obs,
-        n_dropped=int(summary.sum()),
         dropped=list(labels[summary]),
     )
-
-
-def _n_fields(path: Path, head: _Head) -> int:
-    """Number of columns of the first data row (the header may lack the row-names column)."""
-    if len(head.lines) < 2:
-        raise ValueError(f"{path}: the matrix is empty (a header but no rows).")
-    return len(_split(head.lines[1], head.delimiter))
 
 
 def _detect_orientation(rows: np.ndarray, columns: np.ndarray, path: Path) -> tuple[str, str, bool]:
     """``(orientation, reason, sure)`` from which axis looks like genes (or samples), else the longer one."""
-    ens_r, ens_c = _gene_like(rows), _gene_like(columns)
+    ens_r, ens_c = _fraction(rows, _GENE_LIKE), _fraction(columns, _GENE_LIKE)
     if ens_r >= 0.5 > ens_c:
         return "genes_x_samples", "row names look like Ensembl gene ids", True
     if ens_c >= 0.5 > ens_r:
@@ -652,38 +598,30 @@ def _detect_orientation(rows: np.ndarray, columns: np.ndarray, path: Path) -> tu
 # --- checks and names ----------------------------------------------------------------------------
 
 
-def _numeric(
-    frame: pd.DataFrame,
-    path: Path,
-    *,
-    row_labels: np.ndarray,
-    col_labels: Sequence[str] | None = None,
-    what: str,
-) -> np.ndarray:
-    """``frame`` (genes x columns) as finite, non-negative float64, or a ValueError showing a bad cell."""
-    out = np.empty(frame.shape, dtype=np.float64)
-    for j, col in enumerate(frame.columns):
-        series = frame[col]
-        if pd.api.types.is_bool_dtype(series):  # "True"/"False" parse as booleans, not numbers
-            column = np.full(len(series), np.nan)
-        elif pd.api.types.is_numeric_dtype(series):
-            column = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        else:
-            column = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        bad = ~np.isfinite(column) | (column < 0)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raw = series.iloc[i]
-            raw = raw.item() if isinstance(raw, np.generic) else raw
-            shown = "an empty value" if pd.isna(raw) or raw == "" else repr(raw)
-            where = f"gene {str(row_labels[i])!r}" + ("" if col_labels is None else f", sample {str(col_labels[j])!r}")
-            kind = "a negative" if np.isfinite(column[i]) else "a non-numeric or missing"
-            raise ValueError(
-                f"{path}: {kind} {what}: {shown} at {where} (row {i + 1} of the genes); "
-                f"{int(bad.sum())} such values in this column."
-            )
-        out[:, j] = column
-    return out
+def _numeric(frame: pd.DataFrame, path: Path, what: str, *, integer: bool = False, by_sample: bool = False):
+    """``frame`` (genes x samples) as finite, non-negative float64, or a ValueError showing the first bad cell.
+
+    With ``integer`` (counts of GDC, STAR and HTSeq files), non-integer values are bad too; with
+    ``by_sample`` (matrices), the message names the cell's sample (column) as well as its gene.
+    """
+    values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    # "True" / "False" parse as booleans, not numbers
+    values[:, frame.dtypes.map(pd.api.types.is_bool_dtype).to_numpy(bool)] = np.nan
+    finite = np.isfinite(values)
+    checks = [("a non-numeric or missing", ~finite), ("a negative", values < 0)]
+    if integer:
+        checks.append(("a non-integer", finite & (values != np.floor(values))))
+    for kind, bad in checks:
+        if not bad.any():
+            continue
+        i, j = np.argwhere(bad)[0]
+        raw = frame.iat[i, j]
+        raw = raw.item() if isinstance(raw, np.generic) else raw
+        shown = "an empty value" if pd.isna(raw) or raw == "" else repr(raw)
+        where = f"gene {str(frame.index[i])!r}" + (f", sample {str(frame.columns[j])!r}" if by_sample else "")
+        hint = "; counts are integers: FPKM, FPKM-UQ and TPM files hold no counts" if kind == "a non-integer" else ""
+        raise ValueError(f"{path}: {kind} {what}: {shown} at {where}; {int(bad.sum())} such values{hint}.")
+    return values
 
 
 def _float32(values: np.ndarray, path: Path) -> np.ndarray:
@@ -698,33 +636,29 @@ def _float32(values: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _gene_columns(genes: np.ndarray, var: pd.DataFrame) -> pd.DataFrame:
-    """Put the gene labels into ``var``: Ensembl ids as ``gene_id``, anything else as ``gene_name``."""
+    """Put the gene labels into ``var``: as ``gene_name`` unless they are Ensembl ids or ``var`` has names."""
     var = var.copy()
-    if _fraction(genes, _ENSEMBL) >= 0.5:
-        var.insert(0, GENE_ID_KEY, genes)
-    elif GENE_NAME_KEY not in var:
-        var.insert(0, GENE_NAME_KEY, genes)
-    else:
-        var.insert(0, GENE_ID_KEY, genes)
+    names = _fraction(genes, _ENSEMBL) < 0.5 and K.GENE_NAME_KEY not in var
+    var.insert(0, K.GENE_NAME_KEY if names else K.GENE_ID_KEY, genes)
     return var
 
 
 def _var_names(var: pd.DataFrame, *, gene_id: str, source: Path) -> pd.Index:
     ids = None
-    if GENE_ID_KEY in var and _fraction(var[GENE_ID_KEY].to_numpy(), _ENSEMBL) >= 0.5:
-        ids = var[GENE_ID_KEY].astype(str).str.replace(_ENSEMBL_VERSION, r"\1", regex=True)
+    if K.GENE_ID_KEY in var and _fraction(var[K.GENE_ID_KEY].to_numpy(), _ENSEMBL) >= 0.5:
+        ids = var[K.GENE_ID_KEY].astype(str).str.replace(_ENSEMBL_VERSION, r"\1", regex=True)
     if gene_id == "ensembl":
         if ids is None:
             raise ValueError(f"`gene_id='ensembl'`: {source} has no Ensembl gene ids; use gene_id='symbol'.")
         return make_unique(pd.Index(ids), what="gene ids", source=source)
-    if GENE_NAME_KEY not in var:
+    if K.GENE_NAME_KEY not in var:
         logger.warning("bulk: %s has no gene names; var_names are its (unversioned) gene ids.", source)
-        names = ids if ids is not None else var[GENE_ID_KEY].astype(str)
+        names = ids if ids is not None else var[K.GENE_ID_KEY].astype(str)
         return make_unique(pd.Index(names), what="gene ids", source=source)
-    names = var[GENE_NAME_KEY].astype(str)
+    names = var[K.GENE_NAME_KEY].astype(str)
     unnamed = names.str.strip().isin(["", "nan"])
     if unnamed.any():
-        fallback = ids if ids is not None else var.get(GENE_ID_KEY, pd.Series("", index=var.index)).astype(str)
+        fallback = ids if ids is not None else var.get(K.GENE_ID_KEY, pd.Series("", index=var.index)).astype(str)
         names = names.where(~unnamed, fallback)
         logger.info("bulk: %d genes without a name keep their gene id as var_name.", int(unnamed.sum()))
     return make_unique(pd.Index(names), what="gene names", source=source)
@@ -744,33 +678,15 @@ def _check_same_genes(tables: list[_Table]) -> None:
 
 
 def _is_summary(labels: np.ndarray) -> np.ndarray:
-    series = pd.Series(labels, dtype=object).astype(str)
-    return (series.isin(_STAR_SUMMARY) | series.str.startswith("__")).to_numpy(dtype=bool)
-
-
-def _summary_name(label: str) -> str:
-    return label.lstrip("_")
-
-
-def _sample(labels: np.ndarray, n: int = 2000) -> np.ndarray:
-    """At most ``n`` evenly spaced labels: enough to tell what an axis holds."""
-    labels = np.asarray(labels, dtype=object)
-    return labels if len(labels) <= n else labels[np.linspace(0, len(labels) - 1, n).astype(int)]
-
-
-def _gene_like(labels: np.ndarray) -> float:
-    """Fraction of ``labels`` that are Ensembl gene ids or STAR / HTSeq summary rows."""
-    if len(labels) == 0:
-        return 0.0
-    labels = _sample(labels)
-    ensembl = pd.Series(labels, dtype=object).astype(str).str.match(_ENSEMBL).to_numpy(dtype=bool)
-    return float(np.mean(_is_summary(labels) | ensembl))
+    return pd.Series(labels, dtype=object).astype(str).str.match(_SUMMARY).to_numpy(dtype=bool)
 
 
 def _fraction(labels: np.ndarray, pattern: re.Pattern) -> float:
+    """Fraction of ``labels`` matching ``pattern``, of at most 2000 evenly spaced ones (enough to tell an axis)."""
     if len(labels) == 0:
         return 0.0
-    return float(pd.Series(_sample(labels), dtype=object).astype(str).str.match(pattern).mean())
+    some = np.asarray(labels, dtype=object)[np.linspace(0, len(labels) - 1, min(len(labels), 2000)).astype(int)]
+    return float(pd.Series(some, dtype=object).astype(str).str.match(pattern).mean())
 
 
 def _is_number(text: str) -> bool:
@@ -794,7 +710,7 @@ def _strip_suffix(name: str, suffixes: Sequence[str]) -> str:
 
 def _sample_from_name(path: Path) -> str:
     """``abc.rna_seq.augmented_star_gene_counts.tsv.gz`` -> ``abc``; ``x.htseq.counts.gz`` -> ``x``."""
-    name = _strip_suffix(path.name, (".gz", ".bz2", ".xz"))
+    name = _strip_suffix(path.name, _COMPRESSED_SUFFIXES)
     name = _strip_suffix(name, _COUNT_SUFFIXES)
     return _strip_suffix(name, _TOOL_SUFFIXES) or path.name
 
