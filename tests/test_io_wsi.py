@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import re
 from pathlib import Path
 
 import dask.array as da
@@ -18,7 +17,7 @@ from bitro import _constants as K
 from bitro._logging import logger
 from bitro.io import _wsi
 from bitro.io._tissue import mask_to_polygon, tissue_mask, tissue_polygons
-from bitro.io._wsi import wsi
+from bitro.io._wsi import read_image, wsi
 
 DATA = Path(__file__).parent / "data" / "wsi"
 CMU = DATA / "CMU-1-Small-Region.svs"
@@ -224,6 +223,62 @@ def test_dask_graph_pickles_and_reopens_the_file():
     np.testing.assert_array_equal(clone.compute(scheduler="synchronous"), window.compute())
 
 
+# --- read_image: the image element alone, for other readers ---------------------------------------------
+
+
+def tree_levels(tree) -> list:
+    return [tree[f"scale{i}"]["image"] for i in range(len(tree))]
+
+
+def test_read_image_is_the_image_of_wsi(cmu):
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import get_transformation
+    from xarray import DataTree
+
+    image, mpp = read_image(CMU, coordinate_system="section")
+    assert isinstance(image, DataTree)
+    Image2DModel().validate(image)
+    assert mpp == pytest.approx(0.499)  # from the file
+    levels, expected = tree_levels(image), image_levels(cmu, f"{CMU_ID}_he_image")
+    assert [lv.shape for lv in levels] == [lv.shape for lv in expected]  # 1 level in the file + 3 averaged
+    for level in levels:
+        assert level.dims == ("c", "y", "x")
+        assert level.dtype == np.uint8
+        assert list(level.coords["c"].values) == ["r", "g", "b"]
+        assert isinstance(level.data, da.Array)
+    assert layers(levels[0]) == ["original", "bitro-wsi", "transpose"]  # lazy: the file's tiles
+    np.testing.assert_array_equal(levels[3].values, expected[3].values)
+    assert set(get_transformation(levels[0], get_all=True)) == {"section"}
+    np.testing.assert_allclose(affine_xy(levels[0], "section"), np.diag([0.499, 0.499, 1.0]))  # µm
+    np.testing.assert_allclose(affine_xy(levels[1], "section"), affine_xy(expected[1], CMU_ID))
+
+
+def test_read_image_with_mpp_and_chunks(log):
+    image, mpp = read_image(TCGA, coordinate_system="frozen", mpp=0.25, chunks=512)
+    assert mpp == 0.25
+    levels = tree_levels(image)
+    assert [lv.shape for lv in levels] == [(3, 3567, 4443), (3, 1783, 2221)]  # the file's own pyramid
+    assert max(levels[0].data.chunks[1]) == max(levels[1].data.chunks[2]) == 512
+    np.testing.assert_allclose(affine_xy(levels[0], "frozen"), np.diag([0.25, 0.25, 1.0]))
+    assert warnings_logged(log) == []
+    with pytest.raises(ValueError, match=r"TCGA-CR-7395-01A-01-TS1\.svs has no pixel size.*Pass it as `mpp=`"):
+        read_image(TCGA, coordinate_system="frozen")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"coordinate_system": ""}, TypeError, "`coordinate_system` must be a non-empty string"),
+        ({"coordinate_system": None}, TypeError, "`coordinate_system` must be a non-empty string"),
+        ({"coordinate_system": "cs", "mpp": -1}, ValueError, "`mpp` must be > 0"),
+        ({"coordinate_system": "cs", "chunks": 8}, ValueError, "`chunks` must be >= 16"),
+    ],
+)
+def test_read_image_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        read_image(CMU, **kwargs)
+
+
 # --- TCGA frozen slide (JPEG 2000, two levels, no pixel size) ---------------------------------------------
 
 
@@ -298,13 +353,15 @@ def test_jpeg_pixel_size_from_dpi(tmp_path, dpi, expected):
     assert image_levels(sdata, "slide_he_image")[0].shape == (3, 600, 800)
 
 
-def test_screen_dpi_is_not_a_pixel_size(tmp_path, log):
-    path = tmp_path / "photo.png"
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_screen_dpi_is_not_a_pixel_size(tmp_path, log, suffix):
+    path = tmp_path / f"photo{suffix}"
     Image.fromarray(synthetic(300, 400)).save(path, dpi=(72, 72))
-    with pytest.raises(ValueError, match="photo.png has no pixel size"):
+    with pytest.raises(ValueError, match=rf"photo\{suffix} has no pixel size .*72(\.\d+)? dpi means 352.*`mpp=`"):
         wsi(path)
-    assert any(re.search(r"72(\.\d+)? dpi means 352", m) for m in warnings_logged(log))
-    assert wsi(path, mpp=0.5).attrs[K.ATTRS_KEY][K.ATTR_MPP] == 0.5
+    # with `mpp=` (e.g. a HER2ST JPEG of known pixel size) the file's 72 dpi is not needed: nothing to warn about
+    assert wsi(path, mpp=0.5, tissue=False).attrs[K.ATTRS_KEY][K.ATTR_MPP] == 0.5
+    assert warnings_logged(log) == []
 
 
 def test_no_tissue_is_logged_and_no_element_written(tmp_path, log):
@@ -319,7 +376,7 @@ def test_no_tissue_is_logged_and_no_element_written(tmp_path, log):
 # --- TIFF files written here: OME-TIFF and plain TIFF pyramids ---------------------------------------------
 
 
-@pytest.mark.parametrize(("size", "unit", "expected"), [(250, "nm", 0.25), (0.5, "µm", 0.5)])
+@pytest.mark.parametrize(("size", "unit", "expected"), [(250, "nm", 0.25), (0.5, "µm", 0.5), (0.4, "\u03bcm", 0.4)])
 def test_ome_tiff_pyramid(tmp_path, size, unit, expected):
     path = tmp_path / "section.ome.tif"
     metadata = {"axes": "YXS", "PhysicalSizeX": size, "PhysicalSizeXUnit": unit}
@@ -343,7 +400,10 @@ def test_ome_tiff_with_physical_size_x_only(tmp_path):
     assert wsi(path, tissue=False).attrs[K.ATTRS_KEY][K.ATTR_MPP] == pytest.approx(0.3)
 
 
-@pytest.mark.parametrize(("resolution", "unit", "expected"), [(20_000, "CENTIMETER", 0.5), (101_600, "INCH", 0.25)])
+@pytest.mark.parametrize(
+    ("resolution", "unit", "expected"),
+    [(20_000, "CENTIMETER", 0.5), (101_600, "INCH", 0.25), (4_000, "MILLIMETER", 0.25), (2, "MICROMETER", 0.5)],
+)
 def test_plain_tiff_resolution_tags(tmp_path, resolution, unit, expected):
     path = tmp_path / "plain.tif"
     write_pyramid(path, synthetic(), resolution=(resolution, resolution), resolutionunit=unit)
@@ -368,9 +428,40 @@ def test_rgba_tiff_alpha_dropped(tmp_path):
 def test_tiff_with_72_dpi_needs_mpp(tmp_path, log):
     path = tmp_path / "scan.tif"
     tifffile.imwrite(path, synthetic(256, 256), photometric="rgb", resolution=(72, 72), resolutionunit="INCH")
-    with pytest.raises(ValueError, match="scan.tif has no pixel size"):
+    with pytest.raises(ValueError, match=r"scan\.tif has no pixel size .*XResolution of 72 per inch means 352\.8 µm"):
         wsi(path)
-    assert any("not a microscope pixel size" in m for m in warnings_logged(log))
+    assert wsi(path, mpp=0.5, tissue=False).attrs[K.ATTRS_KEY][K.ATTR_MPP] == 0.5
+    assert warnings_logged(log) == []
+
+
+def test_resolution_unit_none_is_not_a_pixel_size(tmp_path):
+    path = tmp_path / "nounit.tif"
+    tifffile.imwrite(path, synthetic(64, 64), photometric="rgb", resolution=(4, 4), resolutionunit="NONE")
+    with pytest.raises(ValueError, match=r"nounit\.tif has no pixel size \(µm per pixel\) in its metadata\. Pass"):
+        wsi(path, tissue=False)
+
+
+def test_non_square_pixels_need_mpp(tmp_path, log):
+    path = tmp_path / "aniso.ome.tif"
+    metadata = {"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.5}
+    tifffile.imwrite(path, synthetic(64, 64), photometric="rgb", metadata=metadata)
+    with pytest.raises(ValueError, match=r"aniso\.ome\.tif has no pixel size .*non-square pixels \(0\.25 x 0\.5 µm\)"):
+        wsi(path, tissue=False)
+    assert wsi(path, mpp=0.3, tissue=False).attrs[K.ATTRS_KEY][K.ATTR_MPP] == 0.3  # `mpp=` overrides, as promised
+    assert warnings_logged(log) == []
+
+
+def test_unusable_ome_size_falls_back_to_resolution_tags_with_a_warning(tmp_path, log):
+    path = tmp_path / "odd.ome.tif"
+    metadata = {"axes": "YXS", "PhysicalSizeX": 2, "PhysicalSizeXUnit": "ft"}  # a valid OME unit, but no pixel size
+    tifffile.imwrite(
+        path, synthetic(64, 64), photometric="rgb", metadata=metadata, resolution=(2, 2), resolutionunit="MICROMETER"
+    )
+    assert wsi(path, tissue=False).attrs[K.ATTRS_KEY][K.ATTR_MPP] == pytest.approx(0.5)
+    assert any("PhysicalSizeX '2' 'ft' is not a number in m, cm, mm, µm or nm" in m for m in warnings_logged(log))
+    log.clear()
+    wsi(path, mpp=0.5, tissue=False)  # the file's pixel size is not needed: its odd OME unit is not reported
+    assert warnings_logged(log) == []
 
 
 def test_sample_id_is_sanitized(tmp_path, log):
@@ -408,10 +499,6 @@ def _write_bad(tmp_path: Path, kind: str) -> Path:
     elif kind == "not_a_png":
         path = tmp_path / "broken.png"
         path.write_bytes(b"\x00" * 100)
-    elif kind == "non_square_pixels":
-        path = tmp_path / "aniso.ome.tif"
-        metadata = {"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.5}
-        tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), photometric="rgb", metadata=metadata)
     elif kind == "unsupported_extension":
         path = tmp_path / "slide.mrxs"
         path.write_text("")
@@ -431,7 +518,6 @@ def _write_bad(tmp_path: Path, kind: str) -> Path:
         ("stack_tiff", ValueError, r"stack\.tif holds an image with axes 'QYX'"),
         ("not_a_tiff", ValueError, r"broken\.svs could not be read as a TIFF"),
         ("not_a_png", ValueError, r"broken\.png could not be read as an image"),
-        ("non_square_pixels", ValueError, r"aniso\.ome\.tif has non-square pixels"),
         ("unsupported_extension", ValueError, r"slide\.mrxs has an unsupported extension '\.mrxs'"),
         ("directory", ValueError, r"folder\.svs is not a file"),
     ],
@@ -440,6 +526,8 @@ def test_bad_files_raise(tmp_path, kind, error, match):
     path = _write_bad(tmp_path, kind)
     with pytest.raises(error, match=match):
         wsi(path, mpp=0.5)
+    with pytest.raises(error, match=match):
+        read_image(path, coordinate_system="cs", mpp=0.5)
 
 
 @pytest.mark.parametrize(
@@ -462,6 +550,8 @@ def test_bad_arguments_raise(kwargs, error, match):
 def test_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"`path`: .*nowhere\.svs does not exist"):
         wsi(tmp_path / "nowhere.svs")
+    with pytest.raises(FileNotFoundError, match=r"`path`: .*nowhere\.svs does not exist"):
+        read_image(tmp_path / "nowhere.svs", coordinate_system="cs")
 
 
 # --- tissue detection on arrays -------------------------------------------------------------------------
@@ -498,6 +588,22 @@ def test_tissue_mask_background_tissue_and_padding():
     assert polygon.geom_type == "Polygon"
     assert not polygon.interiors
     assert polygon.area == pytest.approx(120 * 120, rel=0.01)
+
+
+def test_small_objects_removed_below_min_object_px():
+    from bitro.io._tissue import _remove_small_objects, saturation
+
+    mask = np.zeros((20, 20), bool)
+    mask[1:4, 1:6] = True  # 15 px: removed
+    mask[10:14, 10:14] = True  # 16 px: kept
+    mask[17, 17] = mask[18, 18] = True  # touch diagonally only: two 1-px objects (4-connectivity)
+    expected = np.zeros_like(mask)
+    expected[10:14, 10:14] = True
+    np.testing.assert_array_equal(_remove_small_objects(mask, 16), expected)
+    np.testing.assert_array_equal(_remove_small_objects(mask, 1), mask)
+    rgb = np.array([[[0, 0, 0], [128, 128, 128]], [[255, 0, 0], [200, 100, 50]]], np.uint8)
+    np.testing.assert_allclose(saturation(rgb), [[0, 0], [1, 0.75]], atol=1e-6)
+    assert saturation(rgb).dtype == np.float32
 
 
 def test_tissue_mask_rejects_non_rgb():

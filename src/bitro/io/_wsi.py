@@ -8,7 +8,7 @@ import re
 import threading
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from ._common import check_path, record_attrs, sanitize_id
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
+    from xarray import DataTree
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi")
 PIL_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -42,21 +43,8 @@ TISSUE_CLOSING_UM = 40.0
 TISSUE_MIN_AREA_UM2 = 10_000.0
 """Tissue pieces smaller than 0.01 mm² (100 µm x 100 µm) are dropped."""
 
-_UNIT_UM = {
-    "m": 1e6,
-    "dm": 1e5,
-    "cm": 1e4,
-    "mm": 1e3,
-    "µm": 1.0,  # micro sign
-    "μm": 1.0,  # greek mu
-    "um": 1.0,
-    "micron": 1.0,
-    "nm": 1e-3,
-    "pm": 1e-6,
-    "Å": 1e-4,
-    "in": 25_400.0,
-    "inch": 25_400.0,
-}
+_UNIT_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "nm": 1e-3}
+"""µm per OME ``UnitsLength`` (micro sign; a Greek mu is read as one); other lengths are not pixel sizes."""
 _APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([-+0-9.eE]+)")
 
 
@@ -88,8 +76,9 @@ def wsi(
         Micrometres per level-0 pixel. Default: from the file's metadata (Aperio ``MPP =`` in the
         description, OME ``PhysicalSizeX``, TIFF ``XResolution``/``ResolutionUnit``, PNG/JPEG dpi). A value
         given here wins over the file's (a disagreement of more than 1 % is logged as a warning). A file
-        without a pixel size needs ``mpp=``; resolution tags of 72 or 96 dpi and the like (more than
-        50 µm/px) are software defaults and are ignored.
+        without a usable pixel size needs ``mpp=``: resolution tags of 72 or 96 dpi and the like (more than
+        50 µm/px) are software defaults, and non-square pixels are not supported; such metadata is ignored
+        (and reported only when it was needed, i.e. without ``mpp=``).
     tissue
         Detect the tissue on a low-resolution level (Otsu threshold on the colour saturation, clean-up, holes
         filled) and add its outline as a shapes element. If no tissue is found a warning is logged and no tissue
@@ -122,8 +111,8 @@ def wsi(
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        Unsupported extension; not an 8-bit RGB(A) 2-D image; no pixel size in the file and no ``mpp=``;
-        ``mpp <= 0``; non-square pixels; a file that cannot be parsed.
+        Unsupported extension; not an 8-bit RGB(A) 2-D image; no usable (square, plausible) pixel size in the
+        file and no ``mpp=``; ``mpp <= 0``; a file that cannot be parsed.
     ImportError
         The tiles need a codec that is not installed (with ``tissue=True``; otherwise a warning).
 
@@ -134,33 +123,13 @@ def wsi(
     >>> sdata = bt.io.wsi("frozen.svs", mpp=0.25, sample_id="patient1_A")  # doctest: +SKIP
     """
     from spatialdata import SpatialData
-    from spatialdata.transformations import Scale
 
-    path = check_path(path, name="path")
-    suffix = path.suffix.lower()
-    if suffix not in TIFF_SUFFIXES + PIL_SUFFIXES:
-        raise ValueError(
-            f"`path`: {path} has an unsupported extension {path.suffix!r}; "
-            f"bt.io.wsi reads {', '.join(TIFF_SUFFIXES + PIL_SUFFIXES)}."
-        )
-    if mpp is not None:
-        mpp = check_float(mpp, "mpp", min_value=0.0, strict_min=True)
-    chunks = check_int(chunks, "chunks", min_value=16)
     if not isinstance(tissue, bool):
         raise TypeError(f"`tissue` must be True or False, got {tissue!r}.")
+    path = check_path(path, name="path")
     sample_id = sanitize_id(sample_id if sample_id is not None else _stem(path), name="sample_id")
+    image, mpp, levels = _read_image(path, coordinate_system=sample_id, mpp=mpp, chunks=chunks, pixels_needed=tissue)
 
-    source = _open_tiff(path) if suffix in TIFF_SUFFIXES else _open_pil(path)
-    mpp = _resolve_mpp(path, file_mpp=source.mpp, file_mpp_from=source.mpp_from, mpp=mpp)
-    if source.codec_error is not None:
-        if tissue:
-            raise ImportError(f"`path`: {path}: {source.codec_error}. (With tissue=False the slide opens lazily.)")
-        logger.warning("%s: %s. The image is opened, but reading its pixels will fail.", path, source.codec_error)
-    levels = source.levels(chunks)
-    if len(levels) == 1:
-        levels = _add_levels(levels[0], chunks=chunks)
-
-    transformations = {sample_id: Scale([mpp, mpp], axes=("x", "y"))}
     image_key = f"{sample_id}{K.HE_IMAGE_SUFFIX}"
     shapes = {}
     tissue_key = None
@@ -174,9 +143,9 @@ def wsi(
             )
         else:
             tissue_key = f"{sample_id}{K.TISSUE_SUFFIX}"
-            shapes[tissue_key] = _tissue_element(geometry, transformations=transformations)
+            shapes[tissue_key] = _tissue_element(geometry, transformations=_to_um(sample_id, mpp))
 
-    sdata = SpatialData(images={image_key: _image_element(levels, transformations=transformations)}, shapes=shapes)
+    sdata = SpatialData(images={image_key: image}, shapes=shapes)
     record_attrs(
         sdata,
         **{
@@ -187,19 +156,90 @@ def wsi(
             K.ATTR_COORDINATE_SYSTEM: sample_id,
         },
     )
+    return sdata
+
+
+def read_image(
+    path: str | os.PathLike, *, coordinate_system: str, mpp: float | None = None, chunks: int = 1024
+) -> tuple[DataTree, float]:
+    """Read an RGB slide or image as a lazy multiscale image element in µm, and its pixel size.
+
+    The reading behind :func:`wsi`, for readers that put the image next to other elements: the
+    file's own pyramid levels (averaged 2x levels added below a single-level image), nothing decoded
+    until used (``.jpg``/``.jpeg``/``.png`` are decoded into memory).
+
+    Parameters
+    ----------
+    path
+        ``.svs``, ``.tif``, ``.tiff`` (also ``.ome.tif``), ``.ndpi``, ``.jpg``, ``.jpeg`` or ``.png``.
+    coordinate_system
+        Name of the coordinate system the element is mapped to (used as given).
+    mpp
+        Micrometres per level-0 pixel; default: from the file's metadata, as in :func:`wsi`.
+    chunks
+        Chunk size (pixels, in y and x) of every level.
+
+    Returns
+    -------
+    ``(image, mpp)``: the multiscale ``(c, y, x)`` uint8 RGB image (:class:`xarray.DataTree`, levels
+    ``scale0``, ``scale1``, ..., channels ``r``, ``g``, ``b``) mapped to ``coordinate_system`` by
+    ``Scale([mpp, mpp])`` (level 0; coarser levels by their shape ratio first), and ``mpp``, the µm per
+    level-0 pixel used (``mpp`` if given, else the file's).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        As in :func:`wsi`: unsupported extension, not an 8-bit RGB(A) 2-D image, no usable pixel size
+        in the file and no ``mpp=``, ``mpp <= 0``, a file that cannot be parsed.
+    """
+    image, mpp, _ = _read_image(path, coordinate_system=coordinate_system, mpp=mpp, chunks=chunks)
+    return image, mpp
+
+
+def _read_image(path, *, coordinate_system, mpp, chunks, pixels_needed: bool = False) -> tuple[DataTree, float, list]:
+    """:func:`read_image`, also returning the levels (dask arrays); ``pixels_needed`` makes a missing codec an error."""
+    path = check_path(path, name="path")
+    suffix = path.suffix.lower()
+    if suffix not in TIFF_SUFFIXES + PIL_SUFFIXES:
+        raise ValueError(
+            f"`path`: {path} has an unsupported extension {path.suffix!r}; "
+            f"supported are {', '.join(TIFF_SUFFIXES + PIL_SUFFIXES)}."
+        )
+    if not isinstance(coordinate_system, str) or not coordinate_system:
+        raise TypeError(f"`coordinate_system` must be a non-empty string, got {coordinate_system!r}.")
+    if mpp is not None:
+        mpp = check_float(mpp, "mpp", min_value=0.0, strict_min=True)
+    chunks = check_int(chunks, "chunks", min_value=16)
+
+    source = _open_tiff(path) if suffix in TIFF_SUFFIXES else _open_pil(path)
+    mpp = _resolve_mpp(path, source, mpp=mpp)
+    if source.codec_error is not None:
+        if pixels_needed:
+            raise ImportError(f"`path`: {path}: {source.codec_error}. (With tissue=False the slide opens lazily.)")
+        logger.warning("%s: %s. The image is opened, but reading its pixels will fail.", path, source.codec_error)
+    levels = source.levels(chunks)
+    if len(levels) == 1:
+        levels = _add_levels(levels[0], chunks=chunks)
+    image = _image_element(levels, transformations=_to_um(coordinate_system, mpp))
     h, w = levels[0].shape[1:]
     logger.info(
-        "%s: %d x %d px at %.4g µm/px, %d level(s), as %r in coordinate system %r%s.",
+        "%s: %d x %d px at %.4g µm/px, %d level(s), in coordinate system %r.",
         path.name,
         w,
         h,
         mpp,
         len(levels),
-        image_key,
-        sample_id,
-        f", tissue {tissue_key!r}" if tissue_key else "",
+        coordinate_system,
     )
-    return sdata
+    return image, mpp, levels
+
+
+def _to_um(coordinate_system: str, mpp: float) -> dict:
+    from spatialdata.transformations import Scale
+
+    return {coordinate_system: Scale([mpp, mpp], axes=("x", "y"))}
 
 
 # --- sources ---------------------------------------------------------------------------------------
@@ -213,6 +253,7 @@ class _Source:
     mpp_from: str
     levels: object  # callable: chunks -> list of dask arrays (c, y, x) uint8 RGB, finest first
     codec_error: str | None = None  # why the pixels cannot be decoded here (a missing codec), if so
+    mpp_ignored: list[str] = field(default_factory=list)  # pixel sizes in the file that are not usable, and why
 
 
 def _stem(path: Path) -> str:
@@ -248,7 +289,8 @@ def _open_tiff(path: Path) -> _Source:
                 page.chunks,
                 segment_mb,
             )
-        file_mpp, mpp_from = _tiff_mpp(path, tif, page, series_index=index)
+        ignored = []
+        file_mpp, mpp_from = _tiff_mpp(tif, page, series_index=index, ignored=ignored)
         level_info = [(tuple(level.shape), level.dtype) for level in series.levels]
     logger.debug("%s: series %d, axes %s, levels %s.", path.name, index, axes, [s for s, _ in level_info])
 
@@ -268,7 +310,7 @@ def _open_tiff(path: Path) -> _Source:
             out.append(_to_cyx_rgb(arr, axes, path=path))
         return out
 
-    return _Source(mpp=file_mpp, mpp_from=mpp_from, levels=levels, codec_error=codec_error)
+    return _Source(mpp=file_mpp, mpp_from=mpp_from, levels=levels, codec_error=codec_error, mpp_ignored=ignored)
 
 
 def _yx_area(series) -> int:
@@ -287,22 +329,22 @@ def _check_tiff_layout(path: Path, series) -> None:
     if "Y" not in axes or "X" not in axes or other or len(channel_axes) > 1:
         raise ValueError(
             f"`path`: {path} holds an image with axes {axes!r} and shape {shape}; "
-            "bt.io.wsi reads a 2-D RGB slide (axes YX plus 3 or 4 colour samples)."
+            "bitro reads a 2-D RGB slide (axes YX plus 3 or 4 colour samples)."
         )
     n_channels = sizes[channel_axes[0]] if channel_axes else 1
     photometric = series.keyframe.photometric
     if n_channels < 3:
         raise ValueError(
             f"`path`: {path} is a grayscale image ({n_channels} channel(s), photometric {photometric.name}); "
-            "bt.io.wsi reads RGB brightfield (H&E) slides. Convert it to RGB first if it really is one."
+            "bitro reads RGB brightfield (H&E) slides. Convert it to RGB first if it really is one."
         )
     if n_channels > 4 or photometric not in (PHOTOMETRIC.RGB, PHOTOMETRIC.YCBCR):
         raise ValueError(
             f"`path`: {path} has {n_channels} channels with photometric {photometric.name}, not an RGB image; "
-            "bt.io.wsi reads RGB brightfield (H&E) slides, not multi-channel fluorescence."
+            "bitro reads RGB brightfield (H&E) slides, not multi-channel fluorescence."
         )
     if series.dtype != np.uint8:
-        raise ValueError(f"`path`: {path} has {series.dtype} pixels; bt.io.wsi reads 8-bit (uint8) RGB slides.")
+        raise ValueError(f"`path`: {path} has {series.dtype} pixels; bitro reads 8-bit (uint8) RGB slides.")
 
 
 def _codec_error(page) -> str | None:
@@ -396,21 +438,21 @@ def _open_pil(path: Path) -> _Source:
     if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"):
         raise ValueError(
             f"`path`: {path} is a grayscale image (PIL mode {mode!r}); "
-            "bt.io.wsi reads RGB brightfield (H&E) slides. Convert it to RGB first if it really is one."
+            "bitro reads RGB brightfield (H&E) slides. Convert it to RGB first if it really is one."
         )
     if mode not in ("RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr"):
-        raise ValueError(f"`path`: {path} has PIL mode {mode!r}, not an RGB image; bt.io.wsi reads RGB slides.")
+        raise ValueError(f"`path`: {path} has PIL mode {mode!r}, not an RGB image; bitro reads RGB slides.")
     if orientation != 1:
         logger.warning(
             "%s: EXIF orientation %d is ignored; pixels are read as stored (not rotated for display).",
             path,
             orientation,
         )
-    file_mpp, mpp_from = None, ""
+    file_mpp, mpp_from, ignored = None, "", []
     dpi = info.get("dpi")
     if dpi and float(dpi[0]) > 0 and float(dpi[1]) > 0:
         mpp_from = f"its resolution of {float(dpi[0]):.4g} dpi"
-        file_mpp = _plausible(path, _isotropic(path, 25_400.0 / float(dpi[0]), 25_400.0 / float(dpi[1])), mpp_from)
+        file_mpp = _usable(25_400.0 / float(dpi[0]), 25_400.0 / float(dpi[1]), mpp_from, ignored)
 
     def levels(chunks: int) -> list:
         import dask.array as da
@@ -432,16 +474,19 @@ def _open_pil(path: Path) -> _Source:
         logger.info("%s: decoded into memory (%d x %d px).", path.name, *w_h)
         return [da.from_array(np.ascontiguousarray(rgb.transpose(2, 0, 1)), chunks=(3, chunks, chunks))]
 
-    return _Source(mpp=file_mpp, mpp_from=mpp_from, levels=levels)
+    return _Source(mpp=file_mpp, mpp_from=mpp_from, levels=levels, mpp_ignored=ignored)
 
 
 # --- pixel size -------------------------------------------------------------------------------------
 
 
-def _tiff_mpp(path: Path, tif, page, *, series_index: int) -> tuple[float | None, str]:
-    """µm per level-0 pixel from OME ``PhysicalSizeX``, Aperio ``MPP =``, or the resolution tags."""
+def _tiff_mpp(tif, page, *, series_index: int, ignored: list[str]) -> tuple[float | None, str]:
+    """µm per level-0 pixel from OME ``PhysicalSizeX``, Aperio ``MPP =``, or the resolution tags.
+
+    The first usable one wins; why others were not usable is appended to ``ignored``.
+    """
     if tif.is_ome and tif.ome_metadata:
-        mpp = _ome_mpp(path, tif.ome_metadata, series_index=series_index)
+        mpp = _ome_mpp(tif.ome_metadata, series_index=series_index, ignored=ignored)
         if mpp is not None:
             return mpp, "its OME PhysicalSizeX"
     description = page.description or ""
@@ -454,17 +499,17 @@ def _tiff_mpp(path: Path, tif, page, *, series_index: int) -> tuple[float | None
                 value = math.nan
             if value > 0 and math.isfinite(value):
                 return value, "its Aperio MPP"
-            logger.warning("%s: Aperio MPP %r is not a pixel size; ignored.", path, match.group(1))
-    return _resolution_mpp(path, page)
+            ignored.append(f"its Aperio MPP {match.group(1)!r} is not a pixel size")
+    return _resolution_mpp(page, ignored)
 
 
-def _ome_mpp(path: Path, xml: str, *, series_index: int) -> float | None:
+def _ome_mpp(xml: str, *, series_index: int, ignored: list[str]) -> float | None:
     import xml.etree.ElementTree as ET
 
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
-        logger.warning("%s: OME-XML could not be parsed (%s); pixel size not read from it.", path, exc)
+        ignored.append(f"its OME-XML could not be parsed ({exc})")
         return None
     pixels = [el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"]
     if not pixels:
@@ -476,15 +521,15 @@ def _ome_mpp(path: Path, xml: str, *, series_index: int) -> float | None:
     for ax in ("X", "Y") if el.get("PhysicalSizeY") is not None else ("X", "X"):
         value, unit = el.get(f"PhysicalSize{ax}"), el.get(f"PhysicalSize{ax}Unit", "µm")
         try:
-            size = float(value) * _UNIT_UM[unit]
+            sizes.append(float(value) * _UNIT_UM[unit.replace("\u03bc", "\u00b5")])  # Greek mu -> micro sign
         except (KeyError, ValueError):
-            logger.warning("%s: OME PhysicalSize%s %r %r is not a length; pixel size ignored.", path, ax, value, unit)
+            ignored.append(f"its OME PhysicalSize{ax} {value!r} {unit!r} is not a number in m, cm, mm, µm or nm")
             return None
-        sizes.append(size)
-    return _plausible(path, _isotropic(path, *sizes), f"its OME PhysicalSizeX of {sizes[0]:.4g} µm")
+    return _usable(*sizes, f"its OME PhysicalSizeX of {sizes[0]:.4g} µm", ignored)
 
 
-def _resolution_mpp(path: Path, page) -> tuple[float | None, str]:
+def _resolution_mpp(page, ignored: list[str]) -> tuple[float | None, str]:
+    """µm per pixel from the TIFF ``XResolution``/``YResolution`` tags in a length unit (not ``NONE``)."""
     from tifffile import RESUNIT
 
     if page.tags.get("XResolution") is None or page.tags.get("YResolution") is None:
@@ -493,52 +538,48 @@ def _resolution_mpp(path: Path, page) -> tuple[float | None, str]:
         unit = RESUNIT(page.resolutionunit)
     except ValueError:
         return None, ""
-    per_unit_um = {RESUNIT.INCH: 25_400.0, RESUNIT.CENTIMETER: 10_000.0}
-    for name, um in (("MILLIMETER", 1_000.0), ("MICROMETER", 1.0)):  # tifffile extensions, if present
-        if hasattr(RESUNIT, name):
-            per_unit_um[getattr(RESUNIT, name)] = um
-    if unit not in per_unit_um:
+    if unit == RESUNIT.NONE:
         return None, ""
-    xres, yres = page.resolution
-    if not (xres > 0 and yres > 0):
+    px_per_um = page.get_resolution(RESUNIT.MICROMETER)
+    if not (px_per_um[0] > 0 and px_per_um[1] > 0):
         return None, ""
-    mpp = _isotropic(path, per_unit_um[unit] / xres, per_unit_um[unit] / yres)
-    what = f"its XResolution of {xres:.4g} per {unit.name.lower()}"
-    return _plausible(path, mpp, what), what
+    what = f"its XResolution of {page.get_resolution()[0]:.4g} per {unit.name.lower()}"
+    return _usable(1 / px_per_um[0], 1 / px_per_um[1], what, ignored), what
 
 
-def _isotropic(path: Path, mpp_x: float, mpp_y: float) -> float:
+def _usable(mpp_x: float, mpp_y: float, what: str, ignored: list[str]) -> float | None:
+    """``mpp_x`` if it is a microscope's square pixel size, else ``None`` (and why in ``ignored``).
+
+    Above :data:`MAX_PLAUSIBLE_MPP` it is a software default such as 72 dpi.
+    """
     if not math.isclose(mpp_x, mpp_y, rel_tol=0.01):
-        raise ValueError(
-            f"`path`: {path} has non-square pixels ({mpp_x:g} x {mpp_y:g} µm); bt.io.wsi needs square pixels. "
-            "Pass `mpp=` to override."
-        )
+        ignored.append(f"{what} gives non-square pixels ({mpp_x:.4g} x {mpp_y:.4g} µm)")
+        return None
+    if not (math.isfinite(mpp_x) and 0 < mpp_x <= MAX_PLAUSIBLE_MPP):
+        ignored.append(f"{what} means {mpp_x:.4g} µm/px, which is not a microscope pixel size (a software default?)")
+        return None
     return mpp_x
 
 
-def _plausible(path: Path, mpp: float, what: str) -> float | None:
-    if not (math.isfinite(mpp) and 0 < mpp <= MAX_PLAUSIBLE_MPP):
-        logger.warning(
-            "%s: %s means %.4g µm/px, which is not a microscope pixel size (a software default?); ignored.",
-            path,
-            what,
-            mpp,
-        )
-        return None
-    return mpp
-
-
-def _resolve_mpp(path: Path, *, file_mpp: float | None, file_mpp_from: str, mpp: float | None) -> float:
+def _resolve_mpp(path: Path, source: _Source, *, mpp: float | None) -> float:
+    """``mpp`` if given, else the file's; what the file had that was not usable is reported only if it was needed."""
     if mpp is None:
-        if file_mpp is None:
+        if source.mpp is None:
+            why = f" ({'; '.join(source.mpp_ignored)})" if source.mpp_ignored else ""
             raise ValueError(
-                f"`path`: {path} has no pixel size (µm per pixel) in its metadata. Pass it as `mpp=`, "
-                f"e.g. bt.io.wsi({str(path)!r}, mpp=0.25) for a 40x scan or mpp=0.5 for 20x."
+                f"`path`: {path} has no pixel size (µm per pixel) in its metadata{why}. Pass it as `mpp=`, "
+                "e.g. mpp=0.25 for a 40x scan or mpp=0.5 for 20x."
             )
-        logger.info("%s: %.4g µm/px (from %s).", path.name, file_mpp, file_mpp_from)
-        return float(file_mpp)
-    if file_mpp is not None and not math.isclose(mpp, file_mpp, rel_tol=0.01):
-        logger.warning("%s: `mpp`=%g overrides the file's %g µm/px (from %s).", path.name, mpp, file_mpp, file_mpp_from)
+        for reason in source.mpp_ignored:
+            logger.warning("%s: %s; ignored.", path, reason)
+        logger.info("%s: %.4g µm/px (from %s).", path.name, source.mpp, source.mpp_from)
+        return float(source.mpp)
+    for reason in source.mpp_ignored:
+        logger.debug("%s: %s; not needed (`mpp` given).", path, reason)
+    if source.mpp is not None and not math.isclose(mpp, source.mpp, rel_tol=0.01):
+        logger.warning(
+            "%s: `mpp`=%g overrides the file's %g µm/px (from %s).", path.name, mpp, source.mpp, source.mpp_from
+        )
     return mpp
 
 
@@ -546,7 +587,11 @@ def _resolve_mpp(path: Path, *, file_mpp: float | None, file_mpp_from: str, mpp:
 
 
 def _add_levels(level0, *, chunks: int) -> list:
-    """Lazily averaged 2x levels below a single-level image, until the smallest is under ``2 * MIN_LEVEL_PX``."""
+    """Lazily averaged 2x levels below a single-level image, until the smallest is under ``2 * MIN_LEVEL_PX``.
+
+    Not ``Image2DModel.parse(scale_factors=...)``: its coarsening (spatialdata 0.7) truncates the means and, for an
+    odd size, drops the first row/column, shifting the level by a pixel against its ``Scale`` transformation.
+    """
     import dask.array as da
 
     levels = [level0]
