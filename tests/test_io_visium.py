@@ -17,7 +17,7 @@ import spatialdata as sd
 from PIL import Image
 from scipy import io as spio
 from scipy import sparse
-from spatialdata.transformations import Identity, get_transformation
+from spatialdata.transformations import get_transformation
 
 from bitro import _constants as K
 from bitro.io._visium import visium
@@ -194,13 +194,15 @@ def test_element_names_and_table_annotation(sr3):
 
 def test_coordinate_systems_are_named_after_the_dataset(sr3, sr1):
     for (sdata, _), sid in ((sr3, "placenta"), (sr1, "heart")):
-        # spatialdata-io 0.7.1: full-res pixels, and the pixels of the hires / lowres images
+        # sid in µm (full-resolution pixels scaled by mpp); spatialdata-io's hires / lowres pixel systems
         assert set(sdata.coordinate_systems) == {sid, f"{sid}_downscaled_hires", f"{sid}_downscaled_lowres"}
         for _, name, element in sdata.gen_spatial_elements():
             systems = set(get_transformation(element, get_all=True))
             assert "global" not in systems, name
             assert sid in systems, name
-        assert isinstance(get_transformation(sdata[sid], to_coordinate_system=sid), Identity)
+        mpp = sdata.attrs[K.ATTRS_KEY][K.ATTR_MPP]
+        matrix = get_transformation(sdata[sid], to_coordinate_system=sid).to_affine_matrix(("x", "y"), ("x", "y"))
+        np.testing.assert_allclose(matrix, np.diag([mpp, mpp, 1.0]))
 
 
 def test_spots_sit_at_the_positions_of_the_positions_file(sr3, sr1):
@@ -219,7 +221,10 @@ def test_lowres_image_maps_onto_full_resolution_pixels(sr3):
     sdata, _ = sr3
     scale = get_transformation(sdata["placenta_lowres_image"], to_coordinate_system="placenta")
     lowres = _scalefactors(SR3)["tissue_lowres_scalef"]
-    np.testing.assert_allclose(scale.to_affine_matrix(("x", "y"), ("x", "y"))[:2, :2], np.eye(2) / lowres)
+    mpp = sdata.attrs[K.ATTRS_KEY][K.ATTR_MPP]
+    # lowres pixel -> full-resolution pixel -> µm
+    np.testing.assert_allclose(scale.to_affine_matrix(("x", "y"), ("x", "y"))[:2, :2], np.eye(2) / lowres * mpp)
+    assert sdata.attrs[K.ATTRS_KEY][K.ATTR_IMAGE_MPP] == pytest.approx(mpp / lowres)
 
 
 @pytest.mark.parametrize(
@@ -271,7 +276,8 @@ def test_sr1_layout_with_headerless_positions(sr1):
     assert len(sdata["heart"]) == 100
     # hires present (a blank RGBA placeholder in this subset) and lowres; no image warning
     assert set(sdata.images) == {"heart_hires_image", "heart_lowres_image"}
-    assert sdata["heart_hires_image"].shape == (4, 2000, 2000)
+    assert sdata["heart_hires_image"].shape == (3, 2000, 2000)  # RGBA placeholder, alpha dropped
+    assert sdata["heart_hires_image"].coords["c"].values.tolist() == ["r", "g", "b"]
     assert sdata.attrs[K.ATTRS_KEY][K.ATTR_IMAGE] == "heart_hires_image"
     assert messages == []
 
@@ -529,7 +535,12 @@ def test_fullres_image_is_read_and_becomes_the_image_key(tmp_path):
     assert sdata.attrs[K.ATTRS_KEY][K.ATTR_IMAGE] == "full_full_image"
     full = sdata["full_full_image"]["scale0"]["image"]
     np.testing.assert_array_equal(np.asarray(full), rgb.transpose(2, 0, 1))
-    assert isinstance(get_transformation(sdata["full_full_image"], to_coordinate_system="full"), Identity)
+    matrix = get_transformation(sdata["full_full_image"], to_coordinate_system="full").to_affine_matrix(
+        ("x", "y"), ("x", "y")
+    )
+    mpp = sdata.attrs[K.ATTRS_KEY][K.ATTR_MPP]
+    np.testing.assert_allclose(matrix, np.diag([mpp, mpp, 1.0]))
+    assert sdata.attrs[K.ATTRS_KEY][K.ATTR_IMAGE_MPP] == pytest.approx(mpp)
 
 
 def test_counts_file_outside_path_with_regex_characters_in_its_name(tmp_path):

@@ -119,10 +119,12 @@ def visium(
           ``array_col``, ``spot_id``, ``region`` (``= sid``), ``obsm["spatial"]`` (full-resolution
           pixels, x then y), gene ids in ``var["gene_ids"]`` and unique ``var_names``.
 
-        Coordinate systems (spatialdata-io 0.7): ``sid`` in full-resolution pixels, and
-        ``sid_downscaled_hires`` / ``sid_downscaled_lowres`` in the pixels of those images; there is no
-        ``"global"``. ``attrs["bitro"]`` records ``image_key`` (the highest-resolution image present),
-        ``spots_key``, ``table_key``, ``coordinate_system`` (``sid``), ``sample_id`` and ``mpp``.
+        Coordinate systems: ``sid`` in µm (as every bitro reader; spatialdata-io's full-resolution
+        pixels scaled by ``mpp``), and spatialdata-io's ``sid_downscaled_hires`` /
+        ``sid_downscaled_lowres`` in the pixels of those images; there is no ``"global"``. Images are
+        RGB (an alpha channel is dropped). ``attrs["bitro"]`` records ``image_key`` (the
+        highest-resolution image present) and its ``image_mpp``, ``spots_key``, ``table_key``,
+        ``coordinate_system`` (``sid``), ``sample_id`` and ``mpp`` (µm per full-resolution pixel).
 
     Examples
     --------
@@ -197,15 +199,18 @@ def visium(
     sdata.shapes[dataset_id]["radius"] = radius
 
     image_key = _image_key(sdata, dataset_id, path=path, fullres=fullres)
+    _rgb_in_um(sdata, dataset_id, mpp=mpp)
     record_attrs(
         sdata,
         **{
             K.ATTR_IMAGE: image_key,
+            K.ATTR_IMAGE_MPP: _um_per_pixel(sdata[image_key], dataset_id) if image_key else None,
             K.ATTR_SPOTS: dataset_id,
             K.ATTR_TABLE: K.TABLE_KEY,
             K.ATTR_COORDINATE_SYSTEM: dataset_id,
             K.ATTR_SAMPLE_ID: dataset_id,
             K.ATTR_MPP: float(mpp),
+            K.ATTR_TECHNOLOGY: "Visium",
         },
     )
     logger.info(
@@ -619,3 +624,39 @@ def _image_key(sdata, dataset_id: str, *, path: Path, fullres: Path | None) -> s
     elif not present:
         warnings.warn(f"{path}: no image was read.", UserWarning, stacklevel=3)
     return present[0] if present else None
+
+
+def _rgb_in_um(sdata, dataset_id: str, *, mpp: float) -> None:
+    """Map every element to the coordinate system ``dataset_id`` in µm (as all bitro readers do) and drop alpha.
+
+    spatialdata-io maps to full-resolution pixels; scaling by ``mpp`` after that transformation
+    keeps the pixel coordinate systems (``*_downscaled_*``) as they are.
+    """
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale, Sequence, get_transformation, set_transformation
+
+    to_um = Scale([mpp, mpp], axes=("x", "y"))
+    for key, element in list(sdata.images.items()):
+        level0 = element["scale0"]["image"] if hasattr(element, "keys") else element
+        if level0.sizes["c"] == 4:  # RGBA PNGs: alpha carries no stain
+            transformations = get_transformation(level0, get_all=True)
+            sdata.images[key] = Image2DModel.parse(
+                level0.isel(c=slice(0, 3)).data,
+                dims=("c", "y", "x"),
+                c_coords=["r", "g", "b"],
+                transformations=transformations,
+                scale_factors=[2] * (len(element) - 1) if hasattr(element, "keys") else None,
+            )
+            logger.info("visium %s: alpha channel of %s dropped", dataset_id, key)
+    for _, _, element in sdata.gen_spatial_elements():
+        t = get_transformation(element, to_coordinate_system=dataset_id)
+        set_transformation(element, Sequence([t, to_um]), to_coordinate_system=dataset_id)
+
+
+def _um_per_pixel(element, coordinate_system: str) -> float:
+    """µm per level-0 pixel of an image mapped to a µm coordinate system (x scale of its affine)."""
+    from spatialdata.transformations import get_transformation
+
+    level0 = element["scale0"]["image"] if hasattr(element, "keys") else element
+    matrix = get_transformation(level0, to_coordinate_system=coordinate_system).to_affine_matrix(("x", "y"), ("x", "y"))
+    return float(abs(matrix[0, 0]))
