@@ -74,18 +74,29 @@ def test_cohort_from_mapping_and_sample_sheet(expression, tmp_path):
     (tmp_path / "0e4a1c7b").mkdir()
     shutil.copy(TCGA_SLIDE, tmp_path / "0e4a1c7b" / "TCGA-CR-7395-01A-01-TS1.0e4a1c7b.svs")
     sheet = tmp_path / "gdc_sample_sheet.tsv"
-    pd.DataFrame(
+    pd.DataFrame(  # the cart of a cohort: the expression file is listed next to the slide
         {
-            "File ID": ["0e4a1c7b"],
-            "File Name": ["TCGA-CR-7395-01A-01-TS1.0e4a1c7b.svs"],
-            "Data Category": ["Biospecimen"],
-            "Case ID": ["TCGA-CR-7395"],
-            "Sample ID": ["TCGA-CR-7395-01A"],
+            "File ID": ["0e4a1c7b", "aa11"],
+            "File Name": ["TCGA-CR-7395-01A-01-TS1.0e4a1c7b.svs", "x.rna_seq.augmented_star_gene_counts.tsv"],
+            "Data Category": ["Biospecimen", "Transcriptome Profiling"],
+            "Case ID": ["TCGA-CR-7395", "TCGA-CR-7395"],
+            "Sample ID": ["TCGA-CR-7395-01A", "TCGA-CR-7395-01A"],
         }
     ).to_csv(sheet, sep="\t", index=False)
     slides, cohort = bt.io.cohort(expression, sheet, mpp=0.25)
     assert len(slides) == 1
     assert cohort.obs["slide_path"].iloc[0].endswith("0e4a1c7b.svs")
+    # the gdc-client folder layout ({file id}/{file name}) is found from the folder too
+    slides, cohort = bt.io.cohort(expression, tmp_path, mpp=0.25)
+    assert cohort.obs["slide_path"].iloc[0].endswith("0e4a1c7b.svs")
+
+
+def test_a_sample_with_two_slides_is_reported(expression, tmp_path, bitro_log):
+    for name in ("TCGA-CR-7395-01A-01-TS1.svs", "TCGA-CR-7395-01A-02-TS2.svs"):
+        shutil.copy(TCGA_SLIDE, tmp_path / name)
+    slides, cohort = bt.io.cohort(expression, tmp_path, mpp=0.25)
+    assert len(slides) == 1
+    assert "matches 2 slides" in bitro_log.text
 
 
 def test_cohort_round_trips_through_zarr(expression, tmp_path):

@@ -59,8 +59,10 @@ def _make_hest(root: Path, toy, *, nuclei: str | None = "parquet", meta_extra: d
     )
     if nuclei == "parquet":
         cells.to_parquet(root / "cellvit_seg" / f"{SID}_cellvit_seg.parquet")
-    elif nuclei == "geojson":  # CellViT writes a bare list of features
+    elif nuclei == "geojson":  # CellViT writes a bare list of features with a classification dict
         features = json.loads(cells.to_json())["features"]
+        for feature in features:
+            feature["properties"] = {"classification": {"name": feature["properties"].pop("class"), "color": [1, 2, 3]}}
         (root / "cellvit_seg" / f"{SID}_cellvit_seg.geojson").write_text(json.dumps(features))
     tissue = gpd.GeoDataFrame({"tissue_id": [0]}, geometry=[cells.union_all().convex_hull])
     (root / "tissue_seg" / f"{SID}_contours.geojson").write_text(tissue.to_json())
@@ -96,13 +98,15 @@ def test_hest_sample_reads(toy, tmp_path):
     # nuclei and tissue outline
     assert info[K.ATTR_CELLS_SHAPES] == CELLVIT_KEY
     assert len(sdata[CELLVIT_KEY]) == len(toy["toy_true_cells"])
-    assert set(sdata[CELLVIT_KEY]["class"]) == {"tumor", "stroma", "lymphocyte", "myeloid"}
+    assert set(sdata[CELLVIT_KEY]["cell_type"]) == {"tumor", "stroma", "lymphocyte", "myeloid"}
     assert sdata[f"{SID}_tissue"].geometry.iloc[0].contains(sdata[CELLVIT_KEY].geometry.iloc[0])
 
 
 def test_cellvit_geojson_list_of_features(toy, tmp_path):
     sdata = bt.io.hest(_make_hest(tmp_path, toy, nuclei="geojson"), SID)
     assert len(sdata[CELLVIT_KEY]) == len(toy["toy_true_cells"])
+    truth = toy[K.TRUE_CELLS_TABLE_KEY].obs["cell_type"].astype(str).to_numpy()
+    assert np.array_equal(sdata[CELLVIT_KEY]["cell_type"].astype(str).to_numpy(), truth)
 
 
 def test_optional_parts_can_be_skipped(toy, tmp_path):
@@ -149,5 +153,5 @@ def test_spots_outside_the_image(toy, tmp_path):
     adata = ad.read_h5ad(root / "st" / f"{SID}.h5ad")
     adata.obsm["spatial"] = adata.obsm["spatial"] + 1e6
     adata.write_h5ad(root / "st" / f"{SID}.h5ad")
-    with pytest.raises(ValueError, match="contains none of the spots"):
+    with pytest.raises(ValueError, match=r"TOY01\.tif.*smaller than the spot coordinates.*16 of 16"):
         bt.io.hest(root, SID)

@@ -14,12 +14,11 @@ import pandas as pd
 from bitro import _constants as K
 from bitro._logging import logger
 
-from ._common import check_path, sanitize_id
+from ._common import check_path, read_table, record_attrs, sanitize_id
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-COHORT_UNS_KEY = "bitro_cohort"
 _SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".ome.tif", ".ome.tiff", ".jpg", ".jpeg", ".png")
 _TCGA = re.compile(r"(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})-(\d{2}[A-Z]?)", re.IGNORECASE)
 
@@ -83,6 +82,7 @@ def cohort(
     >>> slides, cohort = bt.io.cohort(expr, "slides/", mpp=0.5)  # doctest: +SKIP
     """
     import anndata as ad
+    from anndata.utils import make_index_unique
     from scipy import sparse
     from spatialdata.models import TableModel
 
@@ -100,7 +100,7 @@ def cohort(
     by_sample = _match(samples, paths)
     unmatched_samples = [s for s in samples if s not in by_sample]
     used = set(by_sample.values())
-    unmatched_slides = [str(p) for p in paths.values() if p not in used]
+    unmatched_slides = [str(p) for _, p in paths if p not in used]
     if unmatched_samples:
         logger.warning("%d samples have no slide: %s", len(unmatched_samples), unmatched_samples[:10])
     if unmatched_slides:
@@ -141,8 +141,7 @@ def cohort(
         sdata.tables[K.TABLE_KEY] = TableModel.parse(
             table, region=tissue_key, region_key=K.REGION_KEY, instance_key=K.TISSUE_ID_KEY
         )
-        sdata.attrs[K.ATTRS_KEY][K.ATTR_TABLE] = K.TABLE_KEY
-        sdata.attrs[K.ATTRS_KEY][K.PATIENT_ID_KEY] = patients[i]
+        record_attrs(sdata, **{K.ATTR_TABLE: K.TABLE_KEY, K.PATIENT_ID_KEY: patients[i]})
         out.append(sdata)
         rows.append((i, sample_id, patients[i], str(by_sample[sample])))
 
@@ -151,11 +150,13 @@ def cohort(
     result.obs[K.SAMPLE_ID_KEY] = [samples[i] for i in index]
     result.obs[K.PATIENT_ID_KEY] = pd.Categorical([r[2] for r in rows])
     result.obs[K.SLIDE_KEY] = [r[1] for r in rows]
-    result.obs["slide_path"] = [r[3] for r in rows]
+    result.obs[K.SLIDE_PATH_KEY] = [r[3] for r in rows]
     # dicts, not lists: zarr reads string lists back as arrays that numpy < 2.1 cannot deep-copy
-    result.uns[COHORT_UNS_KEY] = {
+    result.uns[K.COHORT_UNS_KEY] = {
         "samples_without_slide": dict.fromkeys(unmatched_samples, "no slide"),
-        "slides_without_expression": {Path(p).name: p for p in unmatched_slides},
+        "slides_without_expression": dict(
+            zip(make_index_unique(pd.Index([Path(p).name for p in unmatched_slides])), unmatched_slides, strict=True)
+        ),
     }
     logger.info(
         "cohort: %d samples paired with slides (%d patients)", len(rows), result.obs[K.PATIENT_ID_KEY].nunique()
@@ -189,61 +190,72 @@ def _column_any(adata, key: str, name: str) -> list[str]:
     return adata.obs[key].astype(str).tolist()
 
 
-def _slide_paths(slides) -> dict[str, Path]:
-    """``{key: path}`` where key is the sample id given, or the file name."""
+def _slide_paths(slides) -> list[tuple[str, Path]]:
+    """``(key, path)`` pairs: key is the sample id given (mapping, sheet) or the file name (list, folder)."""
     if isinstance(slides, Mapping):
-        return {str(k): check_path(v, name=f"slides[{k!r}]") for k, v in slides.items()}
+        return [(str(k), check_path(v, name=f"slides[{k!r}]")) for k, v in slides.items()]
     if isinstance(slides, str | os.PathLike):
         path = check_path(slides, name="slides", kind="any")
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.name.lower().endswith(_SLIDE_SUFFIXES))
+            # the folder itself, and one level down (gdc-client saves {file id}/{file name})
+            found = sorted(
+                p
+                for p in [*path.iterdir(), *path.glob("*/*")]
+                if p.is_file() and p.name.lower().endswith(_SLIDE_SUFFIXES)
+            )
             if not found:
-                raise ValueError(f"`slides`: no slide files ({', '.join(_SLIDE_SUFFIXES)}) in {path}.")
-            return {p.name: p for p in found}
+                raise ValueError(
+                    f"`slides`: no slide files ({', '.join(_SLIDE_SUFFIXES)}) in {path} or its subfolders."
+                )
+            return [(p.name, p) for p in found]
         if path.suffix.lower() in (".tsv", ".txt", ".csv"):
             return _sample_sheet(path)
-        return {path.name: path}
+        return [(path.name, path)]
     if isinstance(slides, Sequence):
-        return {Path(p).name: check_path(p, name="slides") for p in slides}
+        return [(Path(p).name, check_path(p, name="slides")) for p in slides]
     raise TypeError(
         f"`slides` must be a mapping, a list of paths, a folder or a sample sheet, got {type(slides).__name__}."
     )
 
 
-def _sample_sheet(path: Path) -> dict[str, Path]:
-    sheet = pd.read_csv(path, sep="," if path.suffix.lower() == ".csv" else "\t")
+def _sample_sheet(path: Path) -> list[tuple[str, Path]]:
+    sheet = read_table(path, what="a GDC sample sheet", sep="," if path.suffix.lower() == ".csv" else "\t")
     need = {"File Name", "Sample ID"}
     if not need <= set(sheet.columns):
         raise ValueError(f"{path}: a sample sheet needs the columns {sorted(need)} (has {list(sheet.columns)}).")
-    out = {}
+    out, n_other, n_missing = [], 0, 0
     for name, sample in zip(sheet["File Name"], sheet["Sample ID"], strict=True):
         if not str(name).lower().endswith(_SLIDE_SUFFIXES):
+            n_other += 1  # expression files and the like: bt.io.bulk reads those
             continue
-        candidates = [path.parent / name, *path.parent.glob(f"*/{name}")]
-        found = next((c for c in candidates if c.is_file()), None)
+        found = next((c for c in (path.parent / name, *path.parent.glob(f"*/{name}")) if c.is_file()), None)
         if found is None:
-            logger.warning("%s: slide %s listed but not found next to the sheet", path, name)
+            n_missing += 1
+            logger.warning("%s: slide %s is listed but not found next to the sheet", path, name)
             continue
-        out[str(sample)] = found
+        out.append((str(sample), found))
+    logger.info(
+        "%s: %d slides found, %d listed but missing, %d rows that are not slides", path, len(out), n_missing, n_other
+    )
     return out
 
 
-def _match(samples: list[str], paths: dict[str, Path]) -> dict[str, Path]:
-    """Sample -> slide: the key itself, else the sample-level TCGA barcode of both."""
-    by_barcode: dict[str, list[Path]] = {}
-    for key, path in paths.items():
+def _match(samples: list[str], paths: list[tuple[str, Path]]) -> dict[str, Path]:
+    """Sample -> slide: by the key itself, else by the sample-level TCGA barcode of both; several -> first, logged."""
+    by_key: dict[str, list[Path]] = {}
+    for key, path in paths:
+        by_key.setdefault(key, []).append(path)
         barcode = tcga_sample(key) or tcga_sample(path.name)
-        if barcode:
-            by_barcode.setdefault(barcode, []).append(path)
+        if barcode and barcode != key:
+            by_key.setdefault(barcode, []).append(path)
     out = {}
     for sample in samples:
-        if sample in paths:
-            out[sample] = paths[sample]
-            continue
-        barcode = tcga_sample(sample)
-        hits = by_barcode.get(barcode, []) if barcode else []
+        hits = by_key.get(sample) or by_key.get(tcga_sample(sample) or "", [])
+        hits = list(dict.fromkeys(hits))
         if len(hits) > 1:
-            logger.warning("sample %s matches %d slides; using %s", sample, len(hits), hits[0].name)
+            logger.warning(
+                "sample %s matches %d slides (%s); using %s", sample, len(hits), [h.name for h in hits], hits[0].name
+            )
         if hits:
             out[sample] = hits[0]
     return out

@@ -66,3 +66,86 @@ def record_attrs(sdata, **entries) -> None:
     info.update({k: v for k, v in entries.items() if v is not None})
     info[K.ATTR_VERSION] = __version__
     sdata.attrs[K.ATTRS_KEY] = info
+
+
+def check_spots_inside(xy, shape: tuple[int, int], *, image, source) -> None:
+    """Raise if any spot centre ``xy`` (pixels, x then y) lies outside an image of ``shape`` (height, width)."""
+    import numpy as np
+
+    xy = np.asarray(xy, dtype=float)
+    height, width = shape
+    outside = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= width) | (xy[:, 1] >= height)
+    if outside.any():
+        first = xy[outside][0].round(1).tolist()
+        raise ValueError(
+            f"{image}: the image ({width} x {height} px) is smaller than the spot coordinates in {source} imply: "
+            f"{int(outside.sum())} of {len(xy)} spot centres fall outside it (e.g. at {first}). "
+            "Is it the full-resolution image of this section?"
+        )
+
+
+def spot_sdata(
+    *,
+    sample_id: str,
+    image,
+    adata,
+    xy,
+    radius_px: float,
+    mpp: float,
+    shapes: dict | None = None,
+    attrs: dict | None = None,
+):
+    """SpatialData of a spot section in µm: ``{sample_id}_full_image``, spot circles ``{sample_id}``, ``"table"``.
+
+    ``image`` is a multiscale element already mapped to the coordinate system ``sample_id`` with
+    ``Scale(mpp)``; ``xy`` are the spot centres in its level-0 pixels; ``adata`` gets ``spot_id``
+    and ``region`` columns and becomes the table annotating the circles. ``shapes`` are further
+    shapes elements (already parsed); ``attrs`` further ``attrs["bitro"]`` entries.
+    """
+    import geopandas as gpd
+    import numpy as np
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Scale
+
+    xy = np.asarray(xy, dtype=float)
+    spot_ids = np.arange(len(xy))
+    circles = ShapesModel.parse(
+        gpd.GeoDataFrame(
+            {"radius": np.full(len(xy), radius_px)}, geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]), index=spot_ids
+        ),
+        transformations={sample_id: Scale([mpp, mpp], axes=("x", "y"))},
+    )
+    adata.obs[K.SPOT_ID_KEY] = spot_ids
+    adata.obs[K.REGION_KEY] = pd.Categorical([sample_id] * len(xy))
+    adata.obsm["spatial"] = xy
+    image_key = f"{sample_id}{K.FULL_IMAGE_SUFFIX}"
+    sdata = SpatialData(
+        images={image_key: image},
+        shapes={sample_id: circles, **(shapes or {})},
+        tables={
+            K.TABLE_KEY: TableModel.parse(adata, region=sample_id, region_key=K.REGION_KEY, instance_key=K.SPOT_ID_KEY)
+        },
+    )
+    record_attrs(
+        sdata,
+        **{
+            K.ATTR_SAMPLE_ID: sample_id,
+            K.ATTR_IMAGE: image_key,
+            K.ATTR_SPOTS: sample_id,
+            K.ATTR_TABLE: K.TABLE_KEY,
+            K.ATTR_MPP: float(mpp),
+            K.ATTR_IMAGE_MPP: float(mpp),
+            K.ATTR_COORDINATE_SYSTEM: sample_id,
+            **(attrs or {}),
+        },
+    )
+    return sdata
+
+
+def read_table(path, *, what: str, **kwargs) -> pd.DataFrame:
+    """``pandas.read_csv`` whose parse errors name the file and what it was expected to hold."""
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+        raise ValueError(f"{path}: could not read it as {what}: {err}") from err

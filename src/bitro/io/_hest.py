@@ -12,7 +12,7 @@ import pandas as pd
 from bitro import _constants as K
 from bitro._logging import logger
 
-from ._common import check_path, make_unique, record_attrs, sanitize_id
+from ._common import check_path, check_spots_inside, make_unique, sanitize_id, spot_sdata
 
 CELLVIT_KEY = "cellvit_boundaries"
 """Shapes element of the CellViT nuclei that HEST-1k ships (named as a segmentation output)."""
@@ -56,12 +56,11 @@ def hest(root: str | os.PathLike, sample_id: str, *, nuclei: bool = True, tissue
     >>> sdata = bt.io.hest("hest_data", "TENX95")  # doctest: +SKIP
     """
     import anndata as ad
-    import geopandas as gpd
-    from spatialdata import SpatialData
-    from spatialdata.models import ShapesModel, TableModel
+    from scipy import sparse
+    from spatialdata.models import ShapesModel
     from spatialdata.transformations import Scale
 
-    from ._wsi import wsi
+    from ._wsi import read_image
 
     root = check_path(root, name="root", kind="dir")
     if not isinstance(sample_id, str) or not sample_id:
@@ -75,8 +74,18 @@ def hest(root: str | os.PathLike, sample_id: str, *, nuclei: bool = True, tissue
     if missing:
         raise FileNotFoundError(f"`sample_id` {sample_id!r}: HEST-1k files missing under {root}: {missing}.")
     name = sanitize_id(sample_id, name="sample_id")
-    meta = json.loads(files["metadata"].read_text())
-    mpp = _pixel_size(meta, files["metadata"])
+    try:
+        meta = json.loads(files["metadata"].read_text())
+    except ValueError as err:
+        raise ValueError(f"{files['metadata']}: not valid JSON ({err}).") from err
+    mpp = _positive(meta, ("pixel_size_um_estimated", "pixel_size_um_embedded"), files["metadata"])
+    if mpp is None:
+        raise ValueError(f"{files['metadata']}: no positive 'pixel_size_um_estimated' or 'pixel_size_um_embedded'.")
+    spot_um = _positive(meta, ("spot_diameter",), files["metadata"])
+    if spot_um is None:
+        technology = str(meta.get("st_technology", "")).lower()
+        spot_um = 100.0 if technology.startswith("spatial transcriptomics") else 55.0
+        logger.warning("%s: no spot_diameter; using %g µm for %r", files["metadata"], spot_um, technology or "unknown")
 
     adata = ad.read_h5ad(files["st"])
     if adata.n_obs == 0 or adata.n_vars == 0:
@@ -85,86 +94,53 @@ def hest(root: str | os.PathLike, sample_id: str, *, nuclei: bool = True, tissue
         raise ValueError(f"{files['st']}: no spot coordinates in obsm['spatial'].")
     adata.obs_names = make_unique(adata.obs_names, what="spot barcodes", source=files["st"])
     adata.var_names = make_unique(adata.var_names, what="gene names", source=files["st"])
-
-    image = wsi(files["wsi"], sample_id=name, mpp=mpp, tissue=False)
-    element = next(iter(image.images.values()))
-    height, width = element["scale0"]["image"].shape[1:]
-    xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]
-    outside = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= width) | (xy[:, 1] >= height)
-    if outside.all():
-        raise ValueError(
-            f"{files['wsi']}: the image ({width} x {height} px) contains none of the spots of {files['st']}."
-        )
-    if outside.any():
-        logger.warning("%s: %d of %d spots lie outside the image", files["st"], int(outside.sum()), len(xy))
-
-    transformations = {name: Scale([mpp, mpp], axes=("x", "y"))}
-    spot_um = _spot_diameter_um(meta)
-    spot_ids = np.arange(adata.n_obs)
-    shapes = {
-        name: ShapesModel.parse(
-            gpd.GeoDataFrame(
-                {"radius": np.full(adata.n_obs, spot_um / 2 / mpp)},
-                geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]),
-                index=spot_ids,
-            ),
-            transformations=transformations,
-        )
-    }
-    adata.obs[K.SPOT_ID_KEY] = spot_ids
-    adata.obs[K.REGION_KEY] = pd.Categorical([name] * adata.n_obs)
+    adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)  # as the other readers keep counts
     adata.uns.pop("spatial", None)  # scanpy's image cache; the image element replaces it
 
-    extra = {}
+    element, mpp = read_image(files["wsi"], coordinate_system=name, mpp=mpp)
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]
+    check_spots_inside(xy, element["scale0"]["image"].shape[1:], image=files["wsi"], source=files["st"])
+
+    transformations = {name: Scale([mpp, mpp], axes=("x", "y"))}
+    shapes, attrs = (
+        {},
+        {K.PATIENT_ID_KEY: _text(meta.get("patient")), K.ATTR_TECHNOLOGY: _text(meta.get("st_technology"))},
+    )
     if nuclei and (path := _first(root / "cellvit_seg", f"{sample_id}_cellvit_seg", (".parquet", ".geojson"))):
-        shapes[CELLVIT_KEY] = ShapesModel.parse(_read_polygons(path), transformations=transformations)
-        extra[K.ATTR_CELLS_SHAPES] = CELLVIT_KEY
+        shapes[CELLVIT_KEY] = ShapesModel.parse(_read_nuclei(path), transformations=transformations)
+        attrs[K.ATTR_CELLS_SHAPES] = CELLVIT_KEY
         logger.info("hest %s: %d CellViT nuclei from %s", sample_id, len(shapes[CELLVIT_KEY]), path)
     if tissue and (path := _first(root / "tissue_seg", f"{sample_id}_contours", (".geojson",))):
-        contours = _read_polygons(path)
-        shapes[f"{name}{K.TISSUE_SUFFIX}"] = ShapesModel.parse(contours, transformations=transformations)
-        extra[K.ATTR_TISSUE] = f"{name}{K.TISSUE_SUFFIX}"
+        shapes[f"{name}{K.TISSUE_SUFFIX}"] = ShapesModel.parse(_read_tissue(path), transformations=transformations)
+        attrs[K.ATTR_TISSUE] = f"{name}{K.TISSUE_SUFFIX}"
 
-    image_key = f"{name}{K.FULL_IMAGE_SUFFIX}"
-    sdata = SpatialData(
-        images={image_key: element},
+    sdata = spot_sdata(
+        sample_id=name,
+        image=element,
+        adata=adata,
+        xy=xy,
+        radius_px=spot_um / 2 / mpp,
+        mpp=mpp,
         shapes=shapes,
-        tables={K.TABLE_KEY: TableModel.parse(adata, region=name, region_key=K.REGION_KEY, instance_key=K.SPOT_ID_KEY)},
-    )
-    record_attrs(
-        sdata,
-        **{
-            K.ATTR_SAMPLE_ID: name,
-            K.ATTR_IMAGE: image_key,
-            K.ATTR_SPOTS: name,
-            K.ATTR_TABLE: K.TABLE_KEY,
-            K.ATTR_MPP: float(mpp),
-            K.ATTR_COORDINATE_SYSTEM: name,
-            K.PATIENT_ID_KEY: _text(meta.get("patient")),
-            "technology": _text(meta.get("st_technology")),
-            **extra,
-        },
+        attrs=attrs,
     )
     logger.info("hest %s: %d spots x %d genes, %.4f µm/px", sample_id, adata.n_obs, adata.n_vars, mpp)
     return sdata
 
 
-def _pixel_size(meta: dict, path: Path) -> float:
-    for key in ("pixel_size_um_estimated", "pixel_size_um_embedded"):
+def _positive(meta: dict, keys: tuple[str, ...], path: Path) -> float | None:
+    """The first of ``keys`` holding a positive number, or ``None``."""
+    for key in keys:
         value = meta.get(key)
-        if value is not None and np.isfinite(float(value)) and float(value) > 0:
-            return float(value)
-    raise ValueError(f"{path}: no positive 'pixel_size_um_estimated' or 'pixel_size_um_embedded'.")
-
-
-def _spot_diameter_um(meta: dict) -> float:
-    value = meta.get("spot_diameter")
-    if value is not None and np.isfinite(float(value)) and float(value) > 0:
-        return float(value)
-    technology = str(meta.get("st_technology", "")).lower()
-    default = 100.0 if technology.startswith("spatial transcriptomics") else 55.0
-    logger.warning("HEST metadata has no spot_diameter; using %g µm for %r", default, technology or "unknown")
-    return default
+        if value is None:
+            continue
+        try:
+            value = float(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {key!r} must be a number, got {meta[key]!r}.") from err
+        if np.isfinite(value) and value > 0:
+            return value
+    return None
 
 
 def _first(folder: Path, stem: str, suffixes: tuple[str, ...]) -> Path | None:
@@ -178,23 +154,43 @@ def _read_polygons(path: Path):
     """Polygons from a (geo)parquet or GeoJSON file (a FeatureCollection or CellViT's list of features)."""
     import geopandas as gpd
 
-    if path.suffix == ".parquet":
-        gdf = gpd.read_parquet(path)
-    else:
-        data = json.loads(path.read_text())
-        features = data if isinstance(data, list) else data.get("features", [])
-        gdf = gpd.GeoDataFrame.from_features(features)
+    try:
+        if path.suffix == ".parquet":
+            gdf = gpd.read_parquet(path)
+        else:
+            data = json.loads(path.read_text())
+            gdf = gpd.GeoDataFrame.from_features(data if isinstance(data, list) else data.get("features", []))
+    except (ValueError, OSError, KeyError) as err:
+        raise ValueError(f"{path}: could not read polygons ({type(err).__name__}: {err}).") from err
     if len(gdf) == 0:
         raise ValueError(f"{path}: no polygons.")
-    gdf = gdf.explode(index_parts=False) if (gdf.geom_type == "MultiPolygon").any() else gdf
+    return gdf
+
+
+def _read_nuclei(path: Path):
+    """One row per nucleus polygon, with CellViT's class as a categorical ``cell_type`` when present."""
+    gdf = _read_polygons(path).explode(index_parts=False)
     keep = (gdf.geom_type == "Polygon") & gdf.is_valid & ~gdf.is_empty
     if not keep.all():
         logger.warning("%s: %d of %d shapes are not valid polygons and are skipped", path, int((~keep).sum()), len(gdf))
-    gdf = gdf[keep]
-    for column in list(gdf.columns):
-        if column != "geometry" and gdf[column].map(lambda v: isinstance(v, dict | list)).any():
-            gdf[column] = gdf[column].map(json.dumps)  # nested properties: keep as text
-    return gdf.reset_index(drop=True)
+    gdf = gdf[keep].reset_index(drop=True)
+    kind = None
+    if "classification" in gdf:  # CellViT / QuPath: {"name": ..., "color": [...]}
+        kind = gdf["classification"].map(lambda c: c.get("name") if isinstance(c, dict) else c)
+    elif "class" in gdf:
+        kind = gdf["class"]
+    out = gdf[["geometry"]].copy()
+    if kind is not None:
+        out[K.CELL_TYPE_KEY] = pd.Categorical(kind.astype(str))
+    return out
+
+
+def _read_tissue(path: Path):
+    """The tissue outline as one (Multi)Polygon row, holes kept as holes."""
+    import geopandas as gpd
+
+    geometry = _read_polygons(path).geometry.make_valid().union_all()
+    return gpd.GeoDataFrame(geometry=[geometry], index=[0])
 
 
 def _text(value) -> str | None:

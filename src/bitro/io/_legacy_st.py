@@ -11,7 +11,7 @@ from bitro import _constants as K
 from bitro._logging import logger
 from bitro._validate import check_float
 
-from ._common import check_path, make_unique, record_attrs, sanitize_id
+from ._common import check_path, check_spots_inside, make_unique, read_table, sanitize_id, spot_sdata
 
 ST_SPOT_PITCH_UM = 200.0
 """Centre-to-centre distance of legacy ST spots."""
@@ -68,11 +68,9 @@ def legacy_st(
     ... )  # doctest: +SKIP
     """
     import anndata as ad
-    import geopandas as gpd
     from scipy import sparse
-    from spatialdata import SpatialData
-    from spatialdata.models import ShapesModel, TableModel
-    from spatialdata.transformations import Scale
+
+    from ._wsi import read_image
 
     counts = check_path(counts, name="counts")
     spots = check_path(spots, name="spots")
@@ -88,60 +86,25 @@ def legacy_st(
     if pixel_size is None:
         logger.info("%s: pixel size %.4f µm/px estimated from the %g µm spot pitch", spots, mpp, ST_SPOT_PITCH_UM)
 
-    image_element, shape = _read_image(image, sample_id=sample_id, mpp=mpp)
+    element, mpp = read_image(image, coordinate_system=sample_id, mpp=mpp)
     xy = positions[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
-    radius = ST_SPOT_RADIUS_UM / mpp
-    outside = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= shape[1]) | (xy[:, 1] >= shape[0])
-    if outside.any():
-        raise ValueError(
-            f"{image}: the image ({shape[1]} x {shape[0]} px) is smaller than the spot coordinates in {spots} "
-            f"imply: {int(outside.sum())} spot centres fall outside it (e.g. {positions.index[outside][0]!r} at "
-            f"{xy[outside][0].round(1).tolist()}). Is it the full-resolution image of this section?"
-        )
-
-    transformations = {sample_id: Scale([mpp, mpp], axes=("x", "y"))}
-    spot_ids = np.arange(len(positions))
-    shapes = ShapesModel.parse(
-        gpd.GeoDataFrame(
-            {"radius": np.full(len(positions), radius)},
-            geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]),
-            index=spot_ids,
-        ),
-        transformations=transformations,
-    )
-    obs = pd.DataFrame(
-        {
-            K.SPOT_ID_KEY: spot_ids,
-            K.REGION_KEY: pd.Categorical([sample_id] * len(positions)),
-            K.ARRAY_ROW_KEY: positions["y"].to_numpy(),
-            K.ARRAY_COL_KEY: positions["x"].to_numpy(),
-        },
-        index=positions.index,
-    )
+    check_spots_inside(xy, element["scale0"]["image"].shape[1:], image=image, source=spots)
     adata = ad.AnnData(
         X=sparse.csr_matrix(table.to_numpy(dtype=np.float32)),
-        obs=obs,
+        obs=pd.DataFrame(
+            {K.ARRAY_ROW_KEY: positions["y"].to_numpy(), K.ARRAY_COL_KEY: positions["x"].to_numpy()},
+            index=positions.index,
+        ),
         var=pd.DataFrame(index=table.columns),
-        obsm={"spatial": xy},
     )
-    image_key = f"{sample_id}{K.FULL_IMAGE_SUFFIX}"
-    sdata = SpatialData(
-        images={image_key: image_element},
-        shapes={sample_id: shapes},
-        tables={
-            K.TABLE_KEY: TableModel.parse(adata, region=sample_id, region_key=K.REGION_KEY, instance_key=K.SPOT_ID_KEY)
-        },
-    )
-    record_attrs(
-        sdata,
-        **{
-            K.ATTR_SAMPLE_ID: sample_id,
-            K.ATTR_IMAGE: image_key,
-            K.ATTR_SPOTS: sample_id,
-            K.ATTR_TABLE: K.TABLE_KEY,
-            K.ATTR_MPP: float(mpp),
-            K.ATTR_COORDINATE_SYSTEM: sample_id,
-        },
+    sdata = spot_sdata(
+        sample_id=sample_id,
+        image=element,
+        adata=adata,
+        xy=xy,
+        radius_px=ST_SPOT_RADIUS_UM / mpp,
+        mpp=mpp,
+        attrs={K.ATTR_TECHNOLOGY: "Spatial Transcriptomics"},
     )
     logger.info("legacy_st %s: %d spots x %d genes, %.4f µm/px", sample_id, adata.n_obs, adata.n_vars, mpp)
     return sdata
@@ -168,9 +131,10 @@ def estimate_mpp(positions: pd.DataFrame, *, source: str | os.PathLike = "spots"
 
 
 def _read_counts(path) -> pd.DataFrame:
-    table = pd.read_csv(path, sep="\t", index_col=0)
+    table = read_table(path, what="a spots x genes counts table", sep="\t", index_col=0)
     # pandas renames repeated column names ("A", "A.1") silently: take the header as written
-    header = pd.read_csv(path, sep="\t", header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0, 1:]
+    header = read_table(path, what="a counts table", sep="\t", header=None, nrows=1, dtype=str, keep_default_na=False)
+    header = header.iloc[0, 1:]
     table.columns = pd.Index(header.to_numpy())
     if table.shape[0] == 0 or table.shape[1] == 0:
         raise ValueError(f"{path}: the counts table is empty ({table.shape[0]} spots x {table.shape[1]} genes).")
@@ -190,7 +154,7 @@ def _read_counts(path) -> pd.DataFrame:
 
 
 def _read_spots(path) -> pd.DataFrame:
-    spots = pd.read_csv(path, sep="\t")
+    spots = read_table(path, what="a spot selection file", sep="\t")
     missing = {"x", "y", "pixel_x", "pixel_y"} - set(spots.columns)
     if missing:
         raise ValueError(f"{path}: the spot file lacks the columns {sorted(missing)} (has {list(spots.columns)}).")
@@ -220,12 +184,3 @@ def _match(positions: pd.DataFrame, table: pd.DataFrame, *, counts, spots) -> tu
     if n_not_selected:
         logger.warning("%s: %d spots with counts are not selected in %s and are skipped", counts, n_not_selected, spots)
     return positions.loc[shared], table.loc[shared]
-
-
-def _read_image(path, *, sample_id: str, mpp: float):
-    """Full-resolution image as a multiscale element in µm, and its (height, width)."""
-    from bitro.io._wsi import wsi
-
-    element = next(iter(wsi(path, sample_id=sample_id, mpp=mpp, tissue=False).images.values()))
-    level0 = element["scale0"]["image"] if hasattr(element, "keys") else element
-    return element, level0.shape[1:]
