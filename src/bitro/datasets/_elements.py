@@ -85,6 +85,7 @@ def to_spatialdata(
                 K.ATTR_TABLE: K.TABLE_KEY,
                 K.ATTR_TRUE_CELLS: cells_key,
                 K.ATTR_MPP: mpp,
+                K.ATTR_IMAGE_MPP: mpp,
                 K.ATTR_COORDINATE_SYSTEM: sample_id,
                 K.ATTR_VERSION: __version__,
             }

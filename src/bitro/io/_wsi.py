@@ -153,6 +153,7 @@ def wsi(
             K.ATTR_IMAGE: image_key,
             K.ATTR_TISSUE: tissue_key,
             K.ATTR_MPP: mpp,
+            K.ATTR_IMAGE_MPP: mpp,
             K.ATTR_COORDINATE_SYSTEM: sample_id,
         },
     )
