@@ -36,7 +36,7 @@ def bitro_log(caplog):
     logger = logging.getLogger("bitro")
     logger.addHandler(caplog.handler)
     old = logger.level
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)
     try:
         yield caplog
     finally:

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bitro._logging import logger
 from bitro.io._bulk import bulk, tpm
 
 DATA = Path(__file__).parent / "data" / "bulk"
@@ -43,12 +42,9 @@ def read_gdc(source=GDC, **kwargs):
 
 
 @pytest.fixture
-def log(caplog):
-    """Records of the ``bitro`` logger (it does not propagate to the root logger that caplog watches)."""
-    caplog.set_level(logging.DEBUG, logger="bitro")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
+def log(bitro_log):
+    """Records of the ``bitro`` logger (conftest's ``bitro_log``)."""
+    return bitro_log
 
 
 @pytest.fixture(scope="module")

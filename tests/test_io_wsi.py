@@ -14,7 +14,6 @@ import tifffile
 from PIL import Image
 
 from bitro import _constants as K
-from bitro._logging import logger
 from bitro.io import _wsi
 from bitro.io._tissue import mask_to_polygon, tissue_mask, tissue_polygons
 from bitro.io._wsi import read_image, wsi
@@ -40,12 +39,9 @@ def _has_jpeg2000() -> bool:
 
 
 @pytest.fixture
-def log(caplog):
-    """Records of the ``bitro`` logger (it does not propagate to the root logger that caplog watches)."""
-    caplog.set_level(logging.DEBUG, logger="bitro")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
+def log(bitro_log):
+    """Records of the ``bitro`` logger (conftest's ``bitro_log``)."""
+    return bitro_log
 
 
 def warnings_logged(caplog) -> list[str]:
@@ -142,6 +138,7 @@ def test_cmu_shape_mpp_and_coordinate_system(cmu):
         K.ATTR_IMAGE: image_key,
         K.ATTR_TISSUE: tissue_key,
         K.ATTR_MPP: pytest.approx(0.499),
+        K.ATTR_IMAGE_MPP: pytest.approx(0.499),
         K.ATTR_COORDINATE_SYSTEM: CMU_ID,
         K.ATTR_VERSION: cmu.attrs[K.ATTRS_KEY][K.ATTR_VERSION],
     }
