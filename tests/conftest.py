@@ -42,3 +42,17 @@ def bitro_log(caplog):
     finally:
         logger.removeHandler(caplog.handler)
         logger.setLevel(old)
+
+
+@pytest.fixture
+def toy_cells(toy_st):
+    """The toy section with its TRUE nuclei written as the cells layer (``true_boundaries`` + ``bitro_cells``).
+
+    Lets steps after segmentation be tested on exact cells.
+    """
+    from bitro import _constants as K
+    from bitro.pp._cells import write_cells
+
+    info = toy_st.attrs[K.ATTRS_KEY]
+    write_cells(toy_st, toy_st[info[K.ATTR_TRUE_CELLS]], image=info[K.ATTR_IMAGE], method="true")
+    return toy_st
