@@ -1,6 +1,9 @@
-"""Plots of images, predictions, scores and training.
+"""Plots of images, cells, predictions, scores and training.
 
-Nothing is public yet; conventions as for :mod:`bitro.pp`.
+Every function takes the data object first and keyword-only options (enforced by
+``tests/test_api_conventions.py``).
 """
 
-__all__: list[str] = []
+from ._segmentation import segmentation
+
+__all__ = ["segmentation"]

@@ -1,8 +1,10 @@
-"""Preprocessing: cell segmentation, cell features, cell-to-spot assignment, cell graphs, gene selection.
+"""Preprocessing: cell segmentation, cell features, cell-to-spot assignment and cell graphs.
 
-Nothing is public yet. Every function added here takes the object first, keyword-only options
-after ``*``, ``key_added=`` where it writes and keyword-only ``copy=False`` (enforced by
-``tests/test_api_conventions.py``).
+Every function takes the data object first, keyword-only options after ``*``, ``key_added=``
+where it writes and keyword-only ``copy=False`` (enforced by ``tests/test_api_conventions.py``).
 """
 
-__all__: list[str] = []
+from ._assign import assign_cells
+from ._graph import cell_graph
+
+__all__ = ["assign_cells", "cell_graph"]

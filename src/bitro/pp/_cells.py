@@ -85,7 +85,7 @@ def write_cells(sdata, polygons, *, image: str, method: str, key_added: str | No
     add_element(sdata, shapes_key, shapes)
     add_element(sdata, K.CELLS_TABLE_KEY, table)
     info = dict(bitro_info(sdata))
-    info.update({K.ATTR_CELLS_SHAPES: shapes_key, K.ATTR_CELLS_TABLE: K.CELLS_TABLE_KEY, "cells_image_key": image})
+    info.update({K.ATTR_CELLS_SHAPES: shapes_key, K.ATTR_CELLS_TABLE: K.CELLS_TABLE_KEY, K.ATTR_CELLS_IMAGE: image})
     sdata.attrs[K.ATTRS_KEY] = info
     if sdata.is_backed():
         sdata.write_attrs()
