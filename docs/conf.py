@@ -71,7 +71,7 @@ intersphinx_mapping = {
 _ONLINE = bool(os.environ.get("READTHEDOCS") or os.environ.get("BITRO_DOCS_INTERSPHINX"))
 if not _ONLINE:
     intersphinx_mapping = {}
-    _EXTERNAL = r"(numpy|np|pandas|pd|anndata|ad|spatialdata|sd|scanpy|sc|geopandas|shapely|torch|lightning|dask|xarray|matplotlib|pathlib|os|collections|typing)\b.*"
+    _EXTERNAL = r"(numpy|np|pandas|pd|anndata|ad|spatialdata|sd|scanpy|sc|squidpy|geopandas|shapely|torch|lightning|dask|xarray|matplotlib|pathlib|os|collections|typing|skimage|scipy|sklearn|tifffile|PIL)\b.*"
     nitpick_ignore_regex = [
         (r"py:.*", _EXTERNAL),
         (r"py:class", r"(AnnData|SpatialData|DataFrame|ndarray|Path|PathLike)"),

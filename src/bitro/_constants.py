@@ -28,6 +28,7 @@ ATTR_CELLS_IMAGE = "cells_image_key"
 """The image the cells layer was segmented from."""
 ATTR_SPOT_ASSIGNMENT = "spot_assignment_key"
 ATTR_GRAPH = "cell_graph_key"
+ATTR_FEATURES = "features_key"
 ATTR_SAMPLE_ID = "sample_id"
 ATTR_VERSION = "version"
 

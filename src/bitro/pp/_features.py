@@ -1,0 +1,531 @@
+"""Per-cell features: ``bt.pp.cell_features`` writes ``bitro_cells.obsm["bitro_features"]``."""
+
+from __future__ import annotations
+
+import copy as _copy
+import os
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bitro import _constants as K
+from bitro._logging import logger
+from bitro.pp._cells import add_element, bitro_info, image_mpp
+from bitro.pp._cells import image_key as _image_key
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+_ATTR_FEATURES = K.ATTR_FEATURES
+_METHODS = ("morphology", "encoder")
+
+# morphology constants (recorded in uns[key_added]["params"])
+RING_UM = 2.0
+"""Width of the ring around each nucleus in which eosin (cytoplasm / stroma) is measured."""
+DENSITY_RADIUS_UM = 50.0
+N_NEIGHBORS = 8
+H_RANGE = (0.0, 0.3)
+"""Fixed hematoxylin range quantised into ``GLCM_LEVELS`` grey levels for the co-occurrence texture."""
+GLCM_LEVELS = 32
+QUANTILES = (0.1, 0.5, 0.9)
+
+MORPHOLOGY_FEATURES = (
+    "area_um2",
+    "perimeter_um",
+    "eccentricity",
+    "solidity",
+    "major_axis_um",
+    "minor_axis_um",
+    "circularity",
+    "h_mean",
+    "h_std",
+    "h_q10",
+    "h_q50",
+    "h_q90",
+    "e_mean",
+    "h_ring_mean",
+    "e_ring_mean",
+    "e_ring_std",
+    "h_glcm_contrast",
+    "h_glcm_homogeneity",
+    "h_gradient_mean",
+    "n_neighbors_50um",
+    "knn_dist_um",
+)
+
+
+def cell_features(
+    sdata: SpatialData,
+    *,
+    method: str = "morphology",
+    key_added: str = K.FEATURES_KEY,
+    image_key: str | None = None,
+    tile_size: int = 2048,
+    encoder: str | os.PathLike | None = None,
+    crop_um: float = 32.0,
+    batch_size: int = 256,
+    device: str | None = None,
+    copy: bool = False,
+) -> SpatialData | None:
+    """Compute a feature vector for every segmented cell.
+
+    Reads the cells layer (the ``{method}_boundaries`` polygons and the ``bitro_cells`` table that
+    ``bt.pp.segment_cells`` writes) and the level-0 image, tile by tile: each cell belongs to
+    the tile holding its centroid, and a tile is read with the margin its cells need, so the whole
+    slide is never in memory and the result does not depend on ``tile_size``.
+
+    ``method="morphology"`` gives handcrafted, interpretable features per nucleus (21 columns):
+
+    - shape, from the polygon: ``area_um2``, ``perimeter_um``, ``eccentricity``, ``solidity``,
+      ``major_axis_um``, ``minor_axis_um`` (of the ellipse with the same second moments), ``circularity``
+      (4πA/P²);
+    - stain, after colour deconvolution (``skimage.color.rgb2hed``): hematoxylin mean, std and
+      10/50/90 % quantiles and eosin mean inside the nucleus; hematoxylin mean, eosin mean and std in a
+      ring of 2 µm around it (background pixels closer to this nucleus than to any other);
+    - texture of the hematoxylin inside the nucleus: grey-level co-occurrence contrast and homogeneity
+      (distance 1 px, 0° and 90°, symmetric, 32 levels over the fixed range 0-0.3, like
+      ``skimage.feature.graycomatrix`` restricted to nucleus pixels) and the mean Sobel gradient;
+    - context: number of other cells within 50 µm and mean distance to the 8 nearest cells (µm).
+
+    Values are raw (no per-slide scaling); standardise them with statistics fitted on the training
+    data only (the model does this), never per slide. A nucleus too small to cover a pixel centre is
+    measured at the pixel under its centroid.
+
+    ``method="encoder"`` runs an image encoder on cell-centred RGB crops of ``crop_um`` µm resampled
+    (bilinear) to the encoder's input size, in batches on ``device``; the crops are padded with white
+    beyond the image.
+
+    Parameters
+    ----------
+    sdata
+        A :class:`spatialdata.SpatialData` with a cells layer (``sdata.attrs["bitro"]`` names it).
+    method
+        ``"morphology"`` or ``"encoder"``.
+    key_added
+        The ``obsm`` and ``uns`` key of the cells table to write.
+    image_key
+        The image to measure; by default the one the cells were segmented on.
+    tile_size
+        Side of the tiles, in level-0 pixels.
+    encoder
+        ``method="encoder"`` only: a folder with ``config.json`` and ``model.safetensors`` (see
+        ``bitro.pp._encoder``), or a Hugging Face hub id of one.
+    crop_um
+        ``method="encoder"`` only: side of the crop around each cell, in µm.
+    batch_size
+        ``method="encoder"`` only: crops per forward pass.
+    device
+        ``method="encoder"`` only: the torch device; by default ``bt.settings.device``.
+    copy
+        Return a modified copy instead of writing into ``sdata``.
+
+    Returns
+    -------
+    ``None``, or the modified copy if ``copy=True``. Writes ``obsm[key_added]`` (float32, cells x
+    features) and ``uns[key_added]`` = ``{"names": {name: column}, "method": ..., "params": {...}}`` of
+    the cells table and records ``key_added`` in ``sdata.attrs["bitro"]``.
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> sdata = bt.datasets.toy_st(n_spots=16, seed=1)
+    >>> bt.pp.segment_cells(sdata)  # doctest: +SKIP
+    >>> bt.pp.cell_features(sdata)  # doctest: +SKIP
+    >>> sdata["bitro_cells"].obsm["bitro_features"].shape  # doctest: +SKIP
+    """
+    if method not in _METHODS:
+        raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
+    if isinstance(tile_size, bool) or not isinstance(tile_size, int | np.integer) or tile_size < 16:
+        raise ValueError(f"`tile_size` must be an integer >= 16, got {tile_size!r}.")
+    if method == "encoder":
+        if encoder is None:
+            raise ValueError('`encoder` is required with method="encoder" (a local folder or a hub id).')
+        if not np.isfinite(crop_um) or crop_um <= 0:
+            raise ValueError(f"`crop_um` must be positive, got {crop_um!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if copy:
+        sdata = _copy.deepcopy(sdata)
+
+    info = bitro_info(sdata)
+    table_key = info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY)
+    shapes_key = info.get(K.ATTR_CELLS_SHAPES)
+    if table_key not in sdata.tables or shapes_key is None or shapes_key not in sdata.shapes:
+        raise ValueError(
+            f"`sdata` has no cells layer (table {table_key!r} and shapes {shapes_key!r}): run "
+            "bt.pp.segment_cells first."
+        )
+    img_key = _image_key(sdata, image_key if image_key is not None else info.get("cells_image_key"))
+    mpp = image_mpp(sdata, img_key)
+    table = sdata.tables[table_key]
+    geometry = _cell_geometry(sdata[shapes_key], table.obs[K.CELL_ID_KEY].to_numpy())
+    image = _level0(sdata.images[img_key])
+
+    start = time.perf_counter()
+    if method == "morphology":
+        values, names = _morphology(image, geometry, mpp, int(tile_size))
+        params = {
+            "image_key": img_key,
+            "tile_size": int(tile_size),
+            "mpp": mpp,
+            "ring_um": RING_UM,
+            "density_radius_um": DENSITY_RADIUS_UM,
+            "n_neighbors": N_NEIGHBORS,
+            "h_range": list(H_RANGE),
+            "glcm_levels": GLCM_LEVELS,
+        }
+    else:
+        values, names, params = _encode(
+            image, geometry, mpp, int(tile_size), encoder, float(crop_um), int(batch_size), device
+        )
+        params = {"image_key": img_key, "tile_size": int(tile_size), "mpp": mpp, **params}
+    elapsed = time.perf_counter() - start
+
+    table.obsm[key_added] = np.ascontiguousarray(values, dtype=np.float32)
+    table.uns[key_added] = {"names": {name: i for i, name in enumerate(names)}, "method": method, "params": params}
+    n_bad = int((~np.isfinite(values).all(axis=1)).sum()) if len(values) else 0
+    if n_bad:
+        logger.warning("%d of %d cells have non-finite features (outside the image?)", n_bad, len(values))
+    if sdata.is_backed():
+        add_element(sdata, table_key, table)
+    info = dict(bitro_info(sdata))
+    info[_ATTR_FEATURES] = key_added
+    sdata.attrs[K.ATTRS_KEY] = info
+    if sdata.is_backed():
+        sdata.write_attrs()
+    logger.info(
+        "%s features (%d) of %d cells written to %s.obsm[%r] in %.1f s",
+        method,
+        len(names),
+        len(values),
+        table_key,
+        key_added,
+        elapsed,
+    )
+    return sdata if copy else None
+
+
+# --- inputs --------------------------------------------------------------------------------------
+def _level0(element):
+    """(c, y, x) level-0 array (lazy, dask) of an image element, single- or multiscale."""
+    data = element["scale0"]["image"] if hasattr(element, "keys") else element
+    return data.data
+
+
+def _cell_geometry(shapes, cell_ids: np.ndarray) -> np.ndarray:
+    """Polygons of the cells in table order; multipolygons reduced to their largest part."""
+    import shapely
+
+    missing = ~np.isin(cell_ids, shapes.index.to_numpy())
+    if missing.any():
+        raise KeyError(
+            f"{int(missing.sum())} cells of the cells table have no polygon (e.g. cell_id {cell_ids[missing][0]!r})."
+        )
+    geometry = np.asarray(shapes.geometry.loc[cell_ids].to_numpy(), dtype=object)
+    types = shapely.get_type_id(geometry)
+    for i in np.flatnonzero(types != 3):  # 3 = Polygon
+        geom = geometry[i]
+        if types[i] == 6:  # MultiPolygon
+            parts = shapely.get_parts(geom)
+            geometry[i] = parts[np.argmax(shapely.area(parts))]
+        else:
+            raise TypeError(f"cell {cell_ids[i]!r} is a {geom.geom_type}, not a polygon.")
+    return geometry
+
+
+def _read(image, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """RGB float32 window (h, w, 3) in [0, 1] of the level-0 image, clipped to it by the caller."""
+    from skimage.util import img_as_float32
+
+    block = np.asarray(image[:3, y0:y1, x0:x1])
+    if block.shape[0] < 3:
+        raise ValueError(f"the image has {block.shape[0]} channel(s); cell features need RGB.")
+    return img_as_float32(np.moveaxis(block, 0, -1))
+
+
+def _tiles(centroids: np.ndarray, width: int, height: int, tile_size: int):
+    """Indices of the cells whose centroid lies in each tile (cells off the image go to the nearest tile)."""
+    tx = np.clip(np.floor(centroids[:, 0] / tile_size), 0, max((width - 1) // tile_size, 0)).astype(int)
+    ty = np.clip(np.floor(centroids[:, 1] / tile_size), 0, max((height - 1) // tile_size, 0)).astype(int)
+    n_tx = max((width - 1) // tile_size, 0) + 1
+    tile = ty * n_tx + tx
+    order = np.argsort(tile, kind="stable")
+    bounds = np.flatnonzero(np.diff(tile[order])) + 1
+    return [grp for grp in np.split(order, bounds) if len(grp)]
+
+
+# --- morphology ----------------------------------------------------------------------------------
+def _shape_features(geometry: np.ndarray, mpp: float) -> np.ndarray:
+    """Area, perimeter, eccentricity, solidity, major/minor axis, circularity from the polygons (µm)."""
+    import shapely
+
+    n = len(geometry)
+    area = shapely.area(geometry)
+    perimeter = shapely.length(geometry)
+    hull = shapely.area(shapely.convex_hull(geometry))
+    rings = shapely.get_exterior_ring(geometry)
+    coords, index = shapely.get_coordinates(rings, return_index=True)
+    # shift each polygon to its first vertex for numerical stability of the moments
+    first = np.searchsorted(index, np.arange(n))
+    first = np.minimum(first, len(index) - 1) if len(index) else first
+    coords = coords - coords[first[index]] if len(index) else coords
+    same = index[:-1] == index[1:]
+    x0, y0 = coords[:-1][same, 0], coords[:-1][same, 1]
+    x1, y1 = coords[1:][same, 0], coords[1:][same, 1]
+    grp = index[:-1][same]
+    cross = x0 * y1 - x1 * y0
+
+    def total(v):
+        return np.bincount(grp, weights=v, minlength=n)
+
+    a2 = total(cross)  # twice the signed area
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cx = total((x0 + x1) * cross) / (3 * a2)
+        cy = total((y0 + y1) * cross) / (3 * a2)
+        mxx = total((x0 * x0 + x0 * x1 + x1 * x1) * cross) / (6 * a2) - cx * cx
+        myy = total((y0 * y0 + y0 * y1 + y1 * y1) * cross) / (6 * a2) - cy * cy
+        mxy = total((x0 * y1 + 2 * x0 * y0 + 2 * x1 * y1 + x1 * y0) * cross) / (12 * a2) - cx * cy
+        half_tr = (mxx + myy) / 2
+        root = np.sqrt(np.maximum(((mxx - myy) / 2) ** 2 + mxy**2, 0))
+        l1 = np.maximum(half_tr + root, 0)
+        l2 = np.maximum(half_tr - root, 0)
+        ecc = np.sqrt(np.clip(1 - l2 / l1, 0, 1))
+        solidity = area / hull
+        circularity = 4 * np.pi * area / perimeter**2
+    return np.column_stack(
+        [
+            area * mpp**2,
+            perimeter * mpp,
+            ecc,
+            solidity,
+            4 * np.sqrt(l1) * mpp,
+            4 * np.sqrt(l2) * mpp,
+            circularity,
+        ]
+    )
+
+
+def _context_features(centroids_um: np.ndarray) -> np.ndarray:
+    """Number of other cells within ``DENSITY_RADIUS_UM`` and mean distance to the ``N_NEIGHBORS`` nearest (µm)."""
+    from scipy.spatial import cKDTree
+
+    n = len(centroids_um)
+    out = np.full((n, 2), np.nan)
+    if n == 0:
+        return out
+    tree = cKDTree(centroids_um)
+    out[:, 0] = tree.query_ball_point(centroids_um, r=DENSITY_RADIUS_UM, return_length=True) - 1
+    k = min(N_NEIGHBORS, n - 1)
+    if k > 0:
+        dist, _ = tree.query(centroids_um, k=k + 1)
+        out[:, 1] = dist[:, 1:].mean(axis=1)
+    return out
+
+
+def _grouped(labels: np.ndarray, values: np.ndarray, n: int, quantiles=()) -> tuple[np.ndarray, ...]:
+    """Mean, std and linear-interpolated quantiles of ``values`` per label 1..n (NaN where a label is empty)."""
+    count = np.bincount(labels, minlength=n + 1)[1:].astype(float)
+    s1 = np.bincount(labels, weights=values, minlength=n + 1)[1:]
+    s2 = np.bincount(labels, weights=values.astype(np.float64) ** 2, minlength=n + 1)[1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = s1 / count
+        std = np.sqrt(np.maximum(s2 / count - mean**2, 0))
+    out = [mean, std]
+    if quantiles:
+        order = np.lexsort((values, labels))
+        sorted_values = values[order].astype(np.float64)
+        ends = np.cumsum(np.bincount(labels, minlength=n + 1))
+        starts = ends[:-1]  # start of label l (1..n) in the sorted array is ends[l-1]
+        c = count.astype(int)
+        has = c > 0
+        for q in quantiles:
+            pos = q * np.maximum(c - 1, 0)
+            lo = np.floor(pos).astype(int)
+            hi = np.minimum(lo + 1, np.maximum(c - 1, 0))
+            frac = pos - lo
+            res = np.full(n, np.nan)
+            base = starts[has]
+            res[has] = sorted_values[base + lo[has]] * (1 - frac[has]) + sorted_values[base + hi[has]] * frac[has]
+            out.append(res)
+    return tuple(out)
+
+
+def _rasterise(geometry: np.ndarray, x0: int, y0: int, shape: tuple[int, int]) -> np.ndarray:
+    """int32 label image (label i+1 = geometry[i]) of the pixels whose centre lies in each polygon; later ones win."""
+    import shapely
+    from skimage.draw import polygon as draw_polygon
+
+    labels = np.zeros(shape, dtype=np.int32)
+    coords, index = shapely.get_coordinates(shapely.get_exterior_ring(geometry), return_index=True)
+    splits = np.flatnonzero(np.diff(index)) + 1
+    for lab, xy in zip(np.unique(index) + 1, np.split(coords, splits), strict=True):
+        rr, cc = draw_polygon(xy[:, 1] - y0 - 0.5, xy[:, 0] - x0 - 0.5, shape)
+        labels[rr, cc] = lab
+    return labels
+
+
+def _hematoxylin_eosin(image, x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hematoxylin and eosin (float32) of a window, as ``skimage.color.rgb2hed`` computes them.
+
+    Optical density ``log(max(rgb, 1e-6)) / log(1e-6)`` (a lookup table for 8-bit images) times
+    skimage's ``hed_from_rgb``, clipped at 0; only the two channels used are computed.
+    """
+    from skimage.color import hed_from_rgb
+    from skimage.util import img_as_float32
+
+    block = np.asarray(image[:3, y0:y1, x0:x1])
+    if block.shape[0] < 3:
+        raise ValueError(f"the image has {block.shape[0]} channel(s); cell features need RGB.")
+    if block.dtype == np.uint8:
+        od = _OD_LUT[block]
+    else:
+        od = np.log(np.maximum(img_as_float32(block), 1e-6)) / np.float32(np.log(1e-6))
+    conv = hed_from_rgb.astype(np.float32)
+    h = np.maximum(np.tensordot(conv[:, 0], od, axes=1), 0)
+    e = np.maximum(np.tensordot(conv[:, 1], od, axes=1), 0)
+    return h.astype(np.float32, copy=False), e.astype(np.float32, copy=False)
+
+
+_OD_LUT = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)).astype(np.float32)
+
+
+def _tile_intensity(
+    image, geometry: np.ndarray, tree, centroids_px: np.ndarray, cells: np.ndarray, size, ring_px: float
+):
+    """Stain and texture features (n_cells_in_tile x 12) of ``cells`` from a window around them."""
+    import shapely
+    from scipy import ndimage
+
+    height, width = size
+    bounds = shapely.bounds(geometry[cells])
+    margin = int(np.ceil(2 * ring_px)) + 3
+    x0 = max(int(np.floor(bounds[:, 0].min())) - margin, 0)
+    y0 = max(int(np.floor(bounds[:, 1].min())) - margin, 0)
+    x1 = min(int(np.ceil(bounds[:, 2].max())) + margin, width)
+    y1 = min(int(np.ceil(bounds[:, 3].max())) + margin, height)
+    n_out = len(cells)
+    out = np.full((n_out, 12), np.nan)
+    if x1 <= x0 or y1 <= y0:
+        return out
+    # every polygon touching the window, in global order (so overlaps resolve the same in every tile)
+    import shapely.geometry
+
+    near = np.sort(tree.query(shapely.geometry.box(x0, y0, x1, y1)))
+    labels = _rasterise(geometry[near], x0, y0, (y1 - y0, x1 - x0))
+    # nuclei too small to hold a pixel centre: the pixel under the centroid
+    present = np.zeros(len(near) + 1, dtype=bool)
+    present[np.unique(labels)] = True
+    for j in np.flatnonzero(~present[1:]):
+        px = int(np.floor(centroids_px[near[j], 0])) - x0
+        py = int(np.floor(centroids_px[near[j], 1])) - y0
+        if 0 <= px < x1 - x0 and 0 <= py < y1 - y0 and labels[py, px] == 0:
+            labels[py, px] = j + 1
+    # map: label of each tile cell (positions of `cells` within `near`)
+    local = np.searchsorted(near, cells) + 1
+    n = len(near)
+
+    h, e = _hematoxylin_eosin(image, x0, y0, x1, y1)
+
+    flat = labels.ravel()
+    inside = flat > 0
+    lab_in = flat[inside]
+    h_mean, h_std, h_q10, h_q50, h_q90 = _grouped(lab_in, h.ravel()[inside], n, QUANTILES)
+    e_mean, _ = _grouped(lab_in, e.ravel()[inside], n)
+
+    # ring: background pixels within ring_px of a nucleus, given to the nearest one
+    dist, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    ring = (dist > 0) & (dist <= ring_px)
+    ring_lab = labels[iy[ring], ix[ring]]
+    h_ring, _ = _grouped(ring_lab, h[ring], n)
+    e_ring, e_ring_std = _grouped(ring_lab, e[ring], n)
+
+    # co-occurrence texture on quantised hematoxylin (pairs of horizontal / vertical neighbours in one nucleus)
+    q = np.clip((h - H_RANGE[0]) / (H_RANGE[1] - H_RANGE[0]) * GLCM_LEVELS, 0, GLCM_LEVELS - 1).astype(np.int16)
+    pair_lab, diff = [], []
+    for a, b, la, lb in (
+        (q[:, :-1], q[:, 1:], labels[:, :-1], labels[:, 1:]),
+        (q[:-1, :], q[1:, :], labels[:-1, :], labels[1:, :]),
+    ):
+        keep = (la == lb) & (la > 0)
+        pair_lab.append(la[keep])
+        diff.append(np.abs(a[keep] - b[keep]).astype(np.float64))
+    pair_lab = np.concatenate(pair_lab)
+    diff = np.concatenate(diff)
+    n_pairs = np.bincount(pair_lab, minlength=n + 1)[1:].astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        contrast = np.bincount(pair_lab, weights=diff**2, minlength=n + 1)[1:] / n_pairs
+        homogeneity = np.bincount(pair_lab, weights=1 / (1 + diff**2), minlength=n + 1)[1:] / n_pairs
+    grad = np.hypot(ndimage.sobel(h, axis=0, mode="nearest"), ndimage.sobel(h, axis=1, mode="nearest"))
+    g_mean, _ = _grouped(lab_in, grad.ravel()[inside], n)
+
+    cols = (h_mean, h_std, h_q10, h_q50, h_q90, e_mean, h_ring, e_ring, e_ring_std, contrast, homogeneity, g_mean)
+    for k, col in enumerate(cols):
+        out[:, k] = col[local - 1]
+    return out
+
+
+def _morphology(image, geometry: np.ndarray, mpp: float, tile_size: int) -> tuple[np.ndarray, list[str]]:
+    import shapely
+
+    n = len(geometry)
+    _, height, width = image.shape
+    centroids = shapely.get_coordinates(shapely.centroid(geometry)) if n else np.zeros((0, 2))
+    values = np.full((n, len(MORPHOLOGY_FEATURES)), np.nan)
+    if n == 0:
+        return values, list(MORPHOLOGY_FEATURES)
+    values[:, :7] = _shape_features(geometry, mpp)
+    tree = shapely.STRtree(geometry)
+    ring_px = RING_UM / mpp
+    for cells in _tiles(centroids, width, height, tile_size):
+        values[cells, 7:19] = _tile_intensity(image, geometry, tree, centroids, cells, (height, width), ring_px)
+    values[:, 19:21] = _context_features(centroids * mpp)
+    return values, list(MORPHOLOGY_FEATURES)
+
+
+# --- encoder -------------------------------------------------------------------------------------
+def _encode(image, geometry, mpp, tile_size, encoder, crop_um, batch_size, device):
+    import shapely
+    import torch
+
+    from bitro.pp._encoder import crop_batch, load_encoder, resolve_device
+
+    model, config = load_encoder(encoder)
+    dev = resolve_device(device)
+    model = model.to(dev)
+    size = int(config["input_size"])
+    mean = torch.tensor(config["mean"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(config["std"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    n = len(geometry)
+    _, height, width = image.shape
+    out_dim = int(model.out_dim)
+    values = np.full((n, out_dim), np.nan, dtype=np.float32)
+    side_px = crop_um / mpp
+    pad = int(np.ceil(side_px / 2)) + 3
+    centroids = shapely.get_coordinates(shapely.centroid(geometry)) if n else np.zeros((0, 2))
+    with torch.inference_mode():
+        for cells in _tiles(centroids, width, height, tile_size) if n else []:
+            c = centroids[cells]
+            wx0 = int(np.floor(c[:, 0].min())) - pad
+            wy0 = int(np.floor(c[:, 1].min())) - pad
+            wx1 = int(np.ceil(c[:, 0].max())) + pad + 1
+            wy1 = int(np.ceil(c[:, 1].max())) + pad + 1
+            window = np.ones((wy1 - wy0, wx1 - wx0, 3), dtype=np.float32)  # white beyond the image
+            rx0, ry0, rx1, ry1 = max(wx0, 0), max(wy0, 0), min(wx1, width), min(wy1, height)
+            if rx1 > rx0 and ry1 > ry0:
+                window[ry0 - wy0 : ry1 - wy0, rx0 - wx0 : rx1 - wx0] = _read(image, rx0, ry0, rx1, ry1)
+            for b in range(0, len(cells), batch_size):
+                sel = slice(b, b + batch_size)
+                crops = crop_batch(window, (wx0, wy0), c[sel], side_px, size).to(dev)
+                feats = model((crops - mean) / std)
+                values[cells[sel]] = feats.float().cpu().numpy()
+    names = [f"enc_{i}" for i in range(out_dim)]
+    params = {
+        "encoder": os.fspath(encoder),
+        "architecture": config["architecture"],
+        "input_size": size,
+        "crop_um": crop_um,
+        "batch_size": batch_size,
+        "device": str(dev),
+    }
+    return values, names, params
