@@ -104,3 +104,17 @@ def add_element(sdata, name: str, element) -> None:
         if any(path.endswith(f"/{name}") for path in sdata.elements_paths_on_disk()):
             sdata.delete_element_from_disk(name)
         sdata.write_element(name)
+
+
+def clear_cells(sdata, shapes_key: str) -> None:
+    """Remove a cells layer (``shapes_key`` and ``bitro_cells``), in memory and on disk, so no stale cells remain."""
+    for name in (shapes_key, K.CELLS_TABLE_KEY):
+        if name in sdata:
+            if sdata.is_backed() and any(path.endswith(f"/{name}") for path in sdata.elements_paths_on_disk()):
+                sdata.delete_element_from_disk(name)
+            del sdata[name]
+            logger.info("removed the previous cells layer element %s", name)
+    info = dict(bitro_info(sdata))
+    for key in (K.ATTR_CELLS_SHAPES, K.ATTR_CELLS_TABLE, K.ATTR_CELLS_IMAGE):
+        info.pop(key, None)
+    sdata.attrs[K.ATTRS_KEY] = info

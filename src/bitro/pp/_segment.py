@@ -1,0 +1,413 @@
+"""``bt.pp.segment_cells``: tiled nucleus segmentation of an H&E image into the cells layer.
+
+The image's level 0 is read tile by tile (each tile grown by an overlap on every side), every tile
+is segmented on its own (dask: the local threaded scheduler, or the active ``dask.distributed``
+client), each tile's labels become polygons in global level-0 pixels, and a cell is kept only by
+the tile whose core (the tile without its overlap) holds its centroid, so a nucleus cut by a tile
+border appears once. Tiles without tissue are skipped before any segmentation runs.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import functools
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from bitro import _constants as K
+from bitro._logging import logger
+from bitro._validate import check_choice, check_float, check_int
+
+from ._cells import clear_cells, image_mpp, write_cells
+from ._cells import image_key as _image_key
+from ._watershed import DEFAULT_DIAMETER_UM, tissue_fraction, watershed_tile
+
+METHODS = ("cellpose", "watershed", "import")
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+MIN_TISSUE_FRACTION = 0.001
+"""A tile with fewer stained pixels than this fraction is skipped as background."""
+
+
+def segment_cells(
+    sdata: SpatialData,
+    *,
+    image_key: str | None = None,
+    method: Literal["cellpose", "watershed", "import"] = "cellpose",
+    key_added: str | None = None,
+    tile_size: int = 1024,
+    overlap: int | None = None,
+    diameter_um: float | None = None,
+    n_jobs: int | None = None,
+    model: Any = None,
+    path: str | None = None,
+    min_area_um2: float | None = None,
+    max_area_um2: float | None = None,
+    progress: bool | None = None,
+    copy: bool = False,
+    **method_kwargs: Any,
+) -> SpatialData | None:
+    """Segment the nuclei of an H&E image into polygons and a cells table.
+
+    The image's level 0 is processed in overlapping tiles (never loaded whole), in parallel through
+    dask: the active :class:`dask.distributed.Client` if there is one, else the local threaded
+    scheduler with ``n_jobs`` workers. A cell cut by a tile border is kept once, by the tile whose
+    core (the tile without its overlap) holds its centroid; tiles without tissue are skipped.
+
+    Parameters
+    ----------
+    sdata
+        A :class:`spatialdata.SpatialData` made by a ``bt.io`` reader or ``bt.datasets``.
+    image_key
+        The RGB image to segment. Default: the one recorded in ``sdata.attrs["bitro"]``.
+    method
+        ``"cellpose"`` (deep model, the default; needs ``cellpose``), ``"watershed"`` (offline:
+        hematoxylin deconvolution, adaptive threshold, distance-transform watershed) or
+        ``"import"`` (read polygons from ``path``).
+    key_added
+        Name of the shapes element. Default: ``"{method}_boundaries"``.
+    tile_size
+        Width of the square core of each tile, in level-0 pixels (at least 64).
+    overlap
+        Pixels each tile is grown by on every side. Default: two expected nucleus diameters, at least 32.
+    diameter_um
+        Expected nucleus diameter in µm (watershed default 8; cellpose: the model's default when None).
+    n_jobs
+        Threads of the local scheduler (default ``bt.settings.n_jobs``, ``-1`` all cores); ignored
+        when a ``dask.distributed`` client is active.
+    model
+        Cellpose model (name or object), for ``method="cellpose"``.
+    path
+        Segmentation file to read, for ``method="import"``.
+    min_area_um2, max_area_um2
+        Cells outside this area range (µm²) are dropped (watershed defaults 8 and 400; no limit otherwise).
+    progress
+        Show a progress bar (default: when there are more than 16 tiles and ``bt.settings.verbosity > 0``).
+    copy
+        Return a segmented copy instead of writing into ``sdata``.
+    **method_kwargs
+        Passed to the tile segmenter (e.g. ``offset=``, ``floor_factor=`` of the watershed, see
+        :func:`bitro.pp._watershed.watershed_tile`).
+
+    Returns
+    -------
+    ``None``, or the segmented copy when ``copy=True``. Writes the shapes ``{method}_boundaries``
+    (polygons in level-0 pixels, with the image's transformations) and the table ``bitro_cells``
+    (centroid, area in µm²), and records both keys in ``sdata.attrs["bitro"]``. An image without
+    any tissue, or without any cell, gives a warning, writes nothing (spatialdata has no empty
+    shapes element) and removes a previous cells layer of the same names, so no stale cells remain.
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> sdata = bt.datasets.toy_st(n_spots=9, seed=0)
+    >>> bt.pp.segment_cells(sdata, method="watershed")
+    >>> sdata["bitro_cells"].n_obs > 0
+    True
+    """
+    from bitro import settings
+
+    method = check_choice(method, "method", METHODS)
+    key = _image_key(sdata, image_key)
+    mpp = image_mpp(sdata, key)
+    tile_size = check_int(tile_size, "tile_size", min_value=64)
+    if diameter_um is not None:
+        diameter_um = check_float(diameter_um, "diameter_um", min_value=0, strict_min=True)
+    d_px = (diameter_um or DEFAULT_DIAMETER_UM) / mpp
+    if overlap is None:
+        overlap = max(32, int(np.ceil(2 * d_px)))
+    overlap = check_int(overlap, "overlap", min_value=0)
+    if overlap >= tile_size:
+        raise ValueError(f"`overlap` ({overlap}) must be smaller than `tile_size` ({tile_size}).")
+    if n_jobs is None:
+        n_jobs = settings.effective_n_jobs
+    else:
+        n_jobs = check_int(n_jobs, "n_jobs", min_value=-1)
+        if n_jobs == 0:
+            raise ValueError("`n_jobs` must be a positive integer or -1 (all cores), got 0.")
+    if n_jobs == -1:
+        import os
+
+        n_jobs = os.cpu_count() or 1
+    for name, value in (("min_area_um2", min_area_um2), ("max_area_um2", max_area_um2)):
+        if value is not None:
+            check_float(value, name, min_value=0)
+    if copy:
+        sdata = _copy.deepcopy(sdata)
+
+    n_skipped = n_tiles = 0
+    if method == "import":
+        from ._import import read_segmentation
+
+        if path is None:
+            raise ValueError('`method="import"` needs `path=`, the segmentation file to read.')
+        gdf = read_segmentation(path, sdata=sdata, image_key=key)
+        polygons = np.asarray(gdf.geometry.values, dtype=object)
+    else:
+        data = _level0_rgb(sdata, key)
+        if method == "watershed":
+            segmenter = functools.partial(
+                watershed_tile,
+                mpp=mpp,
+                diameter_um=diameter_um,
+                min_area_um2=min_area_um2,
+                max_area_um2=max_area_um2,
+                **method_kwargs,
+            )
+        else:
+            from ._cellpose import cellpose_segmenter
+
+            segmenter = cellpose_segmenter(model, mpp=mpp, diameter_um=diameter_um, **method_kwargs)
+        if progress is None:
+            progress = settings.verbosity > 0
+            progress = progress and _n_tiles(data.shape[1:], tile_size) > 16
+        polygons, n_skipped, n_tiles = segment_tiled(
+            data, segmenter, tile_size=tile_size, overlap=overlap, n_jobs=n_jobs, progress=bool(progress)
+        )
+        logger.info("%d tiles: %d skipped without tissue; %d cells found", n_tiles, n_skipped, len(polygons))
+        if n_skipped == n_tiles:
+            warnings.warn(
+                f"No tissue found in image {key!r} (every tile is background): no cells; nothing written.",
+                UserWarning,
+                stacklevel=2,
+            )
+    polygons = _filter_area(polygons, mpp, min_area_um2, max_area_um2)
+    if not len(polygons):
+        # spatialdata cannot hold an empty shapes element: say so instead of writing a placeholder
+        if method == "import" or n_skipped < n_tiles:
+            warnings.warn(f"No cells found in image {key!r}: nothing written.", UserWarning, stacklevel=2)
+        clear_cells(sdata, key_added or f"{method}{K.BOUNDARIES_SUFFIX}")
+        return sdata if copy else None
+    write_cells(sdata, polygons, image=key, method=method, key_added=key_added)
+    return sdata if copy else None
+
+
+def _level0_rgb(sdata, key: str):
+    """Level 0 of image ``key`` as a ``(3, y, x)`` (dask) array, or a clear error if it is not RGB."""
+    element = sdata.images[key]
+    level0 = element["scale0"]["image"] if hasattr(element, "keys") else element
+    dims = tuple(level0.dims)
+    if dims != ("c", "y", "x") or level0.shape[0] != 3:
+        raise ValueError(
+            f"Image {key!r} must be RGB with dims ('c', 'y', 'x') and 3 channels to segment nuclei, "
+            f"got dims {dims} and shape {tuple(level0.shape)}."
+        )
+    return level0.data
+
+
+def _n_tiles(shape, tile_size: int) -> int:
+    return int(np.ceil(shape[0] / tile_size) * np.ceil(shape[1] / tile_size))
+
+
+def _tiles(shape, tile_size: int, overlap: int):
+    """``(core, grown)`` boxes ``(y0, y1, x0, x1)`` covering an image of ``shape`` ``(H, W)``."""
+    height, width = shape
+    for cy in range(0, height, tile_size):
+        for cx in range(0, width, tile_size):
+            core = (cy, min(cy + tile_size, height), cx, min(cx + tile_size, width))
+            grown = (
+                max(cy - overlap, 0),
+                min(core[1] + overlap, height),
+                max(cx - overlap, 0),
+                min(core[3] + overlap, width),
+            )
+            yield core, grown
+
+
+def _to_uint8(tile: np.ndarray) -> np.ndarray:
+    tile = np.asarray(tile)
+    if tile.dtype == np.uint8:
+        return tile
+    if np.issubdtype(tile.dtype, np.floating) and tile.size and np.nanmax(tile) <= 1.0:
+        tile = tile * 255.0
+    return np.clip(np.nan_to_num(tile), 0, 255).astype(np.uint8)
+
+
+def _run_tile(tile, segmenter: Callable, core, grown, shape) -> tuple[np.ndarray, bool]:
+    """Segment one grown tile ``(3, h, w)``; return the polygons it owns (global pixels) and whether it was skipped."""
+    rgb = np.ascontiguousarray(np.moveaxis(_to_uint8(tile), 0, -1))
+    if tissue_fraction(rgb) < MIN_TISSUE_FRACTION:
+        return np.empty(0, dtype=object), True
+    labels = np.asarray(segmenter(rgb))
+    if labels.shape != rgb.shape[:2]:
+        raise ValueError(
+            f"The tile segmenter returned labels of shape {labels.shape} for a tile of shape {rgb.shape[:2]}."
+        )
+    return labels_to_polygons(labels, offset=(grown[0], grown[2]), core=core, grown=grown, shape=shape), False
+
+
+def labels_to_polygons(labels: np.ndarray, *, offset=(0, 0), core=None, grown=None, shape=None) -> np.ndarray:
+    """Polygons (shapely, ``x, y`` in global pixels; pixel ``(r, c)`` is centred at ``(c + .5, r + .5)``) of a label image.
+
+    With ``core``/``grown``/``shape`` (boxes ``(y0, y1, x0, x1)`` and the image's ``(H, W)``), only the
+    cells owned by this tile are returned: centroid inside ``core`` and not touching a tile edge that
+    is not an image edge (that cell is cut; the neighbour tile holds it whole).
+    """
+    import shapely
+    from scipy import ndimage as ndi
+    from skimage.measure import find_contours
+
+    labels = np.asarray(labels)
+    oy, ox = offset
+    h, w = labels.shape
+    rings = []
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        if grown is not None:
+            if (sl[0].start == 0 and grown[0] > 0) or (sl[0].stop == h and grown[1] < shape[0]):
+                continue
+            if (sl[1].start == 0 and grown[2] > 0) or (sl[1].stop == w and grown[3] < shape[1]):
+                continue
+        mask = np.pad(labels[sl] == i, 1).astype(np.float32)
+        contours = find_contours(mask, 0.5)
+        if not contours:
+            continue
+        ring = max(contours, key=len)
+        if len(ring) < 4:
+            continue
+        # padded index p -> tile index p - 1 + start -> global coordinate + 0.5
+        rings.append(ring[:, ::-1] + (sl[1].start + ox - 0.5, sl[0].start + oy - 0.5))
+    if not rings:
+        return np.empty(0, dtype=object)
+    polys = shapely.polygons([shapely.linearrings(r) for r in rings])
+    polys = shapely.simplify(polys, 0.25)
+    bad = ~shapely.is_valid(polys)
+    if bad.any():
+        polys[bad] = [_largest(shapely.make_valid(p)) for p in polys[bad]]
+    polys = polys[~shapely.is_empty(polys) & (shapely.get_type_id(polys) == 3)]
+    if core is not None and len(polys):
+        c = shapely.get_coordinates(shapely.centroid(polys))
+        own = (c[:, 1] >= core[0]) & (c[:, 1] < core[1]) & (c[:, 0] >= core[2]) & (c[:, 0] < core[3])
+        polys = polys[own]
+    return polys
+
+
+def _largest(geom):
+    import shapely
+
+    parts = [g for g in getattr(geom, "geoms", [geom]) if g.geom_type == "Polygon"]
+    return max(parts, key=lambda g: g.area) if parts else shapely.Polygon()
+
+
+def segment_tiled(
+    data, segmenter: Callable, *, tile_size: int, overlap: int, n_jobs: int = 1, progress: bool = False
+) -> tuple[np.ndarray, int, int]:
+    """Run ``segmenter`` (``(H, W, 3)`` uint8 -> labels) over overlapping tiles of a ``(3, H, W)`` array.
+
+    Returns the de-duplicated polygons (global level-0 pixels), the number of tiles skipped
+    without tissue and the number of tiles.
+    """
+    import dask
+
+    shape = tuple(int(s) for s in data.shape[1:])
+    boxes = list(_tiles(shape, tile_size, overlap))
+    tasks = []
+    for core, grown in boxes:
+        tile = data[:, grown[0] : grown[1], grown[2] : grown[3]]
+        tasks.append(dask.delayed(_run_tile, pure=True)(tile, segmenter, core, grown, shape))
+    client = _distributed_client()
+    results = _compute(tasks, client=client, n_jobs=n_jobs, progress=progress)
+    n_skipped = sum(skipped for _, skipped in results)
+    parts = [p for p, _ in results if len(p)]
+    polygons = np.concatenate(parts) if parts else np.empty(0, dtype=object)
+    polygons = _drop_border_duplicates(polygons, boxes, shape, overlap)
+    return polygons, n_skipped, len(boxes)
+
+
+def _distributed_client():
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _compute(tasks, *, client, n_jobs: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), desc="segment_cells", unit="tile", disable=not progress)
+    try:
+        if client is not None:
+            from distributed import as_completed
+
+            futures = client.compute(tasks)
+            index = {f.key: i for i, f in enumerate(futures)}
+            results = [None] * len(futures)
+            for future in as_completed(futures):
+                results[index[future.key]] = future.result()
+                bar.update()
+            return results
+        import dask
+        from dask.callbacks import Callback
+
+        keys = {t.key for t in tasks}
+
+        class _Progress(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                if key in keys:
+                    bar.update()
+
+        with _Progress():
+            return list(dask.compute(*tasks, scheduler="threads", num_workers=n_jobs))
+    finally:
+        bar.close()
+
+
+def _drop_border_duplicates(polygons: np.ndarray, boxes, shape, overlap: int) -> np.ndarray:
+    """Safety net for the centroid rule: near inner tile borders, drop a cell overlapping an earlier one by > 50%."""
+    import shapely
+
+    if len(polygons) < 2 or len(boxes) < 2:
+        return polygons
+    c = shapely.get_coordinates(shapely.centroid(polygons))
+    ys = np.unique([b[0][0] for b in boxes if b[0][0] > 0])
+    xs = np.unique([b[0][2] for b in boxes if b[0][2] > 0])
+    near = np.zeros(len(polygons), bool)
+    for edges, col in ((ys, 1), (xs, 0)):
+        if len(edges):
+            pos = np.searchsorted(edges, c[:, col])
+            dist = np.minimum(
+                np.abs(c[:, col] - edges[np.clip(pos - 1, 0, len(edges) - 1)]),
+                np.abs(c[:, col] - edges[np.clip(pos, 0, len(edges) - 1)]),
+            )
+            near |= dist <= overlap
+    idx = np.flatnonzero(near)
+    if len(idx) < 2:
+        return polygons
+    band = polygons[idx]
+    tree = shapely.STRtree(band)
+    a, b = tree.query(band, predicate="intersects")
+    pairs = a < b
+    a, b = a[pairs], b[pairs]
+    if not len(a):
+        return polygons
+    inter = shapely.area(shapely.intersection(band[a], band[b]))
+    smaller = np.minimum(shapely.area(band[a]), shapely.area(band[b]))
+    dup = inter > 0.5 * smaller
+    drop = np.zeros(len(polygons), bool)
+    drop[idx[b[dup]]] = True
+    if drop.any():
+        logger.debug("dropped %d duplicate cells on tile borders", int(drop.sum()))
+    return polygons[~drop]
+
+
+def _filter_area(
+    polygons: np.ndarray, mpp: float, min_area_um2: float | None, max_area_um2: float | None
+) -> np.ndarray:
+    import shapely
+
+    if not len(polygons) or (min_area_um2 is None and max_area_um2 is None):
+        return polygons
+    area = shapely.area(polygons) * mpp * mpp
+    keep = np.ones(len(polygons), bool)
+    if min_area_um2 is not None:
+        keep &= area >= min_area_um2
+    if max_area_um2 is not None:
+        keep &= area <= max_area_um2
+    return polygons[keep]

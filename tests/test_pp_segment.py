@@ -1,0 +1,171 @@
+"""``segment_cells``: watershed accuracy on the toy tissue, tiling / de-duplication, dask, bad input, real H&E."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+
+import bitro as bt
+from bitro import _constants as K
+from bitro.pp._segment import segment_cells
+from bitro.pp._watershed import watershed_tile
+
+DATA = Path(__file__).parent / "data"
+
+
+def _matches(pred, true) -> int:
+    """Number of one-to-one matches with IoU >= 0.5 (IoU > 0.5 pairs are unique, so no assignment is needed)."""
+    pred, true = np.asarray(pred), np.asarray(true)
+    tree = shapely.STRtree(true)
+    p, t = tree.query(pred, predicate="intersects")
+    inter = shapely.area(shapely.intersection(pred[p], true[t]))
+    iou = inter / (shapely.area(pred[p]) + shapely.area(true[t]) - inter)
+    ok = iou >= 0.5
+    return min(len(set(p[ok])), len(set(t[ok])))
+
+
+def _f1(pred, true) -> float:
+    tp = _matches(pred, true)
+    return 2 * tp / (len(pred) + len(true))
+
+
+def _cells(sdata, key="watershed_boundaries"):
+    return np.asarray(sdata[key].geometry.values)
+
+
+@pytest.fixture(scope="module")
+def toy_ws():
+    """The toy section (25 spots, ~1000 nuclei) segmented untiled and with 256-px tiles."""
+    sdata = bt.datasets.toy_st(n_spots=25, n_genes=10, seed=3)
+    segment_cells(sdata, method="watershed", tile_size=2048)
+    untiled = _cells(sdata)
+    segment_cells(sdata, method="watershed", tile_size=256, n_jobs=2)
+    return sdata, untiled, _cells(sdata)
+
+
+def test_watershed_f1_on_toy(toy_ws):
+    sdata, untiled, tiled = toy_ws
+    true = np.asarray(sdata[sdata.attrs[K.ATTRS_KEY][K.ATTR_TRUE_CELLS]].geometry.values)
+    assert _f1(untiled, true) >= 0.9
+    assert _f1(tiled, true) >= 0.9
+    table = sdata[K.CELLS_TABLE_KEY]
+    assert table.n_obs == len(tiled)
+    assert sdata.attrs[K.ATTRS_KEY][K.ATTR_CELLS_SHAPES] == "watershed_boundaries"
+    assert np.median(table.obs[K.AREA_UM2_KEY]) == pytest.approx(37, rel=0.3)  # true median ~37 µm²
+
+
+def test_tiled_equals_untiled_without_duplicates(toy_ws):
+    sdata, untiled, tiled = toy_ws
+    assert abs(len(tiled) - len(untiled)) <= 0.01 * len(untiled)
+    # no duplicates: no two cells overlap by more than half of the smaller one
+    tree = shapely.STRtree(tiled)
+    a, b = tree.query(tiled, predicate="intersects")
+    a, b = a[a < b], b[a < b]
+    inter = shapely.area(shapely.intersection(tiled[a], tiled[b]))
+    assert not np.any(inter > 0.5 * np.minimum(shapely.area(tiled[a]), shapely.area(tiled[b])))
+    # every true nucleus cut by a 256-px tile border is found exactly once
+    true = np.asarray(sdata[sdata.attrs[K.ATTRS_KEY][K.ATTR_TRUE_CELLS]].geometry.values)
+    bounds = shapely.bounds(true)
+    cut = np.zeros(len(true), bool)
+    for edge in range(256, 2048, 256):
+        cut |= ((bounds[:, 0] < edge) & (bounds[:, 2] > edge)) | ((bounds[:, 1] < edge) & (bounds[:, 3] > edge))
+    assert cut.sum() > 50
+    hits = shapely.STRtree(tiled).query(shapely.centroid(true[cut]), predicate="within")[0]
+    counts = np.bincount(hits, minlength=cut.sum())
+    assert np.mean(counts == 1) >= 0.97
+    assert counts.max() <= 1
+
+
+def test_distributed_and_lazy_give_the_same_cells(toy_ws):
+    distributed = pytest.importorskip("distributed")
+    _, _, tiled = toy_ws
+    lazy = bt.datasets.toy_st(n_spots=25, n_genes=10, seed=3, lazy=True)
+    level0 = lazy[lazy.attrs[K.ATTRS_KEY][K.ATTR_IMAGE]]["scale0"]["image"]
+    assert not isinstance(level0.data, np.ndarray)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        with distributed.Client(cluster):
+            segment_cells(lazy, method="watershed", tile_size=256)
+    got = _cells(lazy)
+    assert len(got) == len(tiled)
+    assert _matches(got, tiled) == len(tiled)
+
+
+def test_tile_segmenter_dispatch_for_cellpose(monkeypatch, toy_st):
+    """The cellpose path tiles and de-duplicates whatever the segmenter returns (a fake one here)."""
+    import sys
+    import types
+
+    calls = {}
+
+    def cellpose_segmenter(model, *, mpp, diameter_um, **kwargs):
+        calls.update(model=model, mpp=mpp, diameter_um=diameter_um, **kwargs)
+        return lambda rgb: watershed_tile(rgb, mpp=mpp)
+
+    monkeypatch.setitem(sys.modules, "bitro.pp._cellpose", types.SimpleNamespace(cellpose_segmenter=cellpose_segmenter))
+    segment_cells(toy_st, tile_size=512, model="nuclei", flow_threshold=0.3)
+    assert calls == {"model": "nuclei", "mpp": 0.5, "diameter_um": None, "flow_threshold": 0.3}
+    assert toy_st[K.CELLS_TABLE_KEY].n_obs > 900
+    assert "cellpose_boundaries" in toy_st.shapes
+
+
+def test_no_tissue_warns_and_writes_nothing(toy_st, bitro_log):
+    from bitro.pp._cells import write_cells
+
+    key = toy_st.attrs[K.ATTRS_KEY][K.ATTR_IMAGE]
+    # a previous cells layer of the same names must not survive as stale cells
+    write_cells(toy_st, toy_st[toy_st.attrs[K.ATTRS_KEY][K.ATTR_TRUE_CELLS]], image=key, method="watershed")
+    image = toy_st.images[key]
+    for scale in image:
+        node = image[scale]["image"]
+        node.data = node.data * 0 + 245  # blank white slide
+    with pytest.warns(UserWarning, match="No tissue"):
+        segment_cells(toy_st, method="watershed", tile_size=512)
+    assert K.CELLS_TABLE_KEY not in toy_st.tables
+    assert "watershed_boundaries" not in toy_st.shapes
+    assert K.ATTR_CELLS_TABLE not in toy_st.attrs[K.ATTRS_KEY]
+    assert "9 tiles: 9 skipped" in bitro_log.text
+
+
+def test_bad_input(toy_st):
+    with pytest.raises(ValueError, match="watershed"):
+        segment_cells(toy_st, method="otsu")
+    with pytest.raises(ValueError, match="overlap"):
+        segment_cells(toy_st, method="watershed", tile_size=128, overlap=128)
+    with pytest.raises(ValueError, match="tile_size"):
+        segment_cells(toy_st, method="watershed", tile_size=16)
+    with pytest.raises(KeyError, match="image_key"):
+        segment_cells(toy_st, method="watershed", image_key="nope")
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import get_transformation
+
+    key = toy_st.attrs[K.ATTRS_KEY][K.ATTR_IMAGE]
+    level0 = toy_st.images[key]["scale0"]["image"]
+    gray = Image2DModel.parse(
+        level0.data[:1], dims=("c", "y", "x"), transformations=get_transformation(level0, get_all=True)
+    )
+    toy_st.images["gray"] = gray
+    with pytest.raises(ValueError, match="RGB"):
+        segment_cells(toy_st, method="watershed", image_key="gray")
+    assert isinstance(toy_st, sd.SpatialData)
+
+
+def test_watershed_tile_zero_nuclei():
+    labels = watershed_tile(np.full((100, 120, 3), 230, np.uint8), mpp=0.5)
+    assert labels.shape == (100, 120)
+    assert labels.dtype == np.int32
+    assert labels.max() == 0
+
+
+def test_watershed_on_real_he():
+    sdata = bt.io.wsi(DATA / "wsi" / "CMU-1-Small-Region.svs")
+    segment_cells(sdata, method="watershed", n_jobs=2)
+    area = sdata[K.CELLS_TABLE_KEY].obs[K.AREA_UM2_KEY]
+    # 2220 x 2967 px at 0.499 µm/px, about half of it tissue
+    assert 1000 < len(area) < 8000
+    assert 15 <= np.median(area) <= 80
