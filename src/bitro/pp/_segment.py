@@ -91,7 +91,7 @@ def segment_cells(
         Return a segmented copy instead of writing into ``sdata``.
     **method_kwargs
         Passed to the tile segmenter (e.g. ``offset=``, ``floor_factor=`` of the watershed, see
-        :func:`bitro.pp._watershed.watershed_tile`).
+        ``bitro.pp._watershed.watershed_tile``).
 
     Returns
     -------

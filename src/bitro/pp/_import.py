@@ -1,0 +1,175 @@
+"""Read a segmentation made elsewhere (QuPath, CellViT, HEST, HoVer-Net, a label image) as nucleus polygons.
+
+:func:`read_segmentation` returns polygons in level-0 pixel coordinates of an image of the
+SpatialData object, ready for :func:`bitro.pp._cells.write_cells`. Label images follow the
+pixel convention of spatialdata: pixel ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bitro import _constants as K
+from bitro._logging import logger
+
+LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+GEOJSON_SUFFIXES = (".geojson", ".json")
+
+
+def read_segmentation(path: str | os.PathLike, *, sdata, image_key: str):
+    """Nucleus polygons from a segmentation file, in level-0 pixels of image ``image_key``.
+
+    Parameters
+    ----------
+    path
+        One of: GeoJSON (``.geojson`` / ``.json``; a FeatureCollection or a bare list of features,
+        as QuPath and CellViT export; Polygon / MultiPolygon; a ``classification`` name or a
+        ``class`` property becomes ``cell_type``), HEST's CellViT GeoParquet (``.parquet``),
+        HoVer-Net JSON (``{"nuc": {id: {"contour": [[x, y], ...], "type": int}}}``; ``type``
+        becomes ``cell_type``), or a label image (``.tif`` / ``.tiff`` / ``.png`` / ``.npy``;
+        0 = background, one integer per nucleus) of the same size as level 0 of the image.
+    sdata
+        The :class:`spatialdata.SpatialData` object holding the image.
+    image_key
+        The image the segmentation was made on; its level-0 size checks label images.
+
+    Returns
+    -------
+    :class:`geopandas.GeoDataFrame` with one valid Polygon per nucleus (MultiPolygons are split),
+    index ``0..n-1``, and a categorical ``cell_type`` column when the file has classes.
+    Shapes that are not valid polygons are skipped and counted in a warning.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"`path`: segmentation file {os.fspath(path)!r} does not exist.")
+    if image_key not in sdata.images:
+        raise KeyError(f"`image_key`: {image_key!r} is not an image of `sdata` (images: {list(sdata.images)}).")
+    suffix = path.suffix.lower()
+    if suffix in LABEL_SUFFIXES:
+        return _from_labels(path, _level0_shape(sdata, image_key))
+    if suffix == ".parquet":
+        from bitro.io._hest import _read_nuclei
+
+        return _read_nuclei(path)
+    if suffix in GEOJSON_SUFFIXES:
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{path}: could not read JSON ({type(err).__name__}: {err}).") from err
+        if isinstance(data, dict) and "nuc" in data:
+            return _from_hovernet(path, data["nuc"])
+        from bitro.io._hest import _read_nuclei
+
+        return _read_nuclei(path)
+    raise ValueError(
+        f"{path}: unknown segmentation format {suffix!r}; expected GeoJSON (.geojson/.json), CellViT parquet, "
+        f"HoVer-Net JSON or a label image ({', '.join(LABEL_SUFFIXES)})."
+    )
+
+
+def _level0_shape(sdata, image_key: str) -> tuple[int, int]:
+    element = sdata.images[image_key]
+    level0 = element["scale0"]["image"] if hasattr(element, "keys") else element
+    return int(level0.sizes["y"]), int(level0.sizes["x"])
+
+
+def _from_hovernet(path: Path, nuclei) -> object:
+    import geopandas as gpd
+    import shapely
+
+    if not isinstance(nuclei, dict):
+        raise ValueError(f"{path}: HoVer-Net 'nuc' must map ids to nuclei, got {type(nuclei).__name__}.")
+    geometry, kinds, skipped = [], [], 0
+    for nucleus in nuclei.values():
+        contour = nucleus.get("contour") if isinstance(nucleus, dict) else None
+        try:
+            polygon = shapely.Polygon(np.asarray(contour, dtype=float))
+        except (TypeError, ValueError, shapely.errors.ShapelyError):
+            polygon = None
+        if polygon is None or polygon.is_empty or not polygon.is_valid:
+            skipped += 1
+            continue
+        geometry.append(polygon)
+        kinds.append(nucleus.get("type"))
+    if skipped:
+        logger.warning("%s: %d of %d shapes are not valid polygons and are skipped", path, skipped, len(nuclei))
+    if not geometry:
+        raise ValueError(f"{path}: no valid nucleus contours.")
+    gdf = gpd.GeoDataFrame(geometry=geometry)
+    if any(k is not None for k in kinds):
+        gdf[K.CELL_TYPE_KEY] = pd.Categorical([str(k) for k in kinds])
+    return gdf
+
+
+def _read_label_image(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        labels = np.load(path, allow_pickle=False)
+    elif path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        labels = tifffile.imread(path)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            labels = np.asarray(im)
+    labels = np.squeeze(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: a label image must be a 2-D integer array, got {labels.dtype} {labels.shape}.")
+    return labels
+
+
+def _from_labels(path: Path, shape: tuple[int, int]):
+    labels = _read_label_image(path)
+    if labels.shape != shape:
+        raise ValueError(
+            f"{path}: label image is {labels.shape[1]} x {labels.shape[0]} px (width x height) but level 0 of "
+            f"the image is {shape[1]} x {shape[0]} px; segment that image or resample the labels to its size."
+        )
+    geometry, skipped = labels_to_polygons(labels)
+    if skipped:
+        logger.warning("%s: %d labels give no valid polygon and are skipped", path, skipped)
+    if not geometry:
+        raise ValueError(f"{path}: no labelled nuclei.")
+    import geopandas as gpd
+
+    return gpd.GeoDataFrame(geometry=geometry)
+
+
+def labels_to_polygons(labels: np.ndarray, *, offset=(0.0, 0.0)) -> tuple[list, int]:
+    """One polygon per label of ``labels`` (its outer contour; the largest piece when split), and a skipped count.
+
+    Coordinates are ``(x, y)`` pixels with pixel ``(row, col)`` covering ``[col, col + 1) x [row, row + 1)``,
+    shifted by ``offset`` ``(x0, y0)``.
+    """
+    import shapely
+    from scipy import ndimage
+    from skimage import measure
+
+    geometry, skipped = [], 0
+    labels = np.asarray(labels)
+    for index, window in enumerate(ndimage.find_objects(labels.astype(np.int64, copy=False)), start=1):
+        if window is None:
+            continue
+        mask = np.pad(labels[window] == index, 1)
+        contours = measure.find_contours(mask.astype(np.uint8), 0.5)
+        polygons = []
+        for contour in contours:
+            if len(contour) < 4:
+                continue
+            # contour (row, col) in the padded window; pixel centres sit at index + 0.5
+            x = contour[:, 1] - 1 + window[1].start + 0.5 + offset[0]
+            y = contour[:, 0] - 1 + window[0].start + 0.5 + offset[1]
+            polygon = shapely.make_valid(shapely.Polygon(np.column_stack([x, y])))
+            parts = [p for p in getattr(polygon, "geoms", [polygon]) if p.geom_type == "Polygon" and not p.is_empty]
+            polygons.extend(parts)
+        if not polygons:
+            skipped += 1
+            continue
+        geometry.append(max(polygons, key=lambda p: p.area))
+    return geometry, skipped
