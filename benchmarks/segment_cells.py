@@ -1,7 +1,9 @@
-"""Throughput and memory of ``segment_cells(method="watershed")``: CMU-1, then lazy toy slides of growing size.
+"""Throughput and memory of ``segment_cells(method="watershed")`` + ``cell_features("morphology")``.
 
-Each run is its own process so peak resident memory (ru_maxrss) is that run's alone. Times are end
-to end (tiling, reading or rendering the lazy image, segmentation, polygons, writing the layer).
+CMU-1, then toy slides of growing size (rendered once into a zarr store, untimed, and read back
+lazily like any stored slide). Each run is its own process so peak resident memory (ru_maxrss) is
+that run's alone. Times are end to end (reading tiles, segmentation, polygons, writing the layer;
+then the features).
 
     python benchmarks/segment_cells.py                 # CMU-1, ~1e4 and ~1e5 cells
     python benchmarks/segment_cells.py --max-cells 1e6 --n-jobs 4
@@ -18,21 +20,30 @@ from pathlib import Path
 import numpy as np
 
 CHILD = r"""
-import json, resource, sys, time
+import json, resource, sys, tempfile, time, warnings
 import bitro as bt
-from bitro.pp._segment import segment_cells
+import spatialdata as sd
 what, n_jobs = sys.argv[1], int(sys.argv[2])
 if what == "cmu":
     sdata = bt.io.wsi(sys.argv[3])
     cells_true = None
 else:
-    sdata = bt.datasets.toy_st(n_spots=int(what), n_genes=10, seed=0, lazy=True)
-    cells_true = sdata["true_cells"].n_obs
+    toy = bt.datasets.toy_st(n_spots=int(what), n_genes=10, seed=0, lazy=True)
+    cells_true = toy["true_cells"].n_obs
+    store = tempfile.mkdtemp() + "/toy.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        toy.write(store)
+    sdata = sd.read_zarr(store)
 image = sdata[sdata.attrs["bitro"]["image_key"]]["scale0"]["image"]
 t0 = time.perf_counter()
-segment_cells(sdata, method="watershed", n_jobs=n_jobs, progress=False)
+bt.pp.segment_cells(sdata, method="watershed", n_jobs=n_jobs, progress=False)
 dt = time.perf_counter() - t0
+t0 = time.perf_counter()
+bt.pp.cell_features(sdata, method="morphology")
+dt_features = time.perf_counter() - t0
 print(json.dumps({
+    "features_seconds": dt_features,
     "data": "CMU-1" if what == "cmu" else f"toy {what} spots",
     "megapixels": image.shape[1] * image.shape[2] / 1e6,
     "true_cells": cells_true,
@@ -62,15 +73,21 @@ def main() -> None:
         if cells > args.max_cells:
             break
         rows.append(run(str(int(cells / 42)), args.n_jobs))
-    print(f"{'data':>16} {'Mpx':>8} {'true':>8} {'cells':>8} {'s':>7} {'cells/s':>8} {'Mpx/s':>6} {'peak MB':>8}")
+    print(
+        f"{'data':>16} {'Mpx':>7} {'true':>7} {'cells':>7} {'seg s':>6} {'seg c/s':>8} {'feat s':>6} "
+        f"{'feat c/s':>8} {'e2e c/s':>8} {'peak MB':>8}"
+    )
     for r in rows:
+        total = r["seconds"] + r["features_seconds"]
         print(
-            f"{r['data']:>16} {r['megapixels']:>8.1f} {r['true_cells'] or '-':>8} {r['cells']:>8} {r['seconds']:>7.1f} "
-            f"{r['cells'] / r['seconds']:>8.0f} {r['megapixels'] / r['seconds']:>6.1f} {r['peak_rss_mb']:>8.0f}"
+            f"{r['data']:>16} {r['megapixels']:>7.1f} {r['true_cells'] or '-':>7} {r['cells']:>7} "
+            f"{r['seconds']:>6.1f} {r['cells'] / r['seconds']:>8.0f} {r['features_seconds']:>6.1f} "
+            f"{r['cells'] / r['features_seconds']:>8.0f} {r['cells'] / total:>8.0f} {r['peak_rss_mb']:>8.0f}"
         )
     toy = [r for r in rows if r["true_cells"]]
     if len(toy) >= 2:
-        slope = np.polyfit(np.log([r["cells"] for r in toy]), np.log([r["seconds"] for r in toy]), 1)[0]
+        seconds = [r["seconds"] + r["features_seconds"] for r in toy]
+        slope = np.polyfit(np.log([r["cells"] for r in toy]), np.log(seconds), 1)[0]
         print(f"time ~ cells^{slope:.2f} (1 = linear)")
 
 

@@ -169,3 +169,20 @@ def test_watershed_on_real_he():
     # 2220 x 2967 px at 0.499 µm/px, about half of it tissue
     assert 1000 < len(area) < 8000
     assert 15 <= np.median(area) <= 80
+
+
+def test_watershed_on_a_her2st_crop(tmp_path):
+    """Breast cancer H&E at 0.69 µm/px (legacy ST, JPEG): a plausible nucleus count and size distribution."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # the 9270 x 9936 px section
+    with Image.open(DATA / "her2st" / "ST-imgs" / "C3_5714_HE_BT_D1.jpg") as im:
+        # 1 mm x 1 mm in the middle of the spot array, where the tissue is
+        im.crop((4000, 4500, 5450, 5950)).save(tmp_path / "crop.png")
+    sdata = bt.io.wsi(tmp_path / "crop.png", mpp=0.69)
+    segment_cells(sdata, method="watershed", n_jobs=2)
+    area = sdata[K.CELLS_TABLE_KEY].obs[K.AREA_UM2_KEY]
+    # about 1 mm² of tumour and stroma: a few thousand nuclei of 20-60 µm² median
+    assert 1000 < len(area) < 8000
+    assert 15 <= np.median(area) <= 80
+    assert np.quantile(area, 0.9) < 200
