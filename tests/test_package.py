@@ -94,4 +94,7 @@ def test_cli_demo(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "spots                    9" in out.stdout
     assert (tmp_path / "toy.png").stat().st_size > 10_000
+    assert (tmp_path / "cells.png").stat().st_size > 10_000
+    f1 = float(next(line for line in out.stdout.splitlines() if "detection_f1" in line).split()[-1])
+    assert f1 >= 0.9
     assert (tmp_path / "toy.zarr" / "zarr.json").exists()

@@ -99,11 +99,16 @@ def add_element(sdata, name: str, element) -> None:
     spatialdata refuses to overwrite an element inside its own store, so an existing one is
     deleted from disk first (spatialdata #1237).
     """
+    import warnings
+
     sdata[name] = element
     if sdata.is_backed():
         if any(path.endswith(f"/{name}") for path in sdata.elements_paths_on_disk()):
             sdata.delete_element_from_disk(name)
-        sdata.write_element(name)
+        with warnings.catch_warnings():
+            # anndata announces a future zarr default on every table it writes: nothing to act on
+            warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
+            sdata.write_element(name)
 
 
 def clear_cells(sdata, shapes_key: str) -> None:
