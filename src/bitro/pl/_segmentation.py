@@ -153,8 +153,8 @@ def segmentation(
             f"`shapes_key`: {shapes_key!r} is not a shapes element of `sdata` (shapes: {list(sdata.shapes)}); "
             "run a segmentation first or pass the cell boundaries' key."
         )
-    if image_key is None and info.get("cells_image_key") in sdata.images:
-        image_key = info["cells_image_key"]
+    if image_key is None and info.get(K.ATTR_CELLS_IMAGE) in sdata.images:
+        image_key = info[K.ATTR_CELLS_IMAGE]
     image_key = _image_key(sdata, image_key)
     shapes = sdata.shapes[shapes_key]
 

@@ -156,7 +156,7 @@ def cell_features(
             f"`sdata` has no cells layer (table {table_key!r} and shapes {shapes_key!r}): run "
             "bt.pp.segment_cells first."
         )
-    img_key = _image_key(sdata, image_key if image_key is not None else info.get("cells_image_key"))
+    img_key = _image_key(sdata, image_key if image_key is not None else info.get(K.ATTR_CELLS_IMAGE))
     mpp = image_mpp(sdata, img_key)
     table = sdata.tables[table_key]
     geometry = _cell_geometry(sdata[shapes_key], table.obs[K.CELL_ID_KEY].to_numpy())
