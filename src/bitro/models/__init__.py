@@ -1,7 +1,28 @@
 """The BiTro cell-level multiple-instance-learning model (torch + Lightning).
 
-Nothing is public yet. Importing this submodule must stay cheap: torch is imported inside the
-modules that define the networks, not here.
+:class:`BiTro` is what :func:`bitro.tl.fit` returns and :func:`bitro.tl.predict` applies;
+:class:`BiTroModule` is its network (pure torch) and :class:`TrainingPlan` its Lightning loop.
+Importing this submodule stays cheap: torch loads on first use of a class.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from ._default import default_model, default_model_path
+
+if TYPE_CHECKING:
+    from ._model import BiTro
+    from ._module import BiTroModule
+    from ._plan import TrainingPlan
+
+_LAZY = {"BiTro": "._model", "BiTroModule": "._module", "TrainingPlan": "._plan"}
+
+__all__ = ["BiTro", "BiTroModule", "TrainingPlan", "default_model", "default_model_path"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

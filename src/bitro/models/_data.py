@@ -1,0 +1,354 @@
+"""Bags of cells taken out of a SpatialData once, as plain numpy (picklable by DataLoader workers).
+
+A section becomes :class:`Bags`: the cells' features, µm positions and graph, the *sequences*
+the network attends within (a spot's cells plus optional context cells of a ring around it, or one
+tile of a slide) and the *bag* each sequence pools into (the spot, or the whole slide), with the
+bag's targets when the data has expression.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from bitro import _constants as K
+from bitro._logging import logger
+
+CP10K = 1e4
+
+
+@dataclass
+class Bags:
+    """Cells and bags of one section (``kind="spot"``) or one slide (``kind="bulk"``)."""
+
+    sample_id: str
+    group: str
+    kind: str
+    x: np.ndarray
+    xy: np.ndarray
+    graph: sparse.csr_matrix
+    seq_cells: list[np.ndarray]
+    seq_context: list[np.ndarray]
+    seq_centre: np.ndarray
+    seq_bag: np.ndarray
+    bag_names: np.ndarray
+    bag_xy: np.ndarray
+    y: np.ndarray | None = None
+    cell_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Row of each cell in the cells table (``x`` rows are those rows, in that order)."""
+
+    @property
+    def n_bags(self) -> int:
+        return len(self.bag_names)
+
+    def bag_sequences(self) -> list[np.ndarray]:
+        """Sequence indices of each bag."""
+        order = np.argsort(self.seq_bag, kind="stable")
+        bounds = np.searchsorted(self.seq_bag[order], np.arange(self.n_bags + 1))
+        return [order[bounds[b] : bounds[b + 1]] for b in range(self.n_bags)]
+
+
+def log_cp10k(counts, *, where: str) -> np.ndarray:
+    """log1p of counts per 10 000 (library size over all genes); rows with no counts give NaN.
+
+    Raises a clear error for NaN or negative counts.
+    """
+    counts = counts.tocsr() if sparse.issparse(counts) else np.asarray(counts, dtype=float)
+    values = counts.data if sparse.issparse(counts) else counts
+    if np.isnan(values).any():
+        raise ValueError(f"{where}: counts contain NaN; pass raw counts (no missing values).")
+    if (values < 0).any():
+        raise ValueError(f"{where}: counts contain negative values; pass raw (non-negative) counts.")
+    lib = np.asarray(counts.sum(axis=1), dtype=float).reshape(-1)
+    scale = np.divide(CP10K, lib, out=np.full_like(lib, np.nan), where=lib > 0)
+    if sparse.issparse(counts):
+        out = sparse.diags(np.nan_to_num(scale)) @ counts
+        out = out.toarray()
+    else:
+        out = counts * np.nan_to_num(scale)[:, None]
+    out = np.log1p(out)
+    out[lib <= 0] = np.nan
+    return out.astype(np.float32)
+
+
+def table_genes(table) -> pd.Index:
+    """Gene names of a table: ``var_names``, or ``var["gene_name"]`` when the names are ids (bulk)."""
+    return pd.Index(table.var_names.astype(str))
+
+
+def gene_columns(table, genes: list[str], *, where: str) -> np.ndarray:
+    """Column of each gene in ``table``, with a clear error listing a few missing genes."""
+    names = table_genes(table)
+    idx = names.get_indexer(genes)
+    if (idx < 0).any():
+        if K.GENE_NAME_KEY in table.var:
+            by_name = pd.Index(table.var[K.GENE_NAME_KEY].astype(str)).get_indexer(genes)
+            idx = np.where(idx < 0, by_name, idx)
+    if (idx < 0).any():
+        missing = [g for g, i in zip(genes, idx, strict=True) if i < 0]
+        raise KeyError(
+            f"{where}: {len(missing)} of {len(genes)} genes are not in the data (e.g. {missing[:5]}); "
+            f"it has {len(names)} genes (e.g. {list(names[:5])})."
+        )
+    return idx
+
+
+def _centres_um(sdata, spots_key: str) -> tuple[np.ndarray, np.ndarray]:
+    import shapely
+
+    from bitro.pp._assign import _affine_xy, _apply, _linear_scale
+    from bitro.pp._cells import bitro_info
+
+    cs = bitro_info(sdata)[K.ATTR_COORDINATE_SYSTEM]
+    spots = sdata.shapes[spots_key]
+    matrix = _affine_xy(spots, cs)
+    centres = _apply(matrix, shapely.get_coordinates(spots.geometry.to_numpy()))
+    radius = spots["radius"].to_numpy(dtype=float) * _linear_scale(matrix) if "radius" in spots else None
+    return centres, radius
+
+
+def _cells(sdata, settings: dict) -> tuple[str, np.ndarray, np.ndarray, sparse.csr_matrix]:
+    """Cells table key, features, µm centroids and the graph's connectivities."""
+    from bitro.pp._assign import cell_centroids_um
+
+    table_key, xy = cell_centroids_um(sdata)
+    cells = sdata.tables[table_key]
+    fkey = settings["features_key"]
+    if fkey not in cells.obsm:
+        raise KeyError(f"cells table {table_key!r} has no features obsm[{fkey!r}]: run bt.pp.cell_features first.")
+    x = np.asarray(cells.obsm[fkey], dtype=np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        n = int(bad.any(axis=1).sum())
+        logger.warning(
+            "%d cells have non-finite features; those values are set to the feature mean (0 after scaling)", n
+        )
+        x = np.where(bad, np.nan, x)
+    gkey = f"{settings['graph_key']}_connectivities"
+    if gkey not in cells.obsp:
+        raise KeyError(f"cells table {table_key!r} has no graph obsp[{gkey!r}]: run bt.pp.cell_graph first.")
+    graph = sparse.csr_matrix(cells.obsp[gkey], dtype=bool)
+    return table_key, x, xy.astype(np.float32), graph
+
+
+def _context(xy: np.ndarray, centres: np.ndarray, members: list[np.ndarray], radius_um: float, max_cells: int):
+    """For each centre, the cells within ``radius_um`` that are not its members, nearest first, at most ``max_cells``."""
+    from scipy.spatial import cKDTree
+
+    if radius_um <= 0 or max_cells <= 0 or not len(xy):
+        return [np.zeros(0, np.int64) for _ in range(len(centres))]
+    tree = cKDTree(xy)
+    out = []
+    for centre, own in zip(centres, members, strict=True):
+        near = np.asarray(tree.query_ball_point(centre, radius_um), dtype=np.int64)
+        near = near[~np.isin(near, own)]
+        d = np.hypot(*(xy[near] - centre).T) if len(near) else np.zeros(0)
+        out.append(near[np.argsort(d, kind="stable")[:max_cells]])
+    return out
+
+
+def spot_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: str | None = None) -> Bags:
+    """Bags of the spots of a section: each spot's assigned cells, plus ring context cells if configured."""
+    from bitro.pp._cells import bitro_info
+
+    info = bitro_info(sdata)
+    sample = str(info.get(K.ATTR_SAMPLE_ID, "sample"))
+    spots_key = info.get(K.ATTR_SPOTS)
+    table_key = info.get(K.ATTR_TABLE, K.TABLE_KEY)
+    if spots_key is None or spots_key not in sdata.shapes or table_key not in sdata.tables:
+        raise KeyError(
+            f"section {sample!r} has no spots (attrs['bitro'] spots_key={spots_key!r}, table {table_key!r}); "
+            "read it with a bt.io spot reader, or predict pseudo-spots with bt.tl.predict."
+        )
+    table = sdata.tables[table_key]
+    instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key", K.SPOT_ID_KEY)
+    cells_key, x, xy, graph = _cells(sdata, settings)
+    cells = sdata.tables[cells_key]
+    assign_key = settings["spot_key"]
+    if assign_key not in cells.obs:
+        raise KeyError(f"cells table {cells_key!r} has no obs[{assign_key!r}]: run bt.pp.assign_cells first.")
+
+    centres, _ = _centres_um(sdata, spots_key)
+    shape_pos = pd.Index(sdata.shapes[spots_key].index.astype(str))
+    spot_ids = table.obs[instance_key].astype(str).to_numpy()
+    spot_row = shape_pos.get_indexer(spot_ids)
+    if (spot_row < 0).any():
+        raise ValueError(f"{int((spot_row < 0).sum())} spots of table {table_key!r} have no circle in {spots_key!r}.")
+    bag_xy = centres[spot_row].astype(np.float32)
+
+    cell_spot = cells.obs[assign_key].astype("string").fillna("").to_numpy(dtype=str)
+    cell_bag = pd.Index(spot_ids).get_indexer(cell_spot)
+    order = np.argsort(cell_bag, kind="stable")
+    bounds = np.searchsorted(cell_bag[order], np.arange(len(spot_ids) + 1))
+    members = [np.sort(order[bounds[b] : bounds[b + 1]]) for b in range(len(spot_ids))]
+    context = _context(xy, bag_xy, members, float(settings["context_um"]), int(settings["max_context"]))
+
+    y = None
+    if genes is not None:
+        cols = gene_columns(table, genes, where=f"section {sample!r} table {table_key!r}")
+        y = log_cp10k(table.X, where=f"section {sample!r} table {table_key!r}")[:, cols]
+    return Bags(
+        sample_id=sample,
+        group=group or sample,
+        kind="spot",
+        x=x,
+        xy=xy,
+        graph=graph,
+        seq_cells=members,
+        seq_context=context,
+        seq_centre=bag_xy,
+        seq_bag=np.arange(len(spot_ids)),
+        bag_names=table.obs_names.to_numpy().astype(str),
+        bag_xy=bag_xy,
+        y=y,
+        cell_index=np.arange(len(x)),
+    )
+
+
+def slide_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: str | None = None) -> Bags:
+    """One bag of all the cells of a slide, attended within square tiles of ``settings["tile_um"]``."""
+    from bitro.pp._cells import bitro_info
+
+    info = bitro_info(sdata)
+    sample = str(info.get(K.ATTR_SAMPLE_ID, "slide"))
+    _, x, xy, graph = _cells(sdata, settings)
+    tile = float(settings["tile_um"])
+    codes = np.floor(xy / tile).astype(np.int64)
+    _, inverse = np.unique(codes, axis=0, return_inverse=True) if len(xy) else (None, np.zeros(0, np.int64))
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(inverse.max(initial=-1) + 2))
+    seqs = [order[bounds[t] : bounds[t + 1]] for t in range(len(bounds) - 1)]
+    centres = np.array([xy[s].mean(axis=0) for s in seqs], dtype=np.float32) if seqs else np.zeros((0, 2), np.float32)
+    y = None
+    if genes is not None:
+        table_key = info.get(K.ATTR_TABLE, K.TABLE_KEY)
+        if table_key not in sdata.tables:
+            raise KeyError(f"slide {sample!r} has no expression table {table_key!r} to train or evaluate on.")
+        table = sdata.tables[table_key]
+        if table.n_obs != 1:
+            raise ValueError(f"slide {sample!r}: bulk table {table_key!r} must have one row, has {table.n_obs}.")
+        cols = gene_columns(table, genes, where=f"slide {sample!r} table {table_key!r}")
+        y = log_cp10k(table.X, where=f"slide {sample!r} table {table_key!r}")[:, cols]
+    return Bags(
+        sample_id=sample,
+        group=group or sample,
+        kind="bulk",
+        x=x,
+        xy=xy,
+        graph=graph,
+        seq_cells=seqs,
+        seq_context=[np.zeros(0, np.int64) for _ in seqs],
+        seq_centre=centres,
+        seq_bag=np.zeros(len(seqs), dtype=np.int64),
+        bag_names=np.array([sample]),
+        bag_xy=xy.mean(axis=0, keepdims=True) if len(xy) else np.zeros((1, 2), np.float32),
+        y=y,
+        cell_index=np.arange(len(x)),
+    )
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+
+def sequence_arrays(bags: Bags, s: int, cells: np.ndarray | None = None, context: np.ndarray | None = None) -> dict:
+    """Arrays of one sequence: features, µm offsets from its centre, adjacency, context flags."""
+    cells = bags.seq_cells[s] if cells is None else cells
+    context = bags.seq_context[s] if context is None else context
+    idx = np.concatenate([cells, context])
+    adj = bags.graph[idx][:, idx].toarray()
+    return {
+        "x": bags.x[idx],
+        "pos": bags.xy[idx] - bags.seq_centre[s],
+        "adj": adj,
+        "context": np.r_[np.zeros(len(cells), bool), np.ones(len(context), bool)],
+    }
+
+
+def collate(sequences: list[dict], seq_bag: np.ndarray, n_bags: int, y: np.ndarray | None = None) -> dict:
+    """Pad sequences into one batch of torch tensors."""
+    import torch
+
+    n = max(len(s["x"]) for s in sequences)
+    s_count, f = len(sequences), sequences[0]["x"].shape[1]
+    x = np.zeros((s_count, n, f), np.float32)
+    pos = np.zeros((s_count, n, 2), np.float32)
+    adj = np.zeros((s_count, n, n), bool)
+    valid = np.zeros((s_count, n), bool)
+    context = np.zeros((s_count, n), bool)
+    for i, seq in enumerate(sequences):
+        m = len(seq["x"])
+        x[i, :m] = np.nan_to_num(seq["x"])  # non-finite features: 0 before scaling, logged at extraction
+        pos[i, :m] = seq["pos"]
+        adj[i, :m, :m] = seq["adj"]
+        valid[i, :m] = True
+        context[i, :m] = seq["context"]
+    batch = {
+        "x": torch.from_numpy(x),
+        "pos": torch.from_numpy(pos),
+        "adj": torch.from_numpy(adj),
+        "valid": torch.from_numpy(valid),
+        "context": torch.from_numpy(context),
+        "bag": torch.from_numpy(np.asarray(seq_bag, dtype=np.int64)),
+        "n_bags": n_bags,
+    }
+    if y is not None:
+        batch["y"] = torch.from_numpy(np.asarray(y, dtype=np.float32))
+    return batch
+
+
+class BagDataset:
+    """Training bags ``(section, bag)`` with random sub-sampling of cells and tiles (torch map-style dataset).
+
+    Each item is a list of sequence dicts and the bag's standardised target. Long spots keep at
+    most ``max_cells`` cells (and ``max_context`` context cells); slides keep at most ``max_tiles``
+    tiles, each of at most ``max_cells`` cells, re-drawn every epoch.
+    """
+
+    def __init__(
+        self,
+        sections: list[Bags],
+        items: list[tuple[int, int]],
+        targets: list[np.ndarray],
+        *,
+        max_cells: int,
+        max_tiles: int,
+        train: bool,
+        seed: int = 0,
+    ) -> None:
+        self.sections, self.items, self.targets = sections, items, targets
+        self.max_cells, self.max_tiles, self.train = max_cells, max_tiles, train
+        self.seed = seed
+        self.epoch = 0
+        self._bag_seqs = [sec.bag_sequences() for sec in sections]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        si, b = self.items[i]
+        sec = self.sections[si]
+        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else np.random.default_rng([self.seed, i])
+        seqs = [s for s in self._bag_seqs[si][b] if len(sec.seq_cells[s])]
+        if len(seqs) > self.max_tiles:
+            seqs = list(rng.choice(seqs, self.max_tiles, replace=False))
+        out = []
+        for s in seqs:
+            cells = sec.seq_cells[s]
+            if len(cells) > self.max_cells:
+                cells = np.sort(rng.choice(cells, self.max_cells, replace=False))
+            out.append(sequence_arrays(sec, s, cells=cells))
+        return out, self.targets[i]
+
+
+def collate_bags(items) -> dict:
+    """Collate ``BagDataset`` items (bags of sequences) into one batch."""
+    sequences, seq_bag, ys = [], [], []
+    for b, (seqs, y) in enumerate(items):
+        sequences.extend(seqs)
+        seq_bag.extend([b] * len(seqs))
+        ys.append(y)
+    return collate(sequences, np.asarray(seq_bag), len(items), np.stack(ys))

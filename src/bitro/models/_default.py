@@ -1,0 +1,48 @@
+"""The bundled default model: BiTro trained on the four HER2ST sections (see ``scripts/train_default_model.py``)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._model import BiTro
+
+DEFAULT_DIR = Path(__file__).parent / "default"
+
+
+def default_model_path() -> Path:
+    """Folder of the bundled default model (``config.json`` + ``model.safetensors``).
+
+    Returns
+    -------
+    The folder inside the installed package.
+    """
+    return DEFAULT_DIR
+
+
+@cache
+def _load() -> BiTro:
+    from ._model import BiTro
+
+    if not (DEFAULT_DIR / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the bundled default model is missing from {DEFAULT_DIR}; reinstall bitro or pass `model=`."
+        )
+    return BiTro.load(DEFAULT_DIR)
+
+
+def default_model() -> BiTro:
+    """The bundled default model, loaded once per session.
+
+    Trained on the four HER2+ breast cancer legacy ST sections C2-C5 (Andersson et al., Nature
+    Communications 12, 6012 (2021), CC BY 4.0) with the offline pipeline: watershed nuclei and
+    morphology features; 50 highly variable genes. Spot-level targets, about 0.69 µm per pixel.
+    ``scripts/train_default_model.py`` reproduces it.
+
+    Returns
+    -------
+    :class:`bitro.models.BiTro`
+    """
+    return _load()

@@ -1,0 +1,231 @@
+"""The user-facing :class:`BiTro` model: network + the settings it was trained with, save and load."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from bitro._logging import logger
+
+if TYPE_CHECKING:
+    from ._data import Bags
+    from ._module import BiTroModule
+
+FORMAT = 1
+"""Version of the saved layout (``config.json`` + ``model.safetensors``); bumped when it changes."""
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+class BiTro:
+    """A trained BiTro model: the network, its genes and every setting needed to apply it to new data.
+
+    Made by :func:`bitro.tl.fit` (or :meth:`load`), applied with :func:`bitro.tl.predict`.
+
+    Parameters
+    ----------
+    module
+        The network.
+    config
+        JSON-serialisable settings: ``architecture``, ``genes`` and ``hvg`` per head, ``features``,
+        ``preprocessing``, ``data`` (bag settings), ``mpp``, ``spots`` and ``training``.
+    history
+        Loss per epoch (``epoch``, ``train_loss``, ``val_loss``).
+
+    Attributes
+    ----------
+    head
+        The label kind whose head predicts by default (``"spot"`` or ``"bulk"``).
+    genes
+        Genes of that head, in output order.
+    history
+        Loss per epoch; :func:`bitro.pl.training_history` plots it.
+    best_epoch
+        Epoch whose weights were kept (best validation loss), or ``None``.
+    """
+
+    def __init__(self, module: BiTroModule, config: dict[str, Any], history: pd.DataFrame | None = None) -> None:
+        self.module = module
+        self.config = config
+        self.history = history if history is not None else pd.DataFrame(columns=["epoch", "train_loss", "val_loss"])
+
+    # --- properties ------------------------------------------------------------------------------
+    @property
+    def head(self) -> str:
+        return self.config["training"]["target"]
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.config["genes"][self.head])
+
+    @property
+    def hvg(self) -> list[str]:
+        """Genes ranked by variability in the training data (most variable first)."""
+        return list(self.config["hvg"][self.head])
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.config["training"].get("best_epoch")
+
+    def __repr__(self) -> str:
+        t = self.config["training"]
+        n_params = sum(p.numel() for p in self.module.parameters())
+        return (
+            f"BiTro(head={self.head!r}, n_genes={len(self.genes)}, features={self.config['features']['method']!r} "
+            f"({self.config['architecture']['n_features']}), parameters={n_params}, "
+            f"trained on {len(t.get('samples', []))} samples, best_epoch={self.best_epoch})"
+        )
+
+    # --- application -----------------------------------------------------------------------------
+    def predict_bags(self, bags: Bags, *, head: str | None = None, batch_size: int = 64):
+        """Bag and cell predictions (log1p CP10k) of one section or slide, streamed by chunks of sequences.
+
+        Returns ``(bag_pred, cell_pred, cell_weight)``: ``(n_bags, G)`` (NaN for a bag without a
+        cell), ``(n_cells, G)`` and ``(n_cells,)`` pooling weights (NaN for cells in no bag).
+        """
+        import torch
+
+        from ._data import collate, sequence_arrays
+        from ._module import merge_pool_state, pool_state
+
+        head = head or self.head
+        module = self.module
+        module.eval()
+        device = next(module.parameters()).device
+        mod_head = module.heads[head]
+        mean, std = mod_head.target_mean.cpu().numpy(), mod_head.target_std.cpu().numpy()
+        n_cells, g = len(bags.x), len(mean)
+        cell_pred = np.full((n_cells, g), np.nan, np.float32)
+        cell_logit = np.full(n_cells, -np.inf, np.float64)
+        seqs = [s for s in range(len(bags.seq_cells)) if len(bags.seq_cells[s])]
+        state = None
+        with torch.inference_mode():
+            for start in range(0, len(seqs), batch_size):
+                chunk = seqs[start : start + batch_size]
+                batch = collate([sequence_arrays(bags, s) for s in chunk], bags.seq_bag[chunk], bags.n_bags)
+                batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+                expression, logits = module.cells(batch, head)
+                part = pool_state(expression.double(), logits.double(), batch["bag"], bags.n_bags)
+                state = part if state is None else merge_pool_state(state, part)
+                expression, logits = expression.cpu().numpy(), logits.cpu().numpy()
+                for i, s in enumerate(chunk):
+                    m = len(bags.seq_cells[s])
+                    cell_pred[bags.seq_cells[s]] = expression[i, :m] * std + mean
+                    cell_logit[bags.seq_cells[s]] = logits[i, :m]
+        bag_pred = np.full((bags.n_bags, g), np.nan, np.float32)
+        weight = np.full(n_cells, np.nan, np.float32)
+        if state is not None:
+            denom, num, bag_max = (t.cpu().numpy() for t in state)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                bag_pred = (num / denom[:, None] * std + mean).astype(np.float32)
+            cell_bag = np.full(n_cells, -1, np.int64)
+            for s in seqs:
+                cell_bag[bags.seq_cells[s]] = bags.seq_bag[s]
+            ok = cell_bag >= 0
+            weight[ok] = np.exp(cell_logit[ok] - bag_max[cell_bag[ok]]) / denom[cell_bag[ok]]
+        return bag_pred, cell_pred, weight
+
+    # --- persistence -----------------------------------------------------------------------------
+    def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Save the weights (``model.safetensors``) and the settings (``config.json``) to a folder.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write; created if needed.
+        overwrite
+            Replace a model already saved there.
+        """
+        from safetensors.torch import save_file
+
+        from bitro import __version__
+
+        path = Path(dir_path)
+        if (path / CONFIG_FILE).exists() and not overwrite:
+            raise FileExistsError(f"`dir_path`: {path} already holds a saved model; pass overwrite=True to replace it.")
+        path.mkdir(parents=True, exist_ok=True)
+        config = dict(self.config, format=FORMAT, bitro_version=str(__version__))
+        config["history"] = self.history.replace({np.nan: None}).to_dict(orient="list")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_FILE), metadata={"format": str(FORMAT)})
+        (path / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        logger.info("saved BiTro (%s head, %d genes) to %s", self.head, len(self.genes), path)
+
+    @classmethod
+    def load(cls, dir_path: str | os.PathLike, *, device: str | None = None) -> BiTro:
+        """Load a model saved with :meth:`save`. Reads JSON and safetensors only: nothing is unpickled.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        device
+            Torch device to put the weights on (default ``"cpu"``).
+
+        Returns
+        -------
+        The model, in evaluation mode.
+        """
+        from safetensors.torch import load_file
+
+        path = Path(dir_path)
+        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(
+                f"`dir_path`: {path} is not a saved BiTro model (expected {CONFIG_FILE} and {WEIGHTS_FILE})."
+            )
+        config = json.loads((path / CONFIG_FILE).read_text())
+        fmt = config.get("format")
+        if fmt != FORMAT:
+            raise ValueError(
+                f"{path}: model format {fmt!r} (written by bitro {config.get('bitro_version', '?')}); this bitro "
+                f"reads format {FORMAT}. Re-train or re-save the model with a matching bitro version."
+            )
+        history = pd.DataFrame(config.pop("history", {"epoch": [], "train_loss": [], "val_loss": []}))
+        module = build_module(config)
+        state = load_file(str(path / WEIGHTS_FILE), device="cpu")
+        check_state(module, state, config, path)
+        module.load_state_dict(state)
+        module.to(device or "cpu").eval()
+        return cls(module, config, history.astype(float) if len(history) else None)
+
+
+def build_module(config: dict) -> BiTroModule:
+    """The network an ``architecture`` config describes (weights at initialisation)."""
+    from ._module import BiTroModule
+
+    a = config["architecture"]
+    heads = {kind: len(genes) for kind, genes in config["genes"].items()}
+    return BiTroModule(
+        a["n_features"],
+        0,
+        heads=heads,
+        hidden=a["hidden"],
+        n_heads=a["n_heads"],
+        n_gat=a["n_gat"],
+        n_layers=a["n_layers"],
+        dropout=a["dropout"],
+    )
+
+
+def check_state(module, state: dict, config: dict, path) -> None:
+    """Clear errors for weights that do not match their config (other genes, other features, missing tensors)."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
+    for name, tensor in expected.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            kind = name.split(".")[1] if name.startswith("heads.") else None
+            what = (
+                f"head {kind!r} has {state[name].shape[0]} genes but the config lists {len(config['genes'][kind])}"
+                if kind is not None and state[name].ndim >= 1
+                else f"{name} has shape {tuple(state[name].shape)}, the config implies {tuple(tensor.shape)}"
+            )
+            raise ValueError(f"{path}: weights do not match the config: {what}.")

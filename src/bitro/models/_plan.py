@@ -1,0 +1,80 @@
+"""The Lightning training plan of :class:`~bitro.models.BiTroModule` and the callbacks ``fit`` uses."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from ._module import BiTroModule
+
+
+class TrainingPlan(L.LightningModule):
+    """Mean squared error between pooled bag expression and standardised bag targets, AdamW.
+
+    Only parameters with ``requires_grad`` are optimised, so a frozen backbone (LoRA, head-only
+    transfer) stays exactly as it was.
+    """
+
+    def __init__(self, module: BiTroModule, head: str, *, lr: float = 1e-3, weight_decay: float = 1e-2) -> None:
+        super().__init__()
+        self.module = module
+        self.head = head
+        self.lr, self.weight_decay = lr, weight_decay
+
+    def _loss(self, batch) -> torch.Tensor:
+        pred = self.module(batch, self.head)
+        return F.mse_loss(pred, batch["y"])
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=int(batch["n_bags"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=int(batch["n_bags"]))
+
+    def configure_optimizers(self):
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+
+class History(L.Callback):
+    """Keeps the epoch losses (``train_loss``, ``val_loss``) and the weights of the best validation epoch."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[str, float]] = {}
+        self.best_loss = math.inf
+        self.best_epoch: int | None = None
+        self.best_state: dict | None = None
+
+    def _value(self, trainer, name: str) -> float:
+        value = trainer.callback_metrics.get(name)
+        return float(value) if value is not None else math.nan
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        row = self.rows.setdefault(trainer.current_epoch, {"epoch": trainer.current_epoch})
+        row["train_loss"] = self._value(trainer, "train_loss")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        loss = self._value(trainer, "val_loss")
+        self.rows.setdefault(trainer.current_epoch, {"epoch": trainer.current_epoch})["val_loss"] = loss
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch = loss, trainer.current_epoch
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.module.state_dict().items()})
+
+
+class Resample(L.Callback):
+    """Tells the training dataset the epoch, so cell and tile sub-samples are re-drawn each epoch."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.dataset.epoch = trainer.current_epoch
