@@ -2,7 +2,8 @@
 
 - object first: the first parameter is positional (the SpatialData / AnnData / list of them);
 - options are keyword-only (after ``*``); at most one more positional parameter, without a default,
-  is allowed for what the function is about (e.g. ``genes`` of a plot);
+  is allowed for what the function is about (e.g. ``genes`` of a plot), or ``model=None`` (the model a
+  step applies: ``bt.tl.predict(sdata, model)``, as ``sc.tl.ingest(adata, adata_ref)``);
 - ``copy`` and ``key_added`` are keyword-only, and ``copy`` defaults to ``False``;
 - a numpydoc docstring with Parameters, Returns and Examples sections, and type hints.
 The checker is tested on deliberately wrong examples so it is known to catch each rule.
@@ -30,7 +31,8 @@ def convention_problems(func: Callable, *, step: bool) -> list[str]:
         if not positional:
             problems.append("first parameter must be the data object, passed positionally")
         extra = positional[1:]
-        if len(extra) > 1 or any(p.default is not p.empty for p in extra):
+        model_arg = len(extra) == 1 and extra[0].name == "model" and extra[0].default is None
+        if len(extra) > 1 or (any(p.default is not p.empty for p in extra) and not model_arg):
             problems.append(f"options must be keyword-only (after `*`): {[p.name for p in extra]}")
     elif any(p.default is not p.empty for p in positional):
         problems.append(f"options must be keyword-only (after `*`): {[p.name for p in positional]}")

@@ -1,6 +1,12 @@
-"""Tools: fit, transfer, predict and evaluate the BiTro model.
+"""Tools: fit, predict, evaluate and cross-validate the BiTro model.
 
-Nothing is public yet; conventions as for :mod:`bitro.pp`.
+Every function takes the data object first and keyword-only options (enforced by
+``tests/test_api_conventions.py``); torch and Lightning load inside the functions.
 """
 
-__all__: list[str] = []
+from ._cv import cross_validate
+from ._evaluate import evaluate
+from ._fit import fit
+from ._predict import predict
+
+__all__ = ["cross_validate", "evaluate", "fit", "predict"]

@@ -1,0 +1,76 @@
+"""Run the preprocessing a model needs (segmentation, features, assignment, graph) unless it already ran."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from bitro import _constants as K
+from bitro._logging import logger
+
+DEFAULT_PREPROCESSING: dict[str, dict[str, Any]] = {
+    "segmentation": {"method": "watershed"},
+    "features": {"method": "morphology"},
+    "assign": {"factor": 1.5},
+    "graph": {"k": 8, "within": "all"},
+}
+"""The offline default: watershed nuclei, morphology features, BiTro's 1.5 x radius assignment, kNN (k=8)."""
+
+
+def preprocessing_settings(overrides: dict | None = None) -> dict:
+    """The default preprocessing with ``overrides`` (``{step: {option: value}}``) merged in."""
+    settings = copy.deepcopy(DEFAULT_PREPROCESSING)
+    for step, options in (overrides or {}).items():
+        if step not in settings:
+            raise ValueError(f"`preprocessing`: unknown step {step!r}; steps are {list(settings)}.")
+        settings[step].update(options)
+    return settings
+
+
+def ensure_preprocessed(sdata, settings: dict, *, kind: str, features: dict | None = None) -> None:
+    """Run each step of ``settings`` that ``sdata`` lacks; check the ones it has against the model's.
+
+    ``features`` (a model's ``config["features"]``) makes existing features that differ from the
+    model's (method or names) an error instead of silently feeding the network other columns.
+    """
+    from bitro.pp import assign_cells, cell_features, cell_graph, segment_cells
+    from bitro.pp._cells import bitro_info
+
+    info = bitro_info(sdata)
+    sample = info.get(K.ATTR_SAMPLE_ID, "?")
+    cells_key = info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY)
+    if cells_key not in sdata.tables:
+        logger.info("%s: no cells layer, segmenting (%s)", sample, settings["segmentation"])
+        segment_cells(sdata, **settings["segmentation"])
+        info = bitro_info(sdata)
+        cells_key = info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY)
+        if cells_key not in sdata.tables:
+            raise ValueError(f"{sample}: segmentation found no cells, so there is nothing to predict from.")
+    cells = sdata.tables[cells_key]
+    fkey = K.FEATURES_KEY
+    if fkey not in cells.obsm:
+        logger.info("%s: computing cell features (%s)", sample, settings["features"])
+        cell_features(sdata, **settings["features"])
+        cells = sdata.tables[cells_key]
+    have = cells.uns.get(fkey, {})
+    if features is not None:
+        names = list(features.get("names", []))
+        have_names = sorted(have.get("names", {}), key=have.get("names", {}).get)
+        if have.get("method") != features["method"] or (names and have_names != names):
+            raise ValueError(
+                f"{sample}: the cells' features (method {have.get('method')!r}, {len(have_names)} columns) differ "
+                f"from the model's (method {features['method']!r}, {len(names)} columns). Recompute them with "
+                f"bt.pp.cell_features(sdata, method={features['method']!r}) or use a model trained on these features."
+            )
+    if kind == "spot":
+        assign_key = info.get(K.ATTR_SPOT_ASSIGNMENT, K.SPOT_ID_KEY)
+        if assign_key not in cells.obs:
+            assign_cells(sdata, **settings["assign"])
+            cells = sdata.tables[cells_key]
+    graph = settings["graph"]
+    params = cells.uns.get(K.GRAPH_KEY, {}).get("params", {})
+    stale = any(params.get(k) != v for k, v in graph.items())
+    if f"{K.GRAPH_KEY}_connectivities" not in cells.obsp or stale:
+        if params:
+            logger.info("%s: rebuilding the cell graph with the model's settings %s (it had %s)", sample, graph, params)
+        cell_graph(sdata, **graph)

@@ -1,0 +1,256 @@
+"""fit / predict / evaluate / cross_validate / save / load on synthetic tissue with known expression."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+N_GENES = 30
+
+
+@pytest.fixture(scope="session")
+def _sections():
+    """Four preprocessed toy sections (watershed cells, morphology features, assignment, graph)."""
+    import bitro as bt
+    from bitro.tl._preprocess import ensure_preprocessed, preprocessing_settings
+
+    sections = [bt.datasets.toy_st(n_spots=36, n_genes=40, seed=s, sample_id=f"toy{s}") for s in range(4)]
+    for s in sections:
+        ensure_preprocessed(s, preprocessing_settings(), kind="spot")
+    return sections
+
+
+@pytest.fixture
+def sections(_sections):
+    return copy.deepcopy(_sections)
+
+
+@pytest.fixture(scope="session")
+def trained(_sections):
+    """A spot model trained on toy0-toy2 (validation: toy2), tested on toy3."""
+    import bitro as bt
+
+    train = copy.deepcopy(_sections[:3])
+    return bt.tl.fit(train, n_genes=N_GENES, val=["toy2"], max_epochs=15, patience=15, seed=0, progress=False)
+
+
+def test_fit_learns_and_beats_the_mean_baseline(trained, sections):
+    import bitro as bt
+
+    hist = trained.history
+    assert len(hist) == 15
+    assert hist["train_loss"].iloc[-3:].mean() < 0.8 * hist["train_loss"].iloc[0]
+    assert trained.best_epoch == int(hist["val_loss"].idxmin())
+    assert trained.config["training"]["samples"] == ["toy0", "toy1"]
+    assert trained.config["training"]["validation"] == ["toy2"]
+    test = sections[3]
+    bt.tl.predict(test, trained)
+    scores = bt.tl.evaluate(test)
+    # the mean baseline scores 0 (a constant has no ranking); toy expression follows cell types
+    assert scores.loc["toy3", "pearson_mean"] > 0.3
+    assert scores.loc["toy3", "n_obs"] == 36
+
+
+def test_predictions_land_in_the_documented_keys(trained, sections):
+    import bitro as bt
+    from bitro.pl._prediction import prediction_genes
+
+    test = sections[3]
+    bt.tl.predict(test, trained, key_added="pred")
+    table, cells = test["table"], test["bitro_cells"]
+    assert table.obsm["pred"].shape == (36, N_GENES)
+    assert table.obsm["pred"].dtype == np.float32
+    assert cells.obsm["pred"].shape == (cells.n_obs, N_GENES)
+    assert prediction_genes(table, "pred") == trained.genes == prediction_genes(cells, "pred")
+    assert table.uns["pred"]["params"]["target"] == "spot"
+    # a spot's prediction is the weighted mean of its cells' predictions; weights sum to one per spot
+    spot = cells.obs["spot_id"].astype("string")
+    weight = cells.obs["pred_weight"].to_numpy()
+    assigned = spot.notna().to_numpy()
+    assert np.isnan(cells.obsm["pred"][~assigned]).all()
+    assert np.isfinite(cells.obsm["pred"][assigned]).all()
+    for row, sid in enumerate(table.obs["spot_id"].astype(str)[:10]):
+        members = (spot == sid).fillna(False).to_numpy()
+        np.testing.assert_allclose(weight[members].sum(), 1.0, rtol=1e-5)
+        manual = (weight[members, None] * cells.obsm["pred"][members]).sum(0)
+        np.testing.assert_allclose(manual, table.obsm["pred"][row], rtol=1e-4, atol=1e-4)
+
+
+def test_save_load_round_trip_gives_identical_predictions(trained, sections, tmp_path):
+    import bitro as bt
+    from bitro.models import BiTro
+
+    trained.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = BiTro.load(tmp_path / "m")
+    assert loaded.genes == trained.genes
+    assert loaded.best_epoch == trained.best_epoch
+    assert len(loaded.history) == len(trained.history)
+    a, b = copy.deepcopy(sections[3]), sections[3]
+    bt.tl.predict(a, trained)
+    bt.tl.predict(b, loaded)
+    np.testing.assert_array_equal(a["table"].obsm["bitro_pred"], b["table"].obsm["bitro_pred"])
+    np.testing.assert_array_equal(a["bitro_cells"].obsm["bitro_pred"], b["bitro_cells"].obsm["bitro_pred"])
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        trained.save(tmp_path / "m")
+
+
+def test_load_refuses_other_versions_and_other_genes(trained, tmp_path):
+    from bitro.models import BiTro
+
+    trained.save(tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(dict(config, format=99)))
+    with pytest.raises(ValueError, match="format 99"):
+        BiTro.load(tmp_path / "m")
+    config["genes"]["spot"] = config["genes"]["spot"][:-2]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="head 'spot' has 30 genes but the config lists 28"):
+        BiTro.load(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="not a saved BiTro model"):
+        BiTro.load(tmp_path / "nothing")
+
+
+def test_evaluate_writes_per_gene_pearson(trained, sections):
+    import bitro as bt
+
+    test = sections[3]
+    bt.tl.predict(test, trained)
+    bt.tl.evaluate(test, genes=trained.genes[:5])
+    var = test["table"].var
+    assert np.isfinite(var.loc[trained.genes[:5], "bitro_pearson"]).all()
+    assert var["bitro_pearson"].isna().sum() == var.shape[0] - 5
+    from bitro.models._data import log_cp10k
+
+    truth = log_cp10k(test["table"].X, where="t")[:, test["table"].var_names.get_loc(trained.genes[0])]
+    r = np.corrcoef(truth, test["table"].obsm["bitro_pred"][:, 0])[0, 1]
+    assert var.loc[trained.genes[0], "bitro_pearson"] == pytest.approx(r, abs=1e-6)
+    assert test["table"].uns["bitro_eval"]["n_obs"] == 36
+    with pytest.raises(KeyError, match="were not predicted"):
+        bt.tl.evaluate(test, genes=["nope"])
+    with pytest.raises(KeyError, match="run bt.tl.predict first"):
+        bt.tl.evaluate(test, key="other")
+
+
+def test_requested_genes_missing_from_the_data(sections):
+    import bitro as bt
+
+    with pytest.raises(KeyError, match=r"2 of 3 genes are not in the data \(e.g. \['FOO', 'BAR'\]\)"):
+        bt.tl.fit(sections[:2], genes=["gene0001", "FOO", "BAR"], max_epochs=1, progress=False)
+
+
+@pytest.mark.parametrize(("value", "match"), [(np.nan, "contain NaN"), (-1.0, "negative values")])
+def test_bad_counts_are_refused(sections, value, match):
+    import bitro as bt
+
+    table = sections[0]["table"]
+    x = np.asarray(table.X.todense() if hasattr(table.X, "todense") else table.X, dtype=float)
+    x[0, 0] = value
+    table.X = x
+    with pytest.raises(ValueError, match=match):
+        bt.tl.fit(sections[:2], n_genes=5, max_epochs=1, progress=False)
+
+
+def test_single_section_validates_on_spatial_blocks(sections, bitro_log):
+    import bitro as bt
+
+    model = bt.tl.fit(sections[0], n_genes=10, max_epochs=2, progress=False)
+    assert "spatially blocked spots" in bitro_log.text
+    assert model.config["training"]["validation"] == "spatial blocks"
+    assert model.config["training"]["n_val_bags"] > 0
+    assert np.isfinite(model.history["val_loss"]).all()
+
+
+def test_spot_without_cells_is_nan_and_reported(trained, sections, bitro_log):
+    import bitro as bt
+
+    test = sections[3]
+    cells = test["bitro_cells"]
+    first = test["table"].obs["spot_id"].astype(str).iloc[0]
+    gone = (cells.obs["spot_id"].astype("string") == first).fillna(False).to_numpy()
+    assert gone.any()
+    cells.obs["spot_id"] = cells.obs["spot_id"].astype("string").where(~gone)
+    with bitro_log.at_level(logging.WARNING, logger="bitro"):
+        bt.tl.predict(test, trained)
+    pred = test["table"].obsm["bitro_pred"]
+    assert np.isnan(pred[0]).all()
+    assert np.isfinite(pred[1:]).all()
+    assert "1 of 36 spots have no cell" in bitro_log.text
+    assert test["table"].uns["bitro_pred"]["params"]["n_bags_without_cells"] == 1
+
+
+def test_other_pixel_size_is_refused(trained, sections):
+    import bitro as bt
+
+    test = sections[3]
+    test.attrs["bitro"]["mpp"] = 2.0  # trained at 0.5 µm/px
+    with pytest.raises(ValueError, match=r"2 µm/px but the model was trained at 0.5 µm/px"):
+        bt.tl.predict(test, trained)
+
+
+def test_features_of_another_kind_are_refused(trained, sections):
+    import bitro as bt
+
+    test = sections[3]
+    test["bitro_cells"].uns["bitro_features"]["method"] = "encoder"
+    with pytest.raises(ValueError, match="differ from the model's"):
+        bt.tl.predict(test, trained)
+
+
+def test_he_only_image_gets_pseudo_spots(trained, toy_cohort):
+    """A slide with no spots and no expression: predictions on a grid of pseudo-spots and per cell."""
+    import bitro as bt
+
+    slide = copy.deepcopy(toy_cohort[0][0])
+    del slide.tables["table"]
+    bt.tl.predict(slide, trained)
+    info = slide.attrs["bitro"]
+    table = slide[info["table_key"]]
+    assert info["spots_key"].endswith("_pseudo_spots")
+    assert table.n_vars == 0
+    assert table.obsm["bitro_pred"].shape == (table.n_obs, N_GENES)
+    assert table.n_obs > 5
+    assert np.isfinite(table.obsm["bitro_pred"]).all()  # pseudo-spots are only laid where cells are
+    radius = slide[info["spots_key"]]["radius"].iloc[0]
+    assert radius == pytest.approx(trained.config["spots"]["radius_um"])
+
+
+def test_bulk_fit_and_slide_prediction(toy_cohort):
+    import bitro as bt
+
+    slides = [copy.deepcopy(s) for s in toy_cohort[0]]
+    model = bt.tl.fit(slides[:3], target="bulk", n_genes=20, val=None, max_epochs=3, progress=False)
+    assert model.head == "bulk"
+    assert model.config["training"]["validation"] == []
+    for s in slides:
+        bt.tl.predict(s, model)
+    assert slides[3]["table"].obsm["bitro_pred"].shape == (1, 20)
+    cells = slides[3]["bitro_cells"]
+    assert np.isfinite(cells.obsm["bitro_pred"]).all()  # every cell of a slide is in its bag
+    assert cells.obs["bitro_pred_weight"].sum() == pytest.approx(1.0, rel=1e-5)
+    scores = bt.tl.evaluate(slides)
+    assert scores.index.tolist() == ["cohort"]
+    assert scores.loc["cohort", "n_obs"] == 4
+    with pytest.raises(ValueError, match="at least 3 slides"):
+        bt.tl.evaluate(slides[:2])
+
+
+def test_cross_validate_reports_model_and_baselines_on_the_same_folds(sections):
+    import bitro as bt
+
+    cv = bt.tl.cross_validate(sections[:3], n_genes=10, max_epochs=2, progress=False)
+    assert sorted(cv["method"].unique()) == ["bitro", "mean", "ridge"]
+    assert len(cv) == 9
+    assert sorted(cv["test"].unique()) == ["toy0", "toy1", "toy2"]
+    assert (cv["n_train"] == 2).all()
+    assert (cv.loc[cv["method"] == "mean", "pearson_mean"] == 0).all()
+    per_gene = cv.attrs["per_gene"]
+    assert list(per_gene.columns) == ["bitro", "ridge", "mean"]
+    assert "grouped by sample" in cv.attrs["protocol"]
