@@ -1,0 +1,336 @@
+"""Prediction plots: spots (observed vs predicted), cells, per-gene scores and training history (``MPLBACKEND=agg``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bitro import _constants as K
+from bitro.pl._prediction import cell_expression, prediction_genes, spatial_prediction
+from bitro.pl._scores import gene_scores
+from bitro.pl._training import training_history
+
+PRED_GENES = ["gene0007", "gene0002", "gene0011", "gene0005"]
+"""Predicted genes, deliberately not in ``var`` order."""
+NAN_SPOTS = [0, 4, 9]
+REGION = (1550.0, 850.0, 1700.0, 1000.0)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    import matplotlib.pyplot as plt
+
+    yield
+    plt.close("all")
+
+
+def _log_cp10k(table, genes) -> np.ndarray:
+    counts = table.X.toarray() if hasattr(table.X, "toarray") else np.asarray(table.X)
+    counts = counts.astype(float)
+    scaled = counts / counts.sum(axis=1, keepdims=True) * 1e4
+    return np.log1p(scaled[:, table.var_names.get_indexer(genes)])
+
+
+def _write_predictions(adata, values: np.ndarray, genes) -> None:
+    """As ``bt.tl.predict`` writes them: a dense obsm array and ``uns[key]["var_names"]`` as {gene: column}."""
+    adata.obsm[K.PRED_KEY] = values
+    adata.uns[K.PRED_KEY] = {"var_names": {g: i for i, g in reversed(list(enumerate(genes)))}}
+
+
+@pytest.fixture
+def predicted(toy_cells):
+    """Toy section with spot predictions (observed + noise, NaN rows) and random cell predictions (NaN rows)."""
+    rng = np.random.default_rng(0)
+    spots = toy_cells.tables[K.TABLE_KEY]
+    spot_pred = _log_cp10k(spots, PRED_GENES) + rng.normal(0, 0.3, (spots.n_obs, len(PRED_GENES)))
+    spot_pred[NAN_SPOTS] = np.nan
+    _write_predictions(spots, spot_pred, PRED_GENES)
+    cells = toy_cells.tables[K.CELLS_TABLE_KEY]
+    cell_pred = rng.gamma(2.0, 1.0, (cells.n_obs, len(PRED_GENES)))
+    cell_pred[rng.random(cells.n_obs) < 0.2] = np.nan
+    _write_predictions(cells, cell_pred, PRED_GENES)
+    return toy_cells
+
+
+def _collections(ax):
+    from matplotlib.collections import PatchCollection, PolyCollection
+
+    return [c for c in ax.collections if isinstance(c, PatchCollection | PolyCollection)]
+
+
+def _is_hollow(collection) -> bool:
+    face = collection.get_facecolor()
+    return len(face) == 0 or bool(np.all(face[:, 3] == 0))
+
+
+# --- helper --------------------------------------------------------------------------------------
+
+
+def test_prediction_genes_orders_by_column():
+    import anndata as ad
+
+    adata = ad.AnnData(np.zeros((3, 2), dtype=np.float32))
+    _write_predictions(adata, np.zeros((3, 3)), ["b", "a", "c"])
+    assert prediction_genes(adata, K.PRED_KEY) == ["b", "a", "c"]
+    adata.uns[K.PRED_KEY] = {"var_names": ["b", "a", "c"]}  # a plain list is read too
+    assert prediction_genes(adata, K.PRED_KEY) == ["b", "a", "c"]
+    adata.uns[K.PRED_KEY] = {"var_names": {"b": 0, "a": 1}}
+    with pytest.raises(ValueError, match="3 columns"):
+        prediction_genes(adata, K.PRED_KEY)
+    with pytest.raises(KeyError, match="obsm keys"):
+        prediction_genes(adata, "nope")
+
+
+def test_plots_after_a_zarr_round_trip(predicted, tmp_path):
+    import spatialdata as sd
+
+    info = predicted.attrs[K.ATTRS_KEY]
+    shapes = {key: predicted.shapes[key] for key in (info[K.ATTR_SPOTS], info[K.ATTR_CELLS_SHAPES])}
+    tables = {key: predicted.tables[key] for key in (K.TABLE_KEY, K.CELLS_TABLE_KEY)}
+    small = sd.SpatialData(shapes=shapes, tables=tables)  # no image: a quick write
+    small.attrs[K.ATTRS_KEY] = dict(info)
+    small.write(tmp_path / "s.zarr")
+    back = sd.read_zarr(tmp_path / "s.zarr")
+    assert back.attrs[K.ATTRS_KEY][K.ATTR_SPOTS] == info[K.ATTR_SPOTS]
+    assert prediction_genes(back.tables[K.TABLE_KEY], K.PRED_KEY) == PRED_GENES
+    assert prediction_genes(back.tables[K.CELLS_TABLE_KEY], K.PRED_KEY) == PRED_GENES
+    fig = spatial_prediction(back, "gene0005", image=False)
+    assert len(_collections(fig.axes[1])) == 2
+    fig = cell_expression(back, "gene0005", crop=REGION)
+    assert len(_collections(fig.axes[0])) == 2
+    assert not fig.axes[0].images
+
+
+# --- spots ---------------------------------------------------------------------------------------
+
+
+def test_spatial_prediction_panels_r_and_nan(predicted, tmp_path):
+    from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
+
+    genes = ["gene0002", "gene0005"]
+    path = tmp_path / "spots.png"
+    fig = spatial_prediction(predicted, genes, save=path)
+    assert isinstance(fig, Figure)
+    assert path.stat().st_size > 10_000
+    panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    colorbars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert len(panels) == 4
+    assert len(colorbars) == 2  # one shared scale per gene
+
+    table = predicted.tables[K.TABLE_KEY]
+    observed = _log_cp10k(table, genes)
+    pred = table.obsm[K.PRED_KEY][:, [PRED_GENES.index(g) for g in genes]]
+    finite = np.isfinite(pred[:, 0])
+    for g, gene in enumerate(genes):
+        obs_ax, pred_ax = panels[2 * g], panels[2 * g + 1]
+        assert obs_ax.get_title() == f"{gene} observed"
+        r = np.corrcoef(observed[finite, g], pred[finite, g])[0, 1]
+        assert pred_ax.get_title() == f"{gene} predicted (r = {r:.2f})"
+        assert len([a for a in pred_ax.get_children() if isinstance(a, AxesImage)]) == 1
+        # observed: every spot coloured
+        (obs_spots,) = _collections(obs_ax)
+        assert len(obs_spots.get_paths()) == table.n_obs
+        np.testing.assert_allclose(obs_spots.get_array(), observed[:, g])
+        # predicted: only finite spots are coloured, NaN spots are a separate hollow collection
+        coloured, hollow = _collections(pred_ax)
+        assert len(coloured.get_paths()) == table.n_obs - len(NAN_SPOTS)
+        assert np.isfinite(coloured.get_array()).all()
+        np.testing.assert_allclose(coloured.get_array(), pred[finite, g])
+        assert len(hollow.get_paths()) == len(NAN_SPOTS)
+        assert _is_hollow(hollow)
+        assert hollow.get_array() is None
+        # one colour scale for both panels
+        assert obs_spots.norm.vmin == coloured.norm.vmin
+        assert obs_spots.norm.vmax == coloured.norm.vmax
+        assert coloured.norm.vmin == pytest.approx(min(np.nanmin(pred[:, g]), observed[:, g].min()))
+
+
+def test_spatial_prediction_real_radii_in_um(predicted):
+    fig = spatial_prediction(predicted, "gene0007", image=False, size=0.5)
+    _, pred_ax = fig.axes[:2]
+    assert not pred_ax.images
+    coloured = _collections(pred_ax)[0]
+    # toy: spot radius 55 px, 0.5 µm/px, so 27.5 µm; centres at px * 0.5 + (1500, 800)
+    extents = coloured.get_paths()[0].get_extents()  # PatchCollection paths are in data units
+    assert extents.width == pytest.approx(2 * 27.5 * 0.5, rel=1e-3)
+    x0, x1 = pred_ax.get_xlim()
+    assert x0 == pytest.approx(1500 + 200 * 0.5 - 27.5 * 0.5)  # the default crop reaches the (scaled) circles
+
+
+def test_spatial_prediction_without_counts_and_grid(predicted):
+    table = predicted.tables[K.TABLE_KEY]
+    genes = ["NOTMEASURED", *PRED_GENES]
+    values = np.random.default_rng(1).random((table.n_obs, len(genes)))
+    _write_predictions(table, values, genes)
+    # H&E only: no gene has counts -> one panel per gene, wrapped in rows of ncols
+    fig = spatial_prediction(predicted, ["NOTMEASURED"], crop=REGION)
+    panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert len(panels) == 1
+    assert panels[0].get_title() == "NOTMEASURED predicted"
+    assert panels[0].get_xlim() == pytest.approx((REGION[0], REGION[2]))
+    # a measured and an unmeasured gene: two panels each, the unmeasured observed panel is empty
+    fig = spatial_prediction(predicted, ["NOTMEASURED", "gene0011"])
+    panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert len(panels) == 4
+    assert not _collections(panels[0])
+    assert "r = " in panels[3].get_title()
+
+
+def test_spatial_prediction_into_given_axes(predicted):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3)
+    out = spatial_prediction(predicted, "gene0005", ax=axes[1:], image=False)
+    assert out is fig
+    assert not axes[0].collections
+    assert axes[1].collections
+    assert axes[2].collections
+    with pytest.raises(ValueError, match="2 panels"):
+        spatial_prediction(predicted, "gene0005", ax=axes[0])
+
+
+def test_spatial_prediction_errors(predicted):
+    with pytest.raises(KeyError, match=r"'nope'.*obsm keys.*bitro_pred"):
+        spatial_prediction(predicted, "gene0002", key="nope")
+    with pytest.raises(KeyError, match=r"gene0003.*not predicted.*gene0007"):
+        spatial_prediction(predicted, ["gene0002", "gene0003"])
+    with pytest.raises(KeyError, match="table_key"):
+        spatial_prediction(predicted, "gene0002", table_key="nope")
+    with pytest.raises(ValueError, match="crop"):
+        spatial_prediction(predicted, "gene0002", crop=(10, 10, 0, 0))
+    del predicted.tables[K.TABLE_KEY].uns[K.PRED_KEY]
+    with pytest.raises(KeyError, match="var_names"):
+        spatial_prediction(predicted, "gene0002")
+
+
+# --- cells ---------------------------------------------------------------------------------------
+
+
+def test_cell_expression(predicted, tmp_path):
+    import shapely
+    from matplotlib.figure import Figure
+
+    path = tmp_path / "cells.png"
+    fig = cell_expression(predicted, "gene0011", crop=REGION, save=path)
+    assert isinstance(fig, Figure)
+    assert path.stat().st_size > 10_000
+    ax, colorbar = fig.axes
+    assert colorbar.get_label() == "<colorbar>"
+    assert len(ax.images) == 1
+
+    cells = predicted.tables[K.CELLS_TABLE_KEY]
+    shapes = predicted.shapes[predicted.attrs[K.ATTRS_KEY][K.ATTR_CELLS_SHAPES]]
+    geometry = shapes.geometry.loc[cells.obs[K.CELL_ID_KEY].to_numpy()].to_numpy()
+    geometry_um = shapely.transform(geometry, lambda xy: xy * 0.5 + [1500, 800])
+    inside = shapely.intersects(geometry_um, shapely.box(*REGION))
+    values = cells.obsm[K.PRED_KEY][:, PRED_GENES.index("gene0011")]
+    finite = np.isfinite(values)
+    filled, hollow = _collections(ax)
+    assert len(filled.get_paths()) == (inside & finite).sum() > 10
+    np.testing.assert_allclose(filled.get_array(), values[inside & finite])
+    assert len(hollow.get_paths()) == (inside & ~finite).sum() > 0
+    assert _is_hollow(hollow)
+    # polygons are drawn in µm
+    vertices = np.concatenate([p.vertices for p in filled.get_paths()])
+    assert vertices[:, 0].min() < REGION[2]
+    assert vertices[:, 0].max() > REGION[0]
+    assert vertices[:, 0].min() > REGION[0] - 50
+
+
+def test_cell_expression_default_crop_and_errors(predicted):
+    fig = cell_expression(predicted, "gene0002", image=False)
+    x0, x1 = fig.axes[0].get_xlim()
+    assert x1 - x0 == pytest.approx(300.0)
+    with pytest.raises(KeyError, match=r"not predicted.*gene0007"):
+        cell_expression(predicted, "gene0003")
+    with pytest.raises(KeyError, match=r"'nope'.*obsm keys"):
+        cell_expression(predicted, "gene0002", key="nope")
+    with pytest.raises(TypeError, match="one gene"):
+        cell_expression(predicted, ["gene0002"])
+
+
+# --- scores --------------------------------------------------------------------------------------
+
+
+def _scores(n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(2)
+    bitro = rng.uniform(-0.1, 0.8, n)
+    return pd.DataFrame(
+        {"bitro": bitro, "ridge": bitro - rng.uniform(0, 0.2, n), "mean": rng.uniform(-0.1, 0.1, n)},
+        index=[f"gene{i:04d}" for i in range(n)],
+    )
+
+
+def test_gene_scores(tmp_path):
+    from matplotlib.figure import Figure
+
+    scores = _scores()
+    path = tmp_path / "scores.png"
+    fig = gene_scores(scores, n_genes=10, save=path)
+    assert isinstance(fig, Figure)
+    assert path.stat().st_size > 10_000
+    (ax,) = fig.axes
+    assert len(ax.patches) == 10 * 3
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == scores.sort_values("bitro", ascending=False).index[:10].tolist()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0] == f"bitro (mean r = {scores['bitro'].mean():.3f})"
+    assert legend[2].startswith("mean (mean r = ")
+    # sorted by another method
+    fig = gene_scores(scores, n_genes=5, sort_by="ridge")
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == scores.sort_values("ridge", ascending=False).index[:5].tolist()
+
+
+def test_gene_scores_series_and_per_gene_attrs():
+    scores = _scores(8)
+    fig = gene_scores(scores["bitro"])
+    assert len(fig.axes[0].patches) == 8
+    summary = pd.DataFrame({"bitro": [0.5], "ridge": [0.4]}, index=["mean"])
+    summary.attrs["per_gene"] = scores
+    fig = gene_scores(summary, n_genes=4)
+    assert len(fig.axes[0].patches) == 4 * 3
+    with pytest.raises(KeyError, match=r"sort_by.*ridge"):
+        gene_scores(scores, sort_by="nope")
+    with pytest.raises(TypeError, match="DataFrame"):
+        gene_scores([0.1, 0.2])
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+class _Model:
+    def __init__(self, history=None, best_epoch=None):
+        self.history = history
+        self.best_epoch = best_epoch
+
+
+def test_training_history(tmp_path):
+    from matplotlib.figure import Figure
+
+    history = pd.DataFrame(
+        {"epoch": np.arange(1, 11), "train_loss": np.linspace(1, 0.2, 10), "val_loss": np.linspace(1.1, 0.5, 10)}
+    )
+    history.loc[0, "val_loss"] = np.nan
+    path = tmp_path / "history.png"
+    fig = training_history(_Model(history, best_epoch=7), save=path)
+    assert isinstance(fig, Figure)
+    assert path.stat().st_size > 10_000
+    (ax,) = fig.axes
+    train, val, best = ax.get_lines()
+    np.testing.assert_allclose(train.get_xdata(), history["epoch"])
+    np.testing.assert_allclose(val.get_ydata(), history["val_loss"])
+    assert best.get_xdata()[0] == 7
+    # no validation and no best epoch: one line
+    history["val_loss"] = np.nan
+    fig = training_history(_Model(history))
+    assert len(fig.axes[0].get_lines()) == 1
+
+
+def test_training_history_untrained():
+    with pytest.raises(ValueError, match="no training history"):
+        training_history(_Model())
+    with pytest.raises(ValueError, match="no training history"):
+        training_history(object())
