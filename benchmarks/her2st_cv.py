@@ -50,14 +50,14 @@ def main() -> None:
         if frames:
             cv = cv[cv["method"].str.startswith("bitro")]
         frames.append(cv)
+        if args.out:
+            pd.concat(frames, ignore_index=True).to_csv(args.out, index=False)
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
         print(cv.attrs["protocol"], flush=True)
     df = pd.concat(frames, ignore_index=True)
-    if args.out:
-        df.to_csv(args.out, index=False)
     table = df.pivot_table(index="test", columns="method", values="pearson_hvg_mean")
     print("\nmean per-gene Pearson, top-50 HVG, within each held-out section:")
-    print(table.round(3).to_markdown() if hasattr(table, "to_markdown") else table.round(3))
+    print(table.round(3).to_string())
     print("\nmean over sections:")
     print(df.groupby("method")[["pearson_hvg_mean", "pearson_hvg_median", "pooled_pearson", "mse"]].mean().round(3))
     ridge = table["ridge"]

@@ -292,6 +292,9 @@ def test_gene_scores_series_and_per_gene_attrs():
     summary.attrs["per_gene"] = scores
     fig = gene_scores(summary, n_genes=4)
     assert len(fig.axes[0].patches) == 4 * 3
+    summary.attrs["per_gene"] = scores.to_dict()  # as bt.tl.cross_validate stores it
+    fig = gene_scores(summary, n_genes=4)
+    assert len(fig.axes[0].patches) == 4 * 3
     with pytest.raises(KeyError, match=r"sort_by.*ridge"):
         gene_scores(scores, sort_by="nope")
     with pytest.raises(TypeError, match="DataFrame"):

@@ -7,6 +7,7 @@ import json
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("torch")
@@ -251,6 +252,8 @@ def test_cross_validate_reports_model_and_baselines_on_the_same_folds(sections):
     assert sorted(cv["test"].unique()) == ["toy0", "toy1", "toy2"]
     assert (cv["n_train"] == 2).all()
     assert (cv.loc[cv["method"] == "mean", "pearson_mean"] == 0).all()
-    per_gene = cv.attrs["per_gene"]
+    per_gene = pd.DataFrame(cv.attrs["per_gene"])
     assert list(per_gene.columns) == ["bitro", "ridge", "mean"]
+    assert len(per_gene) >= 10  # each fold selects its own 10 genes from its training sections
+    assert len(pd.concat([cv, cv])) == 18  # attrs do not break concatenation
     assert "grouped by sample" in cv.attrs["protocol"]

@@ -19,6 +19,8 @@ def _score_table(scores: pd.DataFrame | pd.Series) -> pd.DataFrame:
         table = scores.to_frame(name=scores.name if scores.name is not None else "r")
     elif isinstance(scores, pd.DataFrame):
         per_gene = scores.attrs.get("per_gene")
+        if isinstance(per_gene, dict):  # bt.tl.cross_validate: {method: {gene: r}}
+            per_gene = pd.DataFrame(per_gene)
         table = per_gene if isinstance(per_gene, pd.DataFrame) else scores
     else:
         raise TypeError(
@@ -54,8 +56,8 @@ def gene_scores(
     ----------
     scores
         Per-gene scores: a DataFrame with genes as index and one column per method, or a Series for
-        one method. A DataFrame carrying ``attrs["per_gene"]`` (such a genes x methods DataFrame,
-        as an evaluation summary may) is replaced by it.
+        one method. A DataFrame carrying ``attrs["per_gene"]`` (a genes x methods DataFrame, or
+        ``{method: {gene: r}}`` as :func:`bitro.tl.cross_validate` stores it) is replaced by it.
     n_genes
         How many genes to show.
     sort_by

@@ -61,7 +61,7 @@ def cross_validate(
     -------
     One row per fold, test sample (spots; one per fold for slides) and method (``"bitro"``,
     ``"ridge"``, ``"mean"``) with the metrics of :func:`bitro.tl.evaluate`. ``df.attrs["per_gene"]``
-    holds each method's per-gene Pearson averaged over folds (genes x methods), ready for
+    holds each method's per-gene Pearson averaged over folds (``{method: {gene: r}}``), ready for
     :func:`bitro.pl.gene_scores`; ``df.attrs["protocol"]`` describes the split.
 
     Examples
@@ -136,7 +136,8 @@ def cross_validate(
                 per_gene.setdefault(method, []).append(pd.Series(pearson_per_gene(y, p), index=genes))
 
     df = pd.DataFrame(rows)
-    df.attrs["per_gene"] = pd.DataFrame({m: pd.concat(s, axis=1).mean(axis=1) for m, s in per_gene.items()})
+    # plain dicts, not a DataFrame: pandas compares attrs when concatenating results
+    df.attrs["per_gene"] = {m: pd.concat(s, axis=1).mean(axis=1).to_dict() for m, s in per_gene.items()}
     df.attrs["protocol"] = (
         f"{n_folds} folds grouped by {'patient' if len(unique) < len(ids) else 'sample'}; per-gene Pearson "
         f"{'across spots within each test section' if target == 'spot' else 'across test slides'}; "

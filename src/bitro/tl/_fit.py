@@ -8,6 +8,7 @@ import math
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -26,10 +27,12 @@ if TYPE_CHECKING:
     from bitro.models import BiTro
 
 DEFAULT_DATA = {
-    "spot": {"context_um": 0.0, "max_context": 32, "max_cells": 192, "max_tiles": 1, "batch_size": 16},
+    "spot": {"context_um": 200.0, "max_context": 32, "max_cells": 192, "max_tiles": 1, "batch_size": 16},
     "bulk": {"tile_um": 256.0, "max_cells": 256, "max_tiles": 16, "batch_size": 2},
 }
-"""Bag settings per label kind (``context_um=0``: no ring context, see ``benchmarks/her2st_cv.py``)."""
+"""Bag settings per label kind. Spots see the 32 nearest cells within 200 µm of their centre that are
+not their own as context tokens: on HER2ST (``benchmarks/her2st_cv.py``) this raised the mean per-gene
+Pearson from 0.361 to 0.376; ``context_um=0`` turns it off."""
 DEFAULT_ARCHITECTURE = {"hidden": 64, "n_heads": 4, "n_gat": 2, "n_layers": 2, "dropout": 0.1}
 MIN_DETECTION = 0.1
 """Genes detected in fewer than this fraction of training bags are never selected."""
@@ -77,14 +80,18 @@ def sample_groups(sdatas: list, groups: Sequence[str] | None) -> list[str]:
     return out
 
 
-def select_genes(bags: list, tables: list, *, n_genes: int) -> tuple[list[str], list[str]]:
-    """Top ``n_genes`` highly variable genes of the training bags (scanpy's ``seurat`` flavour on log1p CP10k).
+def select_genes(tables: list, *, n_genes: int, batch: list[str] | None = None) -> list[str]:
+    """The ``n_genes`` most variable genes of the training tables, most variable first.
 
-    Only genes present in every training table and detected in at least ``MIN_DETECTION`` of the
-    training bags compete. Returns the genes (in ranked order) twice: output order and HVG rank.
+    Ranked by the variance of analytic Pearson residuals of the raw counts (Lause et al. 2021,
+    scanpy's ``flavor="pearson_residuals"``, per sample then combined): unlike dispersion on
+    log-normalised data, it does not favour sparse, noisy genes, which dominate low-count ST
+    spots. Only genes present in every table and detected in at least ``MIN_DETECTION`` of the
+    training bags compete.
     """
     import anndata as ad
     import scanpy as sc
+    from scipy import sparse
 
     from bitro.models._data import log_cp10k, table_genes
 
@@ -93,13 +100,17 @@ def select_genes(bags: list, tables: list, *, n_genes: int) -> tuple[list[str], 
         common = common.intersection(table_genes(table), sort=False)
     if not len(common):
         raise ValueError("the training samples share no gene.")
-    logs = []
-    for table in tables:
-        cols = table_genes(table).get_indexer(common)
-        values = log_cp10k(table.X, where="training table")[:, cols]
-        logs.append(values[np.isfinite(values).all(axis=1)])
-    adata = ad.AnnData(np.vstack(logs), var=pd.DataFrame(index=common.astype(str)))
-    detected = (adata.X > 0).mean(axis=0)
+    counts, labels = [], []
+    for i, table in enumerate(tables):
+        x = table.X[:, table_genes(table).get_indexer(common)]
+        x = sparse.csr_matrix(x, dtype=np.float32)
+        lib = np.asarray(x.sum(axis=1)).ravel()
+        log_cp10k(x, where="training table")  # refuses NaN / negative counts
+        counts.append(x[lib > 0])
+        labels += [str(batch[i] if batch else i)] * int((lib > 0).sum())
+    adata = ad.AnnData(sparse.vstack(counts).tocsr(), var=pd.DataFrame(index=common.astype(str)))
+    adata.obs["batch"] = pd.Categorical(labels)
+    detected = np.asarray((adata.X > 0).mean(axis=0)).ravel()
     adata = adata[:, detected >= MIN_DETECTION].copy()
     if adata.n_vars < n_genes:
         logger.warning(
@@ -108,16 +119,20 @@ def select_genes(bags: list, tables: list, *, n_genes: int) -> tuple[list[str], 
             100 * MIN_DETECTION,
             n_genes,
         )
-    if adata.n_obs < 2:
-        ranked = list(adata.var_names[np.argsort(-adata.X.mean(axis=0))])
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # scanpy warns about non-integer / few-sample data
-            sc.pp.highly_variable_genes(adata, flavor="seurat", n_top_genes=min(n_genes, adata.n_vars))
-        disp = adata.var["dispersions_norm"].fillna(-np.inf).to_numpy()
-        ranked = list(adata.var_names[np.argsort(-disp, kind="stable")])
-    chosen = ranked[: min(n_genes, len(ranked))]
-    return chosen, chosen
+    n_top = min(n_genes, adata.n_vars)
+    if adata.n_obs < 3:  # too few bags for residual variances: most expressed instead
+        mean = np.asarray(adata.X.mean(axis=0)).ravel()
+        return list(adata.var_names[np.argsort(-mean, kind="stable")[:n_top]])
+    one_batch = adata.obs["batch"].nunique() == 1 or adata.obs["batch"].value_counts().min() < 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scanpy notes on non-integer or experimental use
+        sc.experimental.pp.highly_variable_genes(
+            adata, flavor="pearson_residuals", n_top_genes=n_top, batch_key=None if one_batch else "batch"
+        )
+    var = adata.var
+    rank = var["highly_variable_rank"].to_numpy(dtype=float)
+    order = np.lexsort((-var["residual_variances"].to_numpy(dtype=float), np.nan_to_num(rank, nan=np.inf)))
+    return list(adata.var_names[order[:n_top]])
 
 
 def check_genes(genes: Sequence[str], tables: list, ids: list[str]) -> list[str]:
@@ -267,26 +282,147 @@ def fit(
     import torch
 
     from bitro.models import BiTro
-    from bitro.models._data import BagDataset, slide_bags, spot_bags
     from bitro.models._module import BiTroModule
-    from bitro.models._plan import History, Resample, TrainingPlan
     from bitro.pp._cells import bitro_info
 
     target = check_choice(target, "target", ("spot", "bulk"))
     n_genes = check_int(n_genes, "n_genes", min_value=1)
     max_epochs = check_int(max_epochs, "max_epochs", min_value=1)
     sdatas = _as_list(sdatas)
-    ids = sample_ids(sdatas)
-    grp = sample_groups(sdatas, groups)
     prep = preprocessing_settings(preprocessing)
     data_settings = dict(DEFAULT_DATA[target], **(data or {}))
     data_settings.update(features_key=K.FEATURES_KEY, graph_key=K.GRAPH_KEY, spot_key=K.SPOT_ID_KEY)
     arch = dict(DEFAULT_ARCHITECTURE, **(architecture or {}))
     L.seed_everything(seed, verbose=False)
 
+    td = training_data(
+        sdatas,
+        target=target,
+        genes=genes,
+        n_genes=n_genes,
+        val=val,
+        groups=groups,
+        prep=prep,
+        data_settings=data_settings,
+        seed=seed,
+        max_epochs=max_epochs,
+    )
+    chosen, sections, train_items = td.genes, td.sections, td.train_items
+
+    # standardisation from training data only
+    x_train = np.concatenate([sections[si].x for si in sorted({si for si, _ in train_items})])
+    f_mean = np.nanmean(x_train, axis=0)
+    f_std = np.nanstd(x_train, axis=0)
+    f_std = np.where(f_std > 1e-8, f_std, 1.0)
+    y_mean, y_std = td.target_stats()
+    module = BiTroModule(sections[0].x.shape[1], len(chosen), heads=(target,), **arch)
+    module.feature_mean.copy_(torch.as_tensor(f_mean))
+    module.feature_std.copy_(torch.as_tensor(f_std))
+    module.heads[target].target_mean.copy_(torch.as_tensor(y_mean))
+    module.heads[target].target_std.copy_(torch.as_tensor(y_std))
+    cfg_data = {k: v for k, v in data_settings.items() if k != "batch_size"}
+    hist, history = run_training(
+        module,
+        target,
+        td,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=int(batch_size or data_settings["batch_size"]),
+        max_epochs=max_epochs,
+        patience=patience,
+        accelerator=accelerator,
+        devices=devices,
+        progress=progress,
+        seed=seed,
+    )
+
+    mpps = [float(bitro_info(s).get(K.ATTR_MPP, math.nan)) for s in sdatas]
+    config = {
+        "architecture": dict(arch, n_features=int(sections[0].x.shape[1])),
+        "genes": {target: list(chosen)},
+        "hvg": {target: list(td.hvg)},
+        "features": _feature_config(sdatas[0]),
+        "preprocessing": prep,
+        "data": cfg_data,
+        "mpp": float(np.nanmedian(mpps)) if np.isfinite(mpps).any() else None,
+        "spots": _spot_geometry(sdatas) if target == "spot" else None,
+        "training": {
+            "target": target,
+            **td.split_record(),
+            "groups": dict(zip(td.ids, td.groups, strict=True)),
+            "n_train_bags": len(train_items),
+            "n_val_bags": len(td.val_items),
+            "epochs": int(len(hist)),
+            "best_epoch": history.best_epoch,
+            "best_val_loss": None if history.best_epoch is None else float(history.best_loss),
+            "seed": int(seed),
+            "lr": float(lr),
+            "weight_decay": float(weight_decay),
+        },
+    }
+    model = BiTro(module, config, hist)
+    logger.info(
+        "trained %s: %d epochs, best epoch %s (validation loss %s)",
+        target,
+        len(hist),
+        history.best_epoch,
+        None if history.best_epoch is None else f"{history.best_loss:.4f}",
+    )
+    return model
+
+
+@dataclass
+class TrainingData:
+    """Samples, their bags, genes and the training / validation items of a training run."""
+
+    ids: list[str]
+    groups: list[str]
+    train: list[int]
+    val: list[int]
+    how: str
+    genes: list[str]
+    hvg: list[str]
+    sections: list
+    train_items: list[tuple[int, int]]
+    val_items: list[tuple[int, int]]
+    settings: dict
+    """Bag settings (``DEFAULT_DATA`` of the label kind, updated by the caller's ``data=``)."""
+
+    def target_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-gene mean and std of the training bags' targets (std 1 for constant genes)."""
+        y = np.stack([self.sections[si].y[b] for si, b in self.train_items])
+        std = y.std(axis=0)
+        return y.mean(axis=0), np.where(std > 1e-6, std, 1.0)
+
+    def split_record(self) -> dict:
+        if self.how == "blocks":
+            return {"samples": list(self.ids), "validation": "spatial blocks"}
+        return {"samples": [self.ids[i] for i in self.train], "validation": [self.ids[i] for i in self.val]}
+
+
+def training_data(
+    sdatas: list,
+    *,
+    target: str,
+    genes: Sequence[str] | None,
+    n_genes: int,
+    val,
+    groups: Sequence[str] | None,
+    prep: dict,
+    data_settings: dict,
+    seed: int,
+    max_epochs: int,
+    features: dict | None = None,
+) -> TrainingData:
+    """Preprocess, split by group, choose genes (on training samples only) and extract the bags."""
+    from bitro.models._data import slide_bags, spot_bags
+    from bitro.pp._cells import bitro_info
+
+    ids = sample_ids(sdatas)
+    grp = sample_groups(sdatas, groups)
     tables = []
     for sid, sdata in zip(ids, sdatas, strict=True):
-        ensure_preprocessed(sdata, prep, kind=target)
+        ensure_preprocessed(sdata, prep, kind=target, features=features)
         key = bitro_info(sdata).get(K.ATTR_TABLE, K.TABLE_KEY)
         if key not in sdata.tables:
             raise KeyError(f"sample {sid!r} has no expression table {key!r} to train on.")
@@ -299,37 +435,18 @@ def fit(
         )
         how = "none"
     if genes is None:
-        chosen, hvg = select_genes([], [tables[i] for i in tr], n_genes=n_genes)
+        chosen = hvg = select_genes([tables[i] for i in tr], n_genes=n_genes, batch=[ids[i] for i in tr])
     else:
         chosen = check_genes(genes, [tables[i] for i in tr], [ids[i] for i in tr])
         hvg = chosen
-
+    for i in range(len(tables)):
+        check_genes(chosen, [tables[i]], [ids[i]])
     extract = spot_bags if target == "spot" else slide_bags
     sections = [extract(s, data_settings, genes=chosen, group=g) for s, g in zip(sdatas, grp, strict=True)]
-    for i in range(len(sections)):
-        check_genes(chosen, [tables[i]], [ids[i]])
-
-    # (section, bag) items per split; spots without cells or without counts are reported and left out
-    def usable(sec) -> np.ndarray:
-        has_cells = np.zeros(sec.n_bags, bool)
-        for s, cells in enumerate(sec.seq_cells):
-            if len(cells):
-                has_cells[sec.seq_bag[s]] = True
-        ok = has_cells & np.isfinite(sec.y).all(axis=1)
-        if (~ok).any():
-            logger.info(
-                "%s: %d of %d bags left out of training (%d without cells, %d without counts)",
-                sec.sample_id,
-                int((~ok).sum()),
-                sec.n_bags,
-                int((~has_cells).sum()),
-                int((~np.isfinite(sec.y).all(axis=1)).sum()),
-            )
-        return ok
 
     train_items, val_items = [], []
     for si, sec in enumerate(sections):
-        ok = usable(sec)
+        ok = _usable(sec)
         if how == "blocks":
             held = spatial_blocks(sec.bag_xy, 0.25, seed)
             train_items += [(si, b) for b in np.flatnonzero(ok & ~held)]
@@ -354,57 +471,83 @@ def fit(
         logger.info("no validation split: training %d epochs, keeping the last weights", max_epochs)
     if not train_items:
         raise ValueError("no training bag has both cells and counts.")
+    return TrainingData(
+        ids, grp, tr, va, how, list(chosen), list(hvg), sections, train_items, val_items, dict(data_settings)
+    )
 
-    # standardisation from training data only
-    train_sections = sorted({si for si, _ in train_items})
-    x_train = np.concatenate([sections[si].x for si in train_sections])
-    f_mean = np.nanmean(x_train, axis=0)
-    f_std = np.nanstd(x_train, axis=0)
-    f_std = np.where(f_std > 1e-8, f_std, 1.0)
-    y_train = np.stack([sections[si].y[b] for si, b in train_items])
-    y_mean = y_train.mean(axis=0)
-    y_std = y_train.std(axis=0)
-    y_std = np.where(y_std > 1e-6, y_std, 1.0)
+
+def _usable(sec) -> np.ndarray:
+    """Bags with cells and counts; the others are reported and left out of training."""
+    has_cells = np.zeros(sec.n_bags, bool)
+    for s, cells in enumerate(sec.seq_cells):
+        if len(cells):
+            has_cells[sec.seq_bag[s]] = True
+    ok = has_cells & np.isfinite(sec.y).all(axis=1)
+    if (~ok).any():
+        logger.info(
+            "%s: %d of %d bags left out of training (%d without cells, %d without counts)",
+            sec.sample_id,
+            int((~ok).sum()),
+            sec.n_bags,
+            int((~has_cells).sum()),
+            int((~np.isfinite(sec.y).all(axis=1)).sum()),
+        )
+    return ok
+
+
+def run_training(
+    module,
+    head: str,
+    td: TrainingData,
+    *,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    max_epochs: int,
+    patience: int,
+    accelerator: str,
+    devices,
+    progress: bool | None,
+    seed: int,
+):
+    """Lightning training of ``module``'s ``head`` on ``td``; keeps the best validation weights.
+
+    Returns the loss history (DataFrame) and the :class:`~bitro.models._plan.History` callback.
+    """
+    import lightning as L
+
+    from bitro.models._data import BagDataset
+    from bitro.models._plan import History, Resample, TrainingPlan
+
+    mod_head = module.heads[head]
+    y_mean = mod_head.target_mean.detach().cpu().numpy()
+    y_std = mod_head.target_std.detach().cpu().numpy()
+    sections = td.sections
 
     def z(items):
         return [((sections[si].y[b] - y_mean) / y_std).astype(np.float32) for si, b in items]
 
-    module = BiTroModule(sections[0].x.shape[1], len(chosen), heads=(target,), **arch)
-    module.feature_mean.copy_(torch.as_tensor(f_mean))
-    module.feature_std.copy_(torch.as_tensor(f_std))
-    module.heads[target].target_mean.copy_(torch.as_tensor(y_mean))
-    module.heads[target].target_std.copy_(torch.as_tensor(y_std))
-
-    cfg_data = {k: v for k, v in data_settings.items() if k != "batch_size"}
-    bs = int(batch_size or data_settings["batch_size"])
-    train_ds = BagDataset(
-        sections,
-        train_items,
-        z(train_items),
-        max_cells=cfg_data["max_cells"],
-        max_tiles=cfg_data["max_tiles"],
-        train=True,
-        seed=seed,
-    )
-    loaders = {"train_dataloaders": _loader(train_ds, bs, shuffle=True, seed=seed)}
-    if val_items:
-        val_ds = BagDataset(
+    def dataset(items, train):
+        return BagDataset(
             sections,
-            val_items,
-            z(val_items),
-            max_cells=cfg_data["max_cells"],
-            max_tiles=cfg_data["max_tiles"],
-            train=False,
+            items,
+            z(items),
+            max_cells=int(td.settings["max_cells"]),
+            max_tiles=int(td.settings["max_tiles"]),
+            train=train,
             seed=seed,
         )
-        loaders["val_dataloaders"] = _loader(val_ds, bs, shuffle=False, seed=seed)
 
+    train_ds = dataset(td.train_items, True)
+    loaders = {"train_dataloaders": _loader(train_ds, batch_size, shuffle=True, seed=seed)}
+    if td.val_items:
+        loaders["val_dataloaders"] = _loader(dataset(td.val_items, False), batch_size, shuffle=False, seed=seed)
     history = History()
     callbacks = [history, Resample(train_ds)]
-    if val_items:
+    if td.val_items:
         callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val_loss", patience=patience, mode="min"))
     show = progress if progress is not None else _settings.verbosity >= 1
-    plan = TrainingPlan(module, target, lr=lr, weight_decay=weight_decay)
+    plan = TrainingPlan(module, head, lr=lr, weight_decay=weight_decay)
     with tempfile.TemporaryDirectory() as root, warnings.catch_warnings(), _quiet_lightning():
         # Lightning's advice on DataLoader workers and on unused accelerators is not actionable here
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -429,45 +572,11 @@ def fit(
     if history.best_state is not None:
         module.load_state_dict(history.best_state)
     module.cpu().eval()
-
-    mpps = [float(bitro_info(s).get(K.ATTR_MPP, math.nan)) for s in sdatas]
     hist = pd.DataFrame(sorted(history.rows.values(), key=lambda r: r["epoch"]))
-    for col in ("train_loss", "val_loss"):
+    for col in ("epoch", "train_loss", "val_loss"):
         if col not in hist:
             hist[col] = np.nan
-    config = {
-        "architecture": dict(arch, n_features=int(sections[0].x.shape[1])),
-        "genes": {target: list(chosen)},
-        "hvg": {target: list(hvg)},
-        "features": _feature_config(sdatas[0]),
-        "preprocessing": prep,
-        "data": cfg_data,
-        "mpp": float(np.nanmedian(mpps)) if np.isfinite(mpps).any() else None,
-        "spots": _spot_geometry(sdatas) if target == "spot" else None,
-        "training": {
-            "target": target,
-            "samples": [ids[i] for i in tr] if how != "blocks" else ids,
-            "validation": [ids[i] for i in va] if how != "blocks" else "spatial blocks",
-            "groups": dict(zip(ids, grp, strict=True)),
-            "n_train_bags": len(train_items),
-            "n_val_bags": len(val_items),
-            "epochs": int(len(hist)),
-            "best_epoch": history.best_epoch,
-            "best_val_loss": None if history.best_epoch is None else float(history.best_loss),
-            "seed": int(seed),
-            "lr": float(lr),
-            "weight_decay": float(weight_decay),
-        },
-    }
-    model = BiTro(module, config, hist[["epoch", "train_loss", "val_loss"]])
-    logger.info(
-        "trained %s: %d epochs, best epoch %s (validation loss %s)",
-        target,
-        len(hist),
-        history.best_epoch,
-        None if history.best_epoch is None else f"{history.best_loss:.4f}",
-    )
-    return model
+    return hist[["epoch", "train_loss", "val_loss"]], history
 
 
 @contextlib.contextmanager
