@@ -56,3 +56,21 @@ def toy_cells(toy_st):
     info = toy_st.attrs[K.ATTRS_KEY]
     write_cells(toy_st, toy_st[info[K.ATTR_TRUE_CELLS]], image=info[K.ATTR_IMAGE], method="true")
     return toy_st
+
+
+@pytest.fixture(scope="session")
+def _toy_sections():
+    """Four preprocessed toy sections toy0-toy3 (watershed cells, morphology features, assignment, graph)."""
+    import bitro as bt
+    from bitro.tl._preprocess import ensure_preprocessed, preprocessing_settings
+
+    sections = [bt.datasets.toy_st(n_spots=36, n_genes=40, seed=s, sample_id=f"toy{s}") for s in range(4)]
+    for s in sections:
+        ensure_preprocessed(s, preprocessing_settings(), kind="spot")
+    return sections
+
+
+@pytest.fixture
+def toy_sections(_toy_sections):
+    """Copies of the four preprocessed toy sections."""
+    return copy.deepcopy(_toy_sections)

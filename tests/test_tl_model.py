@@ -15,29 +15,17 @@ pytest.importorskip("torch")
 N_GENES = 30
 
 
-@pytest.fixture(scope="session")
-def _sections():
-    """Four preprocessed toy sections (watershed cells, morphology features, assignment, graph)."""
-    import bitro as bt
-    from bitro.tl._preprocess import ensure_preprocessed, preprocessing_settings
-
-    sections = [bt.datasets.toy_st(n_spots=36, n_genes=40, seed=s, sample_id=f"toy{s}") for s in range(4)]
-    for s in sections:
-        ensure_preprocessed(s, preprocessing_settings(), kind="spot")
-    return sections
-
-
 @pytest.fixture
-def sections(_sections):
-    return copy.deepcopy(_sections)
+def sections(toy_sections):
+    return toy_sections
 
 
 @pytest.fixture(scope="session")
-def trained(_sections):
+def trained(_toy_sections):
     """A spot model trained on toy0-toy2 (validation: toy2), tested on toy3."""
     import bitro as bt
 
-    train = copy.deepcopy(_sections[:3])
+    train = copy.deepcopy(_toy_sections[:3])
     return bt.tl.fit(train, n_genes=N_GENES, val=["toy2"], max_epochs=15, patience=15, seed=0, progress=False)
 
 

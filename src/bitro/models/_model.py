@@ -52,6 +52,11 @@ class BiTro:
         self.module = module
         self.config = config
         self.history = history if history is not None else pd.DataFrame(columns=["epoch", "train_loss", "val_loss"])
+        self.peft = None
+        """The ``peft.PeftModel`` wrapping :attr:`module` once it holds LoRA adapters (LoRA layers sit inside :attr:`module`)."""
+        self.adapters: dict[str, dict[str, Any]] = {}
+        """Named LoRA adapters: ``{name: {"kind", "genes", "hvg", "head", "meta"}}``."""
+        self.active_adapter: str | None = None
 
     # --- properties ------------------------------------------------------------------------------
     @property
@@ -71,13 +76,22 @@ class BiTro:
     def best_epoch(self) -> int | None:
         return self.config["training"].get("best_epoch")
 
+    @property
+    def identity(self) -> str:
+        """sha256 of the backbone weights: what an adapter checks when it is loaded onto this model."""
+        from ._lora import backbone_identity
+
+        return backbone_identity(self.module)
+
     def __repr__(self) -> str:
         t = self.config["training"]
         n_params = sum(p.numel() for p in self.module.parameters())
         return (
             f"BiTro(head={self.head!r}, n_genes={len(self.genes)}, features={self.config['features']['method']!r} "
             f"({self.config['architecture']['n_features']}), parameters={n_params}, "
-            f"trained on {len(t.get('samples', []))} samples, best_epoch={self.best_epoch})"
+            f"trained on {len(t.get('samples', []))} samples, best_epoch={self.best_epoch}"
+            + (f", adapters={list(self.adapters)} (active {self.active_adapter!r})" if self.adapters else "")
+            + ")"
         )
 
     # --- application -----------------------------------------------------------------------------
@@ -144,6 +158,11 @@ class BiTro:
 
         from bitro import __version__
 
+        if self.peft is not None:
+            raise ValueError(
+                f"this model holds LoRA adapters {list(self.adapters)}: save each with save_adapter() next to the "
+                "base model's folder, or merge_adapter() first to save one plain model."
+            )
         path = Path(dir_path)
         if (path / CONFIG_FILE).exists() and not overwrite:
             raise FileExistsError(f"`dir_path`: {path} already holds a saved model; pass overwrite=True to replace it.")
@@ -156,13 +175,22 @@ class BiTro:
         logger.info("saved BiTro (%s head, %d genes) to %s", self.head, len(self.genes), path)
 
     @classmethod
-    def load(cls, dir_path: str | os.PathLike, *, device: str | None = None) -> BiTro:
+    def load(
+        cls,
+        dir_path: str | os.PathLike,
+        *,
+        adapter: str | os.PathLike | list[str | os.PathLike] | None = None,
+        device: str | None = None,
+    ) -> BiTro:
         """Load a model saved with :meth:`save`. Reads JSON and safetensors only: nothing is unpickled.
 
         Parameters
         ----------
         dir_path
             Folder written by :meth:`save`.
+        adapter
+            Folder(s) written by :meth:`save_adapter` to load onto the model (the first is active).
+            Each is checked against this base model's identity.
         device
             Torch device to put the weights on (default ``"cpu"``).
 
@@ -190,7 +218,148 @@ class BiTro:
         check_state(module, state, config, path)
         module.load_state_dict(state)
         module.to(device or "cpu").eval()
-        return cls(module, config, history.astype(float) if len(history) else None)
+        model = cls(module, config, history.astype(float) if len(history) else None)
+        paths = [] if adapter is None else [adapter] if isinstance(adapter, str | os.PathLike) else list(adapter)
+        names = [model.load_adapter(p) for p in paths]
+        if names:
+            model.set_adapter(names[0])
+        return model
+
+    # --- LoRA adapters ---------------------------------------------------------------------------
+    def register_adapter(self, name: str, *, kind: str, genes: list[str], hvg: list[str], head, meta: dict) -> None:
+        """Record adapter ``name`` (its LoRA weights already in :attr:`peft`) with its head, and activate it."""
+        self.adapters[name] = {"kind": kind, "genes": list(genes), "hvg": list(hvg), "head": head, "meta": meta}
+        self.set_adapter(name)
+
+    def set_adapter(self, name: str) -> None:
+        """Make adapter ``name`` (and its head and genes) the one that predicts.
+
+        Parameters
+        ----------
+        name
+            One of :attr:`adapters`.
+        """
+        if name not in self.adapters:
+            raise KeyError(f"`name`: no adapter {name!r}; this model has {list(self.adapters) or 'none'}.")
+        entry = self.adapters[name]
+        self.peft.set_adapter(name)
+        self.module.heads[entry["kind"]] = entry["head"]
+        self.config["genes"][entry["kind"]] = list(entry["genes"])
+        self.config["hvg"][entry["kind"]] = list(entry["hvg"])
+        self.config["training"] = dict(self.config["training"], target=entry["kind"])
+        self.active_adapter = name
+        self.module.eval()
+
+    def save_adapter(self, dir_path: str | os.PathLike, *, name: str | None = None, overwrite: bool = False) -> None:
+        """Save one LoRA adapter on its own: peft's files, its head and ``bitro_adapter.json``.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write (small: the LoRA matrices and one head).
+        name
+            Adapter to save (default: the active one).
+        overwrite
+            Replace an adapter already saved there.
+        """
+        import shutil
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        from bitro import __version__
+
+        from ._lora import ADAPTER_FILE, HEAD_FILE
+
+        name = name or self.active_adapter
+        if self.peft is None or name not in self.adapters:
+            raise ValueError(f"`name`: no LoRA adapter {name!r} to save (adapters: {list(self.adapters) or 'none'}).")
+        path = Path(dir_path)
+        if (path / ADAPTER_FILE).exists() and not overwrite:
+            raise FileExistsError(f"`dir_path`: {path} already holds an adapter; pass overwrite=True to replace it.")
+        path.mkdir(parents=True, exist_ok=True)
+        entry = self.adapters[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            self.peft.save_pretrained(tmp, selected_adapters=[name])
+            src = Path(tmp) if name == "default" else Path(tmp) / name
+            for f in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copyfile(src / f, path / f)
+        state = {k: v.detach().cpu().contiguous() for k, v in entry["head"].state_dict().items()}
+        save_file(state, str(path / HEAD_FILE))
+        meta = dict(
+            entry["meta"],
+            format=FORMAT,
+            name=name,
+            kind=entry["kind"],
+            genes=entry["genes"],
+            hvg=entry["hvg"],
+            bitro_version=str(__version__),
+        )
+        (path / ADAPTER_FILE).write_text(json.dumps(meta, indent=1))
+        logger.info("saved adapter %r (%s head, %d genes) to %s", name, entry["kind"], len(entry["genes"]), path)
+
+    def load_adapter(self, dir_path: str | os.PathLike, *, name: str | None = None) -> str:
+        """Load an adapter saved with :meth:`save_adapter` onto this (base) model and activate it.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save_adapter`.
+        name
+            Name to give it (default: the name it was saved under).
+
+        Returns
+        -------
+        The adapter's name.
+        """
+        from safetensors.torch import load_file
+
+        from ._lora import ADAPTER_FILE, HEAD_FILE, check_adapter_loaded
+        from ._module import BagHead
+
+        path = Path(dir_path)
+        if not (path / ADAPTER_FILE).is_file():
+            raise FileNotFoundError(f"`dir_path`: {path} is not a saved bitro adapter (no {ADAPTER_FILE}).")
+        meta = json.loads((path / ADAPTER_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: adapter format {meta.get('format')!r}; this bitro reads format {FORMAT}.")
+        if meta["base_identity"] != self.identity:
+            raise ValueError(
+                f"{path}: the adapter was trained on another base model (backbone {meta['base_identity'][:12]}..., "
+                f"this model's is {self.identity[:12]}...). Load it onto the model it was trained from."
+            )
+        name = name or meta["name"]
+        if name in self.adapters:
+            raise ValueError(f"`name`: the model already has an adapter {name!r}; pass another name.")
+        from peft import PeftModel
+
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.module, str(path), adapter_name=name)
+        else:
+            self.peft.load_adapter(str(path), adapter_name=name)
+        check_adapter_loaded(self.peft, name, path)
+        head = BagHead(self.config["architecture"]["hidden"], len(meta["genes"]))
+        head.load_state_dict(load_file(str(path / HEAD_FILE)))
+        keep = {k: v for k, v in meta.items() if k not in ("genes", "hvg", "name", "kind")}
+        self.register_adapter(name, kind=meta["kind"], genes=meta["genes"], hvg=meta["hvg"], head=head, meta=keep)
+        return name
+
+    def merge_adapter(self) -> None:
+        """Merge the active LoRA adapter into the base weights, leaving one plain model (for deployment).
+
+        Predictions are unchanged (up to float rounding); other adapters are dropped; :meth:`save`
+        then writes an ordinary model.
+        """
+        if self.peft is None:
+            raise ValueError("this model has no LoRA adapter to merge.")
+        name = self.active_adapter
+        entry = self.adapters[name]
+        self.module = self.peft.merge_and_unload(adapter_names=[name])
+        self.peft = None
+        self.adapters = {}
+        self.active_adapter = None
+        self.config["merged_adapter"] = dict(entry["meta"], name=name)
+        self.module.eval()
 
 
 def build_module(config: dict) -> BiTroModule:

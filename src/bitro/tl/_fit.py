@@ -548,6 +548,7 @@ def run_training(
         callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val_loss", patience=patience, mode="min"))
     show = progress if progress is not None else _settings.verbosity >= 1
     plan = TrainingPlan(module, head, lr=lr, weight_decay=weight_decay)
+    module.train()  # a loaded or copied model is in eval mode; dropout (and LoRA dropout) must be on
     with tempfile.TemporaryDirectory() as root, warnings.catch_warnings(), _quiet_lightning():
         # Lightning's advice on DataLoader workers and on unused accelerators is not actionable here
         warnings.filterwarnings("ignore", ".*does not have many workers.*")

@@ -1,0 +1,223 @@
+"""bt.tl.transfer: LoRA / full / head transfer between bulk and spots, adapters saved, loaded, switched, merged."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="session")
+def bulk_model(toy_cohort):
+    """A bulk model trained on the four toy cohort slides."""
+    import bitro as bt
+
+    slides = [copy.deepcopy(s) for s in toy_cohort[0]]
+    return bt.tl.fit(slides, target="bulk", n_genes=20, val=None, max_epochs=3, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def lora_model(bulk_model, _toy_sections):
+    """bulk -> spot with LoRA on toy0/toy1 (validation toy1)."""
+    import bitro as bt
+
+    sections = copy.deepcopy(_toy_sections[:2])
+    return bt.tl.transfer(sections, bulk_model, target="spot", val=["toy1"], max_epochs=3, seed=0, progress=False)
+
+
+def _base_tensor(state: dict, key: str):
+    """``key`` of an unwrapped model in the state of a LoRA-wrapped one (peft adds ``.base_layer``)."""
+    if "." in key:
+        stem, leaf = key.rsplit(".", 1)
+        wrapped = f"{stem}.base_layer.{leaf}"
+        if wrapped in state:
+            return state[wrapped]
+    return state[key]
+
+
+def _backbone(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith("heads.") and ".lora_" not in k}
+
+
+def test_lora_trains_adapters_and_head_only(bulk_model, lora_model):
+    before = bulk_model.module.state_dict()
+    after = lora_model.module.state_dict()
+    for key, value in _backbone(before).items():  # base weights bit-identical
+        assert torch.equal(_base_tensor(after, key), value), key
+    lora_b = [v for k, v in after.items() if ".lora_B." in k]
+    assert lora_b
+    assert all(v.abs().sum() > 0 for v in lora_b)
+    wrapped = {k.split(".lora_A.")[0] for k in after if ".lora_A." in k}
+    assert {"encoder.proj", "transformer.0.q_proj", "transformer.1.ff_out"} <= wrapped
+    assert not any(k.startswith("gat.") or "position" in k for k in wrapped)
+    for key, value in before.items():  # the bulk head is untouched; the spot head is new
+        if key.startswith("heads.bulk."):
+            assert torch.equal(after[key], value)
+    record = lora_model.config["transfer"]
+    n_lora = sum(v.numel() for k, v in after.items() if ".lora_" in k)
+    n_head = sum(p.numel() for p in lora_model.module.heads["spot"].parameters())
+    assert record["trainable_parameters"] == n_lora + n_head
+    # the toy sections have 40 of the cohort's 60 genes: the bulk genes they have are kept, in order
+    kept = [g for g in bulk_model.genes if int(g[4:]) < 40]
+    assert lora_model.head == "spot"
+    assert lora_model.genes == kept
+    assert record["mode"] == "lora"
+    assert record["source_kind"] == "bulk"
+    assert record["n_genes_shared"] == len(kept)
+    assert lora_model.config["training"]["samples"] == ["toy0"]
+    assert lora_model.best_epoch is not None
+
+
+@pytest.mark.parametrize("mode", ["head", "full"])
+def test_head_and_full_modes_train_what_they_say(bulk_model, toy_sections, mode):
+    import bitro as bt
+
+    new = bt.tl.transfer(toy_sections[:1], bulk_model, target="spot", mode=mode, max_epochs=2, progress=False)
+    before, after = _backbone(bulk_model.module.state_dict()), _backbone(new.module.state_dict())
+    params = {k for k, _ in bulk_model.module.named_parameters() if not k.startswith("heads.")}
+    changed = {k for k in params if not torch.equal(before[k], after[k])}
+    assert new.peft is None
+    if mode == "head":
+        assert changed == set()
+        assert new.config["transfer"]["trainable_parameters"] == sum(
+            p.numel() for p in new.module.heads["spot"].parameters()
+        )
+    else:
+        assert len(changed) > len(params) // 2
+        assert new.config["transfer"]["trainable_parameters"] == new.config["transfer"]["total_parameters"]
+
+
+def test_adapter_save_load_gives_identical_predictions(bulk_model, lora_model, toy_sections, tmp_path):
+    import bitro as bt
+    from bitro.models import BiTro
+
+    bulk_model.save(tmp_path / "base")
+    lora_model.save_adapter(tmp_path / "adapter")
+    files = sorted(p.name for p in (tmp_path / "adapter").iterdir())
+    assert files == ["adapter_config.json", "adapter_model.safetensors", "bitro_adapter.json", "head.safetensors"]
+    size = sum((tmp_path / "adapter" / f).stat().st_size for f in files)
+    assert size < (tmp_path / "base" / "model.safetensors").stat().st_size / 2
+    loaded = BiTro.load(tmp_path / "base", adapter=tmp_path / "adapter")
+    assert loaded.active_adapter == "default"
+    assert loaded.head == "spot"
+    a, b = toy_sections[3], copy.deepcopy(toy_sections[3])
+    bt.tl.predict(a, lora_model)
+    bt.tl.predict(b, loaded)
+    np.testing.assert_array_equal(a["table"].obsm["bitro_pred"], b["table"].obsm["bitro_pred"])
+    with pytest.raises(ValueError, match="save_adapter"):
+        lora_model.save(tmp_path / "nope")
+
+
+def test_adapter_refuses_another_base(lora_model, toy_cohort, tmp_path):
+    import bitro as bt
+    from bitro.models import BiTro
+
+    lora_model.save_adapter(tmp_path / "adapter")
+    other = bt.tl.fit(
+        [copy.deepcopy(s) for s in toy_cohort[0]],
+        target="bulk",
+        n_genes=20,
+        val=None,
+        max_epochs=1,
+        seed=1,
+        progress=False,
+    )
+    other.save(tmp_path / "other")
+    with pytest.raises(ValueError, match="trained on another base model"):
+        BiTro.load(tmp_path / "other", adapter=tmp_path / "adapter")
+
+
+def test_named_adapters_switch(lora_model, toy_sections):
+    import bitro as bt
+
+    sections = toy_sections
+    two = bt.tl.transfer(
+        sections[2:3], lora_model, target="spot", adapter_name="section2", max_epochs=2, progress=False
+    )
+    assert list(two.adapters) == ["default", "section2"]
+    assert two.active_adapter == "section2"
+    test = sections[3]
+    bt.tl.predict(test, two, key_added="second")
+    two.set_adapter("default")
+    bt.tl.predict(test, two, key_added="first")
+    bt.tl.predict(test, lora_model, key_added="original")
+    table = test["table"]
+    np.testing.assert_allclose(table.obsm["first"], table.obsm["original"], atol=1e-5)
+    assert not np.allclose(table.obsm["first"], table.obsm["second"])
+    with pytest.raises(KeyError, match="no adapter 'nope'"):
+        two.set_adapter("nope")
+
+
+def test_merge_adapter_keeps_predictions(lora_model, toy_sections, tmp_path):
+    import bitro as bt
+    from bitro.models import BiTro
+
+    merged = copy.deepcopy(lora_model)
+    merged.merge_adapter()
+    assert merged.peft is None
+    assert not merged.adapters
+    test = toy_sections[3]
+    bt.tl.predict(test, lora_model, key_added="lora")
+    bt.tl.predict(test, merged, key_added="merged")
+    np.testing.assert_allclose(test["table"].obsm["lora"], test["table"].obsm["merged"], atol=1e-4)
+    merged.save(tmp_path / "merged")
+    bt.tl.predict(test, BiTro.load(tmp_path / "merged"), key_added="reloaded")
+    np.testing.assert_array_equal(test["table"].obsm["merged"], test["table"].obsm["reloaded"])
+
+
+def test_spot_to_bulk_direction(toy_sections, toy_cohort):
+    import bitro as bt
+
+    spot = bt.tl.fit(toy_sections[:2], n_genes=15, val=None, max_epochs=2, progress=False)
+    slides = [copy.deepcopy(s) for s in toy_cohort[0]]
+    bulk = bt.tl.transfer(slides[:3], spot, target="bulk", val=None, max_epochs=2, progress=False)
+    assert bulk.head == "bulk"
+    assert bulk.config["transfer"]["source_kind"] == "spot"
+    assert bulk.genes == spot.genes  # the cohort has every gene of the sections
+    bt.tl.predict(slides[3], bulk)
+    assert slides[3]["table"].obsm["bitro_pred"].shape == (1, 15)
+
+
+def test_gene_panel_is_remapped_by_name(bulk_model):
+    from bitro.models._lora import mapped_head
+
+    source = bulk_model.module.heads["bulk"]
+    genes = [bulk_model.genes[3], "NEWGENE", bulk_model.genes[0]]
+    head, n_shared = mapped_head(source, bulk_model.genes, genes, bulk_model.config["architecture"]["hidden"])
+    assert n_shared == 2
+    w, sw = head.expression.weight.detach(), source.expression.weight.detach()
+    assert torch.equal(w[0], sw[3])
+    assert torch.equal(w[2], sw[0])
+    assert not torch.equal(w[1], sw[1])
+    assert torch.equal(head.score.weight, source.score.weight)
+
+
+def test_transfer_to_a_new_panel_reports_shared_and_new_genes(bulk_model, toy_sections):
+    import bitro as bt
+
+    have = list(toy_sections[0]["table"].var_names)
+    genes = [g for g in bulk_model.genes if g in have][:5] + [g for g in have if g not in bulk_model.genes][:3]
+    new = bt.tl.transfer(
+        toy_sections[:1], bulk_model, target="spot", mode="head", genes=genes, max_epochs=1, progress=False
+    )
+    assert new.genes == genes
+    assert new.config["transfer"]["n_genes_shared"] == 5
+    assert new.config["transfer"]["n_genes_new"] == 3
+
+
+def test_bad_transfer_inputs(bulk_model, toy_sections):
+    import bitro as bt
+
+    with pytest.raises(ValueError, match=r"'attention' names no linear layer.*q_proj"):
+        bt.tl.transfer(toy_sections[:1], bulk_model, target_modules=["attention"], max_epochs=1, progress=False)
+    renamed = toy_sections[0]
+    renamed["table"].var_names = [f"X{i}" for i in range(renamed["table"].n_vars)]
+    with pytest.raises(ValueError, match="share none of the model's 20 genes"):
+        bt.tl.transfer([renamed], bulk_model, max_epochs=1, progress=False)
+    other = toy_sections[1]
+    other["bitro_cells"].uns["bitro_features"]["method"] = "encoder"
+    with pytest.raises(ValueError, match="differ from the model's"):
+        bt.tl.transfer([other], bulk_model, max_epochs=1, progress=False)
