@@ -1,5 +1,6 @@
-# Quick start: `make demo` runs the demo, `make test` runs the whole test suite.
-# Both create .venv on first use and install what they need (torch first, so pip takes the
+# Quick start: `make predict` predicts expression on a real HER2ST section, `make demo` runs the
+# synthetic demo, `make test` runs the whole test suite.
+# All create .venv on first use and install what they need (torch first, so pip takes the
 # local CPU build instead of a multi-GB CUDA one).
 
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bitro-installed
 
-.PHONY: demo test lint docs clean
+.PHONY: demo predict test lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/bitro demo --out bitro_demo
+
+predict: $(STAMP)
+	$(BIN)/bitro predict-her2st tests/data/her2st --section C3 --out bitro_her2st
 
 test: $(STAMP)
 	MPLBACKEND=agg $(BIN)/python -m pytest
@@ -30,4 +34,4 @@ docs: $(STAMP)
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) docs/_build docs/generated bitro_demo
+	rm -rf $(VENV) docs/_build docs/generated bitro_demo bitro_her2st

@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).parents[2] / "shared" / "data" / "her2st")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "bitro" / "her2st_prepared")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--max-epochs", type=int, default=40)
+    parser.add_argument("--max-epochs", type=int, default=60)
     args = parser.parse_args()
 
     import bitro as bt

@@ -16,9 +16,15 @@ from bitro import _constants as K
 
 
 def run_her2st(
-    data_dir: Path, section: str, out: Path, *, model_dir: Path | None = None, n_genes_plot: int = 4
+    data_dir: Path,
+    section: str,
+    out: Path,
+    *,
+    model_dir: Path | None = None,
+    crop: tuple[float, float, float, float] | None = None,
+    n_genes_plot: int = 4,
 ) -> dict:
-    """Run the pipeline on one section and return the figures it prints."""
+    """Run the pipeline on one section (or the ``crop`` box, µm: x0, y0, x1, y1) and return the figures it prints."""
     import matplotlib
 
     matplotlib.use("agg")
@@ -44,6 +50,8 @@ def run_her2st(
     model = bt.models.BiTro.load(model_dir) if model_dir else bt.models.default_model()
     prep = model.config["preprocessing"]
     sdata = bt.datasets.her2st(section, data_dir=data_dir)
+    if crop is not None:
+        sdata = crop_section(sdata, crop)
     t = step("read", t)
     bt.pp.segment_cells(sdata, **prep["segmentation"], progress=False)
     t = step("segment", t)
@@ -72,6 +80,7 @@ def run_her2st(
     row = scores.iloc[0]
     summary = {
         "section": section,
+        "crop_um": list(crop) if crop is not None else None,
         "spots": int(table.n_obs),
         "cells": int(sdata[K.CELLS_TABLE_KEY].n_obs),
         "genes": len(model.genes),
@@ -84,3 +93,20 @@ def run_her2st(
         "model_trained_on": model.config["training"]["samples"] + list(model.config["training"]["validation"] or []),
     }
     return summary
+
+
+def crop_section(sdata, box: tuple[float, float, float, float]):
+    """The part of ``sdata`` inside ``box`` (x0, y0, x1, y1 in µm of its coordinate system), attrs kept."""
+    import spatialdata as sd
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"`crop` must be x0 y0 x1 y1 with x1 > x0 and y1 > y0 (µm), got {box}.")
+    cs = sdata.attrs[K.ATTRS_KEY][K.ATTR_COORDINATE_SYSTEM]
+    out = sd.bounding_box_query(
+        sdata, axes=("x", "y"), min_coordinate=[x0, y0], max_coordinate=[x1, y1], target_coordinate_system=cs
+    )
+    if out is None or K.TABLE_KEY not in out.tables or out.tables[K.TABLE_KEY].n_obs == 0:
+        raise ValueError(f"`crop` {box} (µm, coordinate system {cs!r}) holds no spot of the section.")
+    out.attrs = {k: (dict(v) if isinstance(v, dict) else v) for k, v in sdata.attrs.items()}
+    return out

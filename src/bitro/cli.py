@@ -40,13 +40,17 @@ def predict_her2st(
     section: Annotated[str, typer.Option(help="Section id, e.g. C3.")] = "C3",
     out: Annotated[Path, typer.Option(help="Folder for the zarr store and the figure.")] = Path("bitro_her2st"),
     model: Annotated[Path | None, typer.Option(help="A saved model folder; default: the bundled model.")] = None,
+    crop: Annotated[
+        tuple[float, float, float, float] | None,
+        typer.Option(help="Only this box of the section: x0 y0 x1 y1 in µm (default: the whole section)."),
+    ] = None,
 ) -> None:
     """Predict expression of a real HER2ST section from its H&E image and compare with its counts."""
     import json
 
     from bitro._predict_demo import run_her2st
 
-    summary = run_her2st(data, section, out, model_dir=model)
+    summary = run_her2st(data, section, out, model_dir=model, crop=crop)
     if summary["section"] in summary["model_trained_on"]:
         typer.echo(f"note: the model was trained on {summary['section']}; held-out accuracy: docs/benchmarks.md")
     typer.echo(json.dumps(summary, indent=1))

@@ -1,0 +1,69 @@
+"""The bundled default model (trained on HER2ST) and the real-data command behind ``make predict``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+HER2ST = Path(__file__).parent / "data" / "her2st"
+CROP_UM = (2000.0, 1800.0, 3200.0, 3000.0)  # 1.2 mm square of C3: 35 spots, ~6 000 nuclei
+
+
+def test_bundled_model_is_small_attributed_and_safe():
+    import bitro as bt
+
+    path = bt.models.default_model_path()
+    files = sorted(p.name for p in path.iterdir())
+    assert files == ["ATTRIBUTION.txt", "config.json", "model.safetensors"]
+    assert sum((path / f).stat().st_size for f in files) < 5e6
+    assert "CC BY 4.0" in (path / "ATTRIBUTION.txt").read_text()
+    config = json.loads((path / "config.json").read_text())
+    assert config["features"]["method"] == "morphology"
+    assert config["preprocessing"]["segmentation"]["method"] == "watershed"
+    model = bt.models.default_model()
+    assert model.head == "spot"
+    assert len(model.genes) == 50
+    assert set(model.config["training"]["samples"]) | {"C5"} == {"C2", "C3", "C4", "C5"}
+
+
+def test_bundled_model_predicts_on_a_her2st_crop():
+    import bitro as bt
+    from bitro._predict_demo import crop_section
+
+    sdata = crop_section(bt.datasets.her2st("C3", data_dir=HER2ST), CROP_UM)
+    bt.tl.predict(sdata)  # no model: the bundled one; segmentation etc. run with its settings
+    table, cells = sdata["table"], sdata["bitro_cells"]
+    pred = table.obsm["bitro_pred"]
+    assert pred.shape == (table.n_obs, 50)
+    assert table.n_obs == 35
+    assert np.isfinite(pred).all()
+    assert (pred.std(axis=0) > 0).all()
+    assert cells.obsm["bitro_pred"].shape == (cells.n_obs, 50)
+    assert cells.n_obs > 1000
+    scores = bt.tl.evaluate(sdata)
+    # C3 is one of the training sections: this checks the pipeline end to end, not held-out accuracy
+    assert scores.loc["C3", "pearson_mean"] > 0.2
+
+
+def test_predict_her2st_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from bitro.cli import app
+
+    crop = [str(v) for v in CROP_UM]
+    result = CliRunner().invoke(app, ["predict-her2st", str(HER2ST), "--out", str(tmp_path), "--crop", *crop])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{") :])
+    assert summary["spots"] == 35
+    assert summary["genes"] == 50
+    assert (tmp_path / "C3.zarr").is_dir()
+    assert (tmp_path / "C3_predicted_vs_observed.png").stat().st_size > 10_000
+    import spatialdata as sd
+
+    back = sd.read_zarr(tmp_path / "C3.zarr")
+    assert back["table"].obsm["bitro_pred"].shape == (35, 50)
