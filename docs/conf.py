@@ -27,6 +27,7 @@ master_doc = "index"
 exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints"]
 
 # API pages
+templates_path = ["_templates"]
 autosummary_generate = True
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True}
@@ -79,4 +80,9 @@ if not _ONLINE:
 else:
     nitpick_ignore_regex = []
 # names of standard types written in numpydoc prose ("array-like", "optional")
-nitpick_ignore = [("py:class", "optional"), ("py:class", "array-like")]
+nitpick_ignore = [
+    ("py:class", "optional"),
+    ("py:class", "array-like"),
+    ("py:class", "bitro.models._data.Bags"),  # private bag container in a type hint
+    ("py:data", "Ellipsis"),  # tuple[str, ...] in type hints
+]

@@ -221,3 +221,15 @@ def test_bad_transfer_inputs(bulk_model, toy_sections):
     other["bitro_cells"].uns["bitro_features"]["method"] = "encoder"
     with pytest.raises(ValueError, match="differ from the model's"):
         bt.tl.transfer([other], bulk_model, max_epochs=1, progress=False)
+
+
+def test_transfer_is_reproducible_with_a_seed(bulk_model, toy_sections):
+    import bitro as bt
+
+    runs = []
+    for _ in range(2):
+        new = bt.tl.transfer(toy_sections[:1], bulk_model, target="spot", max_epochs=1, seed=3, progress=False)
+        test = copy.deepcopy(toy_sections[3])
+        bt.tl.predict(test, new)
+        runs.append(test["table"].obsm["bitro_pred"])
+    np.testing.assert_array_equal(runs[0], runs[1])

@@ -17,7 +17,8 @@ def default_model_path() -> Path:
 
     Returns
     -------
-    The folder inside the installed package.
+    pathlib.Path
+        The folder inside the installed package.
     """
     return DEFAULT_DIR
 

@@ -53,9 +53,9 @@ class BiTro:
         self.config = config
         self.history = history if history is not None else pd.DataFrame(columns=["epoch", "train_loss", "val_loss"])
         self.peft = None
-        """The ``peft.PeftModel`` wrapping :attr:`module` once it holds LoRA adapters (LoRA layers sit inside :attr:`module`)."""
+        """The ``peft.PeftModel`` wrapping ``module`` once it holds LoRA adapters (the LoRA layers sit inside ``module``)."""
         self.adapters: dict[str, dict[str, Any]] = {}
-        """Named LoRA adapters: ``{name: {"kind", "genes", "hvg", "head", "meta"}}``."""
+        """LoRA adapters by name, each ``{"kind", "genes", "hvg", "head", "meta"}``."""
         self.active_adapter: str | None = None
 
     # --- properties ------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ class BiTro:
 
     @property
     def identity(self) -> str:
-        """sha256 of the backbone weights: what an adapter checks when it is loaded onto this model."""
+        """The sha256 hash of the backbone weights, which an adapter checks when it is loaded onto this model."""
         from ._lora import backbone_identity
 
         return backbone_identity(self.module)
@@ -196,7 +196,8 @@ class BiTro:
 
         Returns
         -------
-        The model, in evaluation mode.
+        BiTro
+            The model, in evaluation mode.
         """
         from safetensors.torch import load_file
 
@@ -310,7 +311,8 @@ class BiTro:
 
         Returns
         -------
-        The adapter's name.
+        str
+            The adapter's name.
         """
         from safetensors.torch import load_file
 

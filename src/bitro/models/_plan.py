@@ -30,15 +30,18 @@ class TrainingPlan(L.LightningModule):
         return F.mse_loss(pred, batch["y"])
 
     def training_step(self, batch, batch_idx):
+        """Loss of one batch of bags, logged per epoch as ``train_loss``."""
         loss = self._loss(batch)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=int(batch["n_bags"]))
         return loss
 
     def validation_step(self, batch, batch_idx):
+        """Validation loss of one batch, logged per epoch as ``val_loss``."""
         loss = self._loss(batch)
         self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=int(batch["n_bags"]))
 
     def configure_optimizers(self):
+        """AdamW over the parameters that require gradients."""
         params = [p for p in self.module.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 

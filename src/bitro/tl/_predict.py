@@ -96,7 +96,8 @@ def predict(
     _check_mpp(info, model, max_mpp_ratio)
     prep = model.config["preprocessing"]
     if head == "spot" and (info.get(K.ATTR_SPOTS) is None or info.get(K.ATTR_SPOTS) not in sdata.shapes):
-        ensure_preprocessed(sdata, dict(prep, graph=prep["graph"]), kind="bulk", features=model.config["features"])
+        # cells first (no spots yet: "bulk" skips the assignment), then pseudo-spots where they are
+        ensure_preprocessed(sdata, prep, kind="bulk", features=model.config["features"])
         _add_pseudo_spots(sdata, model)
     ensure_preprocessed(sdata, prep, kind=head, features=model.config["features"])
     info = bitro_info(sdata)

@@ -88,6 +88,7 @@ def transfer(
     >>> spatial = bt.tl.transfer([bt.datasets.toy_st()], bulk, target="spot", mode="lora")  # doctest: +SKIP
     >>> spatial.save_adapter("toy_lora")  # doctest: +SKIP
     """
+    import lightning as L
     import torch
 
     from bitro.models._lora import DEFAULT_TARGET_MODULES, backbone_identity, check_target_modules, mapped_head
@@ -99,6 +100,7 @@ def transfer(
     r = check_int(r, "r", min_value=1)
     max_epochs = check_int(max_epochs, "max_epochs", min_value=1)
     sdatas = _as_list(sdatas)
+    L.seed_everything(seed, verbose=False)  # new head rows, LoRA matrices and dropout follow `seed`
     if mode == "lora" and adapter_name in model.adapters:
         raise ValueError(f"`adapter_name`: the model already has an adapter {adapter_name!r}; pick another name.")
     if mode != "lora" and model.peft is not None:
@@ -106,10 +108,11 @@ def transfer(
     source_kind = target if target in model.config["genes"] else model.head
     source_genes = list(model.config["genes"][source_kind])
     prep = model.config["preprocessing"]
-    data_settings = dict(DEFAULT_DATA[target], **(data or {}))
-    if target == model.head or target in model.config["genes"]:
+    # bag settings: the defaults of the target kind, the model's own when it was trained on that kind, then `data`
+    data_settings = dict(DEFAULT_DATA[target])
+    if target == model.head:
         data_settings.update({k: v for k, v in model.config.get("data", {}).items() if k in DEFAULT_DATA[target]})
-        data_settings.update(data or {})
+    data_settings.update(data or {})
     data_settings.update(features_key=K.FEATURES_KEY, graph_key=K.GRAPH_KEY, spot_key=K.SPOT_ID_KEY)
 
     chosen = None if genes is None else [str(g) for g in genes]
