@@ -316,7 +316,7 @@ def spatial_prediction(
     --------
     >>> import bitro as bt
     >>> sdata = bt.datasets.toy_st()
-    >>> bt.tl.predict(model, sdata)  # doctest: +SKIP
+    >>> bt.tl.predict(sdata, model)  # model from bt.tl.fit  # doctest: +SKIP
     >>> bt.pl.spatial_prediction(sdata, ["gene0001", "gene0002"])  # doctest: +SKIP
     """
     import matplotlib as mpl
@@ -444,7 +444,7 @@ def cell_expression(
     --------
     >>> import bitro as bt
     >>> sdata = bt.datasets.toy_st()
-    >>> bt.tl.predict(model, sdata)  # doctest: +SKIP
+    >>> bt.tl.predict(sdata, model)  # model from bt.tl.fit  # doctest: +SKIP
     >>> bt.pl.cell_expression(sdata, "gene0001", crop=(1500, 800, 1800, 1100))  # doctest: +SKIP
     """
     import matplotlib as mpl

@@ -44,7 +44,7 @@ def training_history(
     Examples
     --------
     >>> import bitro as bt
-    >>> model.train(sdata)  # doctest: +SKIP
+    >>> model = bt.tl.fit([bt.datasets.toy_st(seed=s) for s in range(3)], max_epochs=10)  # doctest: +SKIP
     >>> bt.pl.training_history(model)  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
