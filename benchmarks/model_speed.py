@@ -52,11 +52,11 @@ def _reset_peak() -> bool:
 
 
 def synthetic_bags(n_cells: int, seed: int = 0):
-    """A one-bag slide of ``n_cells`` cells, tiled like ``bitro.models._data.slide_bags``."""
+    """A one-bag slide of ``n_cells`` cells, tiled as ``bitro.models._data.slide_bags`` tiles."""
     from scipy import sparse
     from scipy.spatial import cKDTree
 
-    from bitro.models._data import Bags
+    from bitro.models._data import tiled_bag
 
     rng = np.random.default_rng(seed)
     side = int(np.ceil(np.sqrt(n_cells)))
@@ -70,29 +70,7 @@ def synthetic_bags(n_cells: int, seed: int = 0):
     directed = sparse.csr_matrix((np.ones(rows.size, bool), (rows, nbr[:, 1:].ravel())), shape=(n_cells, n_cells))
     graph = (directed + directed.T).tocsr().astype(bool)
     del nbr, rows, directed
-    # tiles: same code as slide_bags
-    codes = np.floor(xy / TILE_UM).astype(np.int64)
-    _, inverse = np.unique(codes, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(inverse.max(initial=-1) + 2))
-    seqs = [order[bounds[t] : bounds[t + 1]] for t in range(len(bounds) - 1)]
-    centres = np.array([xy[s].mean(axis=0) for s in seqs], dtype=np.float32)
-    return Bags(
-        sample_id="synthetic",
-        group="synthetic",
-        kind="bulk",
-        x=x,
-        xy=xy,
-        graph=graph,
-        seq_cells=seqs,
-        seq_context=[np.zeros(0, np.int64) for _ in seqs],
-        seq_centre=centres,
-        seq_bag=np.zeros(len(seqs), dtype=np.int64),
-        bag_names=np.array(["synthetic"]),
-        bag_xy=xy.mean(axis=0, keepdims=True),
-        cell_index=np.arange(n_cells),
-    )
+    return tiled_bag("synthetic", x, xy, graph, TILE_UM)  # the tiling slide_bags uses
 
 
 def child_predict(n_cells: int, batch_size: int) -> dict:

@@ -215,14 +215,6 @@ def slide_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: 
     info = bitro_info(sdata)
     sample = str(info.get(K.ATTR_SAMPLE_ID, "slide"))
     _, x, xy, graph = _cells(sdata, settings)
-    tile = float(settings["tile_um"])
-    codes = np.floor(xy / tile).astype(np.int64)
-    _, inverse = np.unique(codes, axis=0, return_inverse=True) if len(xy) else (None, np.zeros(0, np.int64))
-    inverse = inverse.reshape(-1)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(inverse.max(initial=-1) + 2))
-    seqs = [order[bounds[t] : bounds[t + 1]] for t in range(len(bounds) - 1)]
-    centres = np.array([xy[s].mean(axis=0) for s in seqs], dtype=np.float32) if seqs else np.zeros((0, 2), np.float32)
     y = None
     if genes is not None:
         table_key = info.get(K.ATTR_TABLE, K.TABLE_KEY)
@@ -233,6 +225,26 @@ def slide_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: 
             raise ValueError(f"slide {sample!r}: bulk table {table_key!r} must have one row, has {table.n_obs}.")
         cols = gene_columns(table, genes, where=f"slide {sample!r} table {table_key!r}")
         y = log_cp10k(table.X, where=f"slide {sample!r} table {table_key!r}")[:, cols]
+    return tiled_bag(sample, x, xy, graph, float(settings["tile_um"]), y=y, group=group)
+
+
+def tiled_bag(
+    sample: str,
+    x: np.ndarray,
+    xy: np.ndarray,
+    graph: sparse.csr_matrix,
+    tile_um: float,
+    *,
+    y: np.ndarray | None = None,
+    group: str | None = None,
+) -> Bags:
+    """One bag of all cells, cut into square tiles of ``tile_um`` (aligned to the origin) as sequences."""
+    codes = np.floor(xy / tile_um).astype(np.int64)
+    inverse = np.unique(codes, axis=0, return_inverse=True)[1].reshape(-1) if len(xy) else np.zeros(0, np.int64)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(inverse.max(initial=-1) + 2))
+    seqs = [order[bounds[t] : bounds[t + 1]] for t in range(len(bounds) - 1)]
+    centres = np.array([xy[s].mean(axis=0) for s in seqs], dtype=np.float32) if seqs else np.zeros((0, 2), np.float32)
     return Bags(
         sample_id=sample,
         group=group or sample,
