@@ -121,3 +121,18 @@ def test_lora_targets_are_separate_named_linears():
     names = {name.rsplit(".", 1)[-1] for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
     assert {"proj", "q_proj", "k_proj", "v_proj", "out_proj", "ff_in", "ff_out", "expression"} <= names
     assert module.heads["spot"].expression.out_features == 3
+
+
+def test_missing_features_count_as_the_training_mean():
+    rng = np.random.default_rng(6)
+    module = _module()
+    with torch.no_grad():
+        module.feature_mean.copy_(torch.arange(5, dtype=torch.float32))
+        module.feature_std.fill_(2.0)
+    seq = _seq(rng, 4)
+    with_mean = {k: v.copy() for k, v in seq.items()}
+    seq["x"][1] = np.nan
+    with_mean["x"][1] = np.arange(5)
+    a = module(_batch([seq], [0], 1), "spot")
+    b = module(_batch([with_mean], [0], 1), "spot")
+    np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), atol=1e-6)

@@ -233,3 +233,20 @@ def test_transfer_is_reproducible_with_a_seed(bulk_model, toy_sections):
         bt.tl.predict(test, new)
         runs.append(test["table"].obsm["bitro_pred"])
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_adapter_keeps_its_bag_settings_and_other_heads_skip_it(bulk_model, toy_sections, toy_cohort, tmp_path):
+    import bitro as bt
+    from bitro.models import BiTro
+
+    new = bt.tl.transfer(toy_sections[:1], bulk_model, data={"context_um": 0.0}, max_epochs=1, progress=False)
+    bulk_model.save(tmp_path / "base")
+    new.save_adapter(tmp_path / "adapter")
+    loaded = BiTro.load(tmp_path / "base", adapter=tmp_path / "adapter")
+    assert loaded.config["data"]["context_um"] == 0.0
+    assert loaded.config["spots"] == new.config["spots"]
+    # the bulk head belongs to the base backbone: it predicts as the base model, adapter off
+    a, b = copy.deepcopy(toy_cohort[0][0]), copy.deepcopy(toy_cohort[0][0])
+    bt.tl.predict(a, loaded, target="bulk")
+    bt.tl.predict(b, bulk_model)
+    np.testing.assert_allclose(a["table"].obsm["bitro_pred"], b["table"].obsm["bitro_pred"], atol=1e-6)

@@ -75,7 +75,7 @@ def log_cp10k(counts, *, where: str) -> np.ndarray:
 
 
 def table_genes(table) -> pd.Index:
-    """Gene names of a table: ``var_names``, or ``var["gene_name"]`` when the names are ids (bulk)."""
+    """Gene names of a table (its ``var_names``; :func:`gene_columns` also matches ``var["gene_name"]``)."""
     return pd.Index(table.var_names.astype(str))
 
 
@@ -167,7 +167,7 @@ def spot_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: s
     instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key", K.SPOT_ID_KEY)
     cells_key, x, xy, graph = _cells(sdata, settings)
     cells = sdata.tables[cells_key]
-    assign_key = settings["spot_key"]
+    assign_key = info.get(K.ATTR_SPOT_ASSIGNMENT, settings.get("spot_key", K.SPOT_ID_KEY))
     if assign_key not in cells.obs:
         raise KeyError(f"cells table {cells_key!r} has no obs[{assign_key!r}]: run bt.pp.assign_cells first.")
 
@@ -293,7 +293,7 @@ def collate(sequences: list[dict], seq_bag: np.ndarray, n_bags: int, y: np.ndarr
     context = np.zeros((s_count, n), bool)
     for i, seq in enumerate(sequences):
         m = len(seq["x"])
-        x[i, :m] = np.nan_to_num(seq["x"])  # non-finite features: 0 before scaling, logged at extraction
+        x[i, :m] = seq["x"]  # NaN (missing) features stay NaN: the network fills them after scaling
         pos[i, :m] = seq["pos"]
         adj[i, :m, :m] = seq["adj"]
         valid[i, :m] = True

@@ -95,7 +95,7 @@ class BiTro:
         )
 
     # --- application -----------------------------------------------------------------------------
-    def predict_bags(self, bags: Bags, *, head: str | None = None, batch_size: int = 64):
+    def predict_bags(self, bags: Bags, *, head: str | None = None, batch_size: int = 64, _base: bool = False):
         """Bag and cell predictions (log1p CP10k) of one section or slide, streamed by chunks of sequences.
 
         Returns ``(bag_pred, cell_pred, cell_weight)``: ``(n_bags, G)`` (NaN for a bag without a
@@ -107,6 +107,10 @@ class BiTro:
         from ._module import merge_pool_state, pool_state
 
         head = head or self.head
+        if not _base and self.peft is not None and head != self.adapters[self.active_adapter]["kind"]:
+            # another label kind's head belongs to the base backbone: run it without the active adapter
+            with self.peft.disable_adapter():
+                return self.predict_bags(bags, head=head, batch_size=batch_size, _base=True)
         module = self.module
         module.eval()
         device = next(module.parameters()).device
@@ -248,6 +252,9 @@ class BiTro:
         self.config["genes"][entry["kind"]] = list(entry["genes"])
         self.config["hvg"][entry["kind"]] = list(entry["hvg"])
         self.config["training"] = dict(self.config["training"], target=entry["kind"])
+        for key in ("data", "spots"):  # bag settings and spot geometry the adapter was trained with
+            if entry["meta"].get(key):
+                self.config[key] = entry["meta"][key]
         self.active_adapter = name
         self.module.eval()
 

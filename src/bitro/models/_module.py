@@ -190,7 +190,8 @@ class BiTroModule(nn.Module):
         boolean, ``valid`` ``(S, N)`` (False for padding), ``context`` ``(S, N)`` (True for context
         cells: attended to, never pooled).
         """
-        x = ((x - self.feature_mean) / self.feature_std).clamp(-FEATURE_CLIP, FEATURE_CLIP)
+        # a missing (NaN) feature becomes the training mean: 0 after scaling
+        x = torch.nan_to_num((x - self.feature_mean) / self.feature_std, nan=0.0).clamp(-FEATURE_CLIP, FEATURE_CLIP)
         h = self.encoder(x) + self.position(pos) + context[..., None] * self.context_token
         eye = torch.eye(h.shape[1], dtype=torch.bool, device=h.device)
         adj = adj | eye  # self-loops everywhere, padding included: no empty softmax row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -153,6 +154,11 @@ def _aggregate(bags_list) -> tuple[np.ndarray, np.ndarray]:
         bag_of_cell = np.full(len(bags.x), -1, np.int64)
         for s, cells in enumerate(bags.seq_cells):
             bag_of_cell[cells] = bags.seq_bag[s]
-        xs.append(aggregate_features(np.nan_to_num(bags.x), bag_of_cell, bags.n_bags))
+        x = bags.x
+        if np.isnan(x).any():  # missing -> the section's feature mean, as the network does
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing feature stays NaN
+                x = np.where(np.isnan(x), np.nanmean(x, axis=0), x)
+        xs.append(aggregate_features(x, bag_of_cell, bags.n_bags))
         ys.append(bags.y)
     return np.vstack(xs), np.vstack(ys)

@@ -225,7 +225,8 @@ def fit(
     samples only; cell features are standardised the same way. Early stopping and the choice of
     weights use a validation split grouped by patient (else by sample) and never the test data,
     which ``fit`` does not see. With a single patient, validation holds out spatial blocks of spots
-    (a 4 x 4 grid; spot targets only) and the log says so.
+    (a 4 x 4 grid; spot targets only) and the log says so; genes are then ranked on the whole
+    section, validation blocks included (they only steer early stopping).
 
     Parameters
     ----------
@@ -423,6 +424,7 @@ def training_data(
     tables = []
     for sid, sdata in zip(ids, sdatas, strict=True):
         ensure_preprocessed(sdata, prep, kind=target, features=features)
+        features = features or _feature_config(sdata)  # every later sample must have the same features
         key = bitro_info(sdata).get(K.ATTR_TABLE, K.TABLE_KEY)
         if key not in sdata.tables:
             raise KeyError(f"sample {sid!r} has no expression table {key!r} to train on.")

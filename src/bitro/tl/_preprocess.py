@@ -28,7 +28,10 @@ def preprocessing_settings(overrides: dict | None = None) -> dict:
 
 
 def ensure_preprocessed(sdata, settings: dict, *, kind: str, features: dict | None = None) -> None:
-    """Run each step of ``settings`` that ``sdata`` lacks; check the ones it has against the model's.
+    """Run each step of ``settings`` that ``sdata`` lacks; steps that already ran are kept as they are.
+
+    The graph is rebuilt when its ``k`` / ``within`` differ from ``settings``; an existing cells
+    layer and spot assignment are reused whatever their options.
 
     ``features`` (a model's ``config["features"]``) makes existing features that differ from the
     model's (method or names) an error instead of silently feeding the network other columns.

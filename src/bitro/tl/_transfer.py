@@ -203,6 +203,7 @@ def transfer(
         from ._fit import _spot_geometry
 
         new.config["spots"] = _spot_geometry(sdatas)
+    record["data"], record["spots"] = new.config["data"], new.config.get("spots")
     if mode == "lora":
         new.register_adapter(adapter_name, kind=target, genes=td.genes, hvg=td.hvg, head=head, meta=record)
     else:
