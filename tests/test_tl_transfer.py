@@ -87,6 +87,8 @@ def test_head_and_full_modes_train_what_they_say(bulk_model, toy_sections, mode)
         )
     else:
         assert len(changed) > len(params) // 2
+        assert list(new.module.heads) == ["spot"]  # the bulk head would be stale on the new backbone
+        assert list(new.config["genes"]) == ["spot"]
         assert new.config["transfer"]["trainable_parameters"] == new.config["transfer"]["total_parameters"]
 
 

@@ -57,6 +57,8 @@ class BiTro:
         self.adapters: dict[str, dict[str, Any]] = {}
         """LoRA adapters by name, each ``{"kind", "genes", "hvg", "head", "meta"}``."""
         self.active_adapter: str | None = None
+        self.base_heads: dict[str, dict[str, Any]] = {}
+        """The base model's heads that adapters of the same kind replaced (``{kind: {"head", "genes", "hvg"}}``)."""
 
     # --- properties ------------------------------------------------------------------------------
     @property
@@ -248,7 +250,15 @@ class BiTro:
             raise KeyError(f"`name`: no adapter {name!r}; this model has {list(self.adapters) or 'none'}.")
         entry = self.adapters[name]
         self.peft.set_adapter(name)
-        self.module.heads[entry["kind"]] = entry["head"]
+        kind = entry["kind"]
+        adapter_heads = {id(a["head"]) for a in self.adapters.values()}
+        if kind in self.module.heads and id(self.module.heads[kind]) not in adapter_heads:
+            self.base_heads[kind] = {
+                "head": self.module.heads[kind],
+                "genes": list(self.config["genes"][kind]),
+                "hvg": list(self.config["hvg"].get(kind, self.config["genes"][kind])),
+            }
+        self.module.heads[kind] = entry["head"]
         self.config["genes"][entry["kind"]] = list(entry["genes"])
         self.config["hvg"][entry["kind"]] = list(entry["hvg"])
         self.config["training"] = dict(self.config["training"], target=entry["kind"])

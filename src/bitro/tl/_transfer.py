@@ -106,7 +106,8 @@ def transfer(
     if mode != "lora" and model.peft is not None:
         raise ValueError(f"mode={mode!r} on a model with LoRA adapters: merge_adapter() first, or use mode='lora'.")
     source_kind = target if target in model.config["genes"] else model.head
-    source_genes = list(model.config["genes"][source_kind])
+    base = model.base_heads.get(source_kind)  # a base head an adapter replaced: start from it, not the adapter's
+    source_genes = list(base["genes"] if base else model.config["genes"][source_kind])
     prep = model.config["preprocessing"]
     # bag settings: the defaults of the target kind, the model's own when it was trained on that kind, then `data`
     data_settings = dict(DEFAULT_DATA[target])
@@ -136,7 +137,8 @@ def transfer(
     module = new.module
     base_identity = backbone_identity(module)
     hidden = new.config["architecture"]["hidden"]
-    head, n_shared = mapped_head(module.heads[source_kind], source_genes, td.genes, hidden)
+    source_head = new.base_heads[source_kind]["head"] if base else module.heads[source_kind]
+    head, n_shared = mapped_head(source_head, source_genes, td.genes, hidden)
     y_mean, y_std = td.target_stats()
     head.target_mean.copy_(torch.as_tensor(y_mean))
     head.target_std.copy_(torch.as_tensor(y_std))
@@ -158,6 +160,14 @@ def transfer(
     else:
         for p in module.parameters():
             p.requires_grad = mode == "full"
+        if mode == "full":  # the other heads sat on the old backbone: they would predict stale values
+            stale = [k for k in module.heads if k != target]
+            for k in stale:
+                del module.heads[k]
+                new.config["genes"].pop(k, None)
+                new.config["hvg"].pop(k, None)
+            if stale:
+                logger.info("full transfer: the %s head(s) of the source model are dropped", stale)
     module.heads[target] = head
     for p in head.parameters():
         p.requires_grad = True
