@@ -245,3 +245,21 @@ def test_cross_validate_reports_model_and_baselines_on_the_same_folds(sections):
     assert len(per_gene) >= 10  # each fold selects its own 10 genes from its training sections
     assert len(pd.concat([cv, cv])) == 18  # attrs do not break concatenation
     assert "grouped by sample" in cv.attrs["protocol"]
+
+
+def test_samples_must_share_their_features(sections):
+    import bitro as bt
+
+    sections[1]["bitro_cells"].uns["bitro_features"]["method"] = "encoder"
+    with pytest.raises(ValueError, match="toy1: the cells' features .* differ from the model's"):
+        bt.tl.fit(sections[:2], n_genes=5, max_epochs=1, progress=False)
+
+
+def test_custom_assignment_column_is_used(sections):
+    import bitro as bt
+
+    for s in sections[:2]:
+        bt.pp.assign_cells(s, key_added="my_spot")
+        del s["bitro_cells"].obs["spot_id"]
+    model = bt.tl.fit(sections[:2], n_genes=5, val=None, max_epochs=1, progress=False)
+    assert model.config["training"]["n_train_bags"] == 72
