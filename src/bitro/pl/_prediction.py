@@ -13,7 +13,7 @@ import pandas as pd
 from bitro import _constants as K
 from bitro._logging import logger
 from bitro.pl._segmentation import MAX_WINDOW_PX, _as_rgb, _levels, _read_window
-from bitro.pp._assign import _affine_xy, _apply, _cells_shapes_key, _cells_table_key, _linear_scale
+from bitro.pp._assign import _affine_xy, _apply, _linear_scale, cell_boundaries
 from bitro.pp._cells import bitro_info
 
 if TYPE_CHECKING:
@@ -456,16 +456,9 @@ def cell_expression(
         raise TypeError(f"`gene` must be one gene name, got {gene!r}.")
     info = bitro_info(sdata)
     cs = info[K.ATTR_COORDINATE_SYSTEM]
-    table_key = _cells_table_key(sdata)
-    shapes_key = _cells_shapes_key(sdata, table_key)
+    table_key, shapes_key, geometry = cell_boundaries(sdata)
     table, shapes = sdata.tables[table_key], sdata.shapes[shapes_key]
     values = _predicted(table, key, [gene])[:, 0]
-    instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key", K.CELL_ID_KEY)
-    ids = table.obs[instance_key].to_numpy()
-    missing = ~pd.Index(ids).isin(shapes.index)
-    if missing.any():
-        raise ValueError(f"{int(missing.sum())} cells of table {table_key!r} have no boundary in {shapes_key!r}.")
-    geometry = shapes.geometry.loc[ids].to_numpy()
     matrix = _affine_xy(shapes, cs)
     geometry_um = shapely.transform(geometry, lambda xy: _apply(matrix, xy)) if len(geometry) else geometry
     finite = np.isfinite(values)

@@ -71,6 +71,23 @@ def _cells_shapes_key(sdata: SpatialData, table_key: str) -> str:
     return key
 
 
+def cell_boundaries(sdata: SpatialData) -> tuple[str, str, np.ndarray]:
+    """Cells table key, boundaries key and the boundary polygons ordered like the table's rows.
+
+    Rows are matched to polygons on the table's instance key; a cell without a boundary is an error.
+    Polygons are in the boundaries element's own frame.
+    """
+    table_key = _cells_table_key(sdata)
+    shapes_key = _cells_shapes_key(sdata, table_key)
+    table, shapes = sdata.tables[table_key], sdata.shapes[shapes_key]
+    instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key", K.CELL_ID_KEY)
+    ids = table.obs[instance_key].to_numpy()
+    missing = ~pd.Index(ids).isin(shapes.index)
+    if missing.any():
+        raise ValueError(f"{int(missing.sum())} cells of table {table_key!r} have no boundary in {shapes_key!r}.")
+    return table_key, shapes_key, shapes.geometry.loc[ids].to_numpy()
+
+
 def cell_centroids_um(sdata: SpatialData) -> tuple[str, np.ndarray]:
     """Cells table key and the ``(n_cells, 2)`` centroids of its cells in the µm coordinate system.
 
@@ -80,15 +97,8 @@ def cell_centroids_um(sdata: SpatialData) -> tuple[str, np.ndarray]:
     import shapely
 
     cs = bitro_info(sdata)[K.ATTR_COORDINATE_SYSTEM]
-    table_key = _cells_table_key(sdata)
-    shapes_key = _cells_shapes_key(sdata, table_key)
-    table, shapes = sdata.tables[table_key], sdata.shapes[shapes_key]
-    instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key", K.CELL_ID_KEY)
-    ids = table.obs[instance_key].to_numpy()
-    missing = ~pd.Index(ids).isin(shapes.index)
-    if missing.any():
-        raise ValueError(f"{int(missing.sum())} cells of table {table_key!r} have no boundary in {shapes_key!r}.")
-    geometry = shapes.geometry.loc[ids].to_numpy()
+    table_key, shapes_key, geometry = cell_boundaries(sdata)
+    shapes = sdata.shapes[shapes_key]
     centroid_px = shapely.get_coordinates(shapely.centroid(geometry)) if len(geometry) else np.zeros((0, 2))
     return table_key, _apply(_affine_xy(shapes, cs), centroid_px)
 
