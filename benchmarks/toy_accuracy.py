@@ -45,7 +45,8 @@ def _true_centroids_um(sdata) -> tuple[np.ndarray, np.ndarray]:
     import shapely
 
     from bitro import _constants as K
-    from bitro.pp._assign import _affine_xy, _apply
+    from bitro._sdata import affine_xy as _affine_xy
+    from bitro._sdata import apply_affine as _apply
 
     info = sdata.attrs[K.ATTRS_KEY]
     shapes = sdata.shapes[info[K.ATTR_TRUE_CELLS]]
@@ -85,8 +86,8 @@ def main() -> None:
 
     import bitro as bt
     from bitro import _constants as K
+    from bitro._sdata import cell_centroids_um
     from bitro.models._data import gene_columns, log_cp10k, spot_bags
-    from bitro.pp._assign import cell_centroids_um
     from bitro.tl._baselines import ridge_baseline
     from bitro.tl._fit import DEFAULT_DATA
     from bitro.tl._metrics import pearson_per_gene

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from bitro import _constants as K
-from bitro.pp._assign import assign_cells, cell_centroids_um
+from bitro._sdata import cell_centroids_um
+from bitro.pp._assign import assign_cells
 from bitro.pp._graph import cell_graph
 
 

@@ -113,21 +113,22 @@ def test_tile_segmenter_dispatch_for_cellpose(monkeypatch, toy_st):
     assert "cellpose_boundaries" in toy_st.shapes
 
 
-def test_no_tissue_warns_and_writes_nothing(toy_st, bitro_log):
+def test_no_tissue_warns_writes_nothing_and_keeps_previous_cells(toy_st, bitro_log):
     from bitro.pp._cells import write_cells
 
     key = toy_st.attrs[K.ATTRS_KEY][K.ATTR_IMAGE]
-    # a previous cells layer of the same names must not survive as stale cells
     write_cells(toy_st, toy_st[toy_st.attrs[K.ATTRS_KEY][K.ATTR_TRUE_CELLS]], image=key, method="watershed")
+    n_before = toy_st[K.CELLS_TABLE_KEY].n_obs
     image = toy_st.images[key]
     for scale in image:
         node = image[scale]["image"]
         node.data = node.data * 0 + 245  # blank white slide
-    with pytest.warns(UserWarning, match="No tissue"):
+    with pytest.warns(UserWarning, match="No tissue.*existing cells layer 'watershed_boundaries' is kept"):
         segment_cells(toy_st, method="watershed", tile_size=512)
-    assert K.CELLS_TABLE_KEY not in toy_st.tables
-    assert "watershed_boundaries" not in toy_st.shapes
-    assert K.ATTR_CELLS_TABLE not in toy_st.attrs[K.ATTRS_KEY]
+    # a step that finds nothing never deletes what was there
+    assert toy_st[K.CELLS_TABLE_KEY].n_obs == n_before
+    assert len(toy_st["watershed_boundaries"]) == n_before
+    assert toy_st.attrs[K.ATTRS_KEY][K.ATTR_CELLS_TABLE] == K.CELLS_TABLE_KEY
     assert "9 tiles: 9 skipped" in bitro_log.text
 
 

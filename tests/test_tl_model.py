@@ -99,9 +99,15 @@ def test_load_refuses_other_versions_and_other_genes(trained, tmp_path):
     config_path.write_text(json.dumps(dict(config, format=99)))
     with pytest.raises(ValueError, match="format 99"):
         BiTro.load(tmp_path / "m")
-    config["genes"]["spot"] = config["genes"]["spot"][:-2]
-    config_path.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="head 'spot' has 30 genes but the config lists 28"):
+    edited = json.loads(json.dumps(config))
+    edited["genes"]["spot"] = edited["genes"]["spot"][:-2]
+    config_path.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="config.json does not belong to .*model.safetensors"):
+        BiTro.load(tmp_path / "m")
+    # renamed genes, same count: the outputs would silently carry other names
+    edited["genes"]["spot"] = [*config["genes"]["spot"][:-1], "NOT_A_GENE"]
+    config_path.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="does not belong"):
         BiTro.load(tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="not a saved BiTro model"):
         BiTro.load(tmp_path / "nothing")

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from bitro import _constants as K
+from bitro import _sdata
 
 
 def run_her2st(
@@ -32,7 +33,6 @@ def run_her2st(
     from tqdm.auto import tqdm
 
     import bitro as bt
-    from bitro.pp._cells import bitro_info
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,7 +68,7 @@ def run_her2st(
         warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
         sdata.write(store)
     t = step("write zarr", t)
-    table = sdata[bitro_info(sdata)[K.ATTR_TABLE]]
+    table = sdata[_sdata.recorded(sdata, K.ATTR_TABLE)]
     best = table.var[K.PEARSON_KEY].dropna().sort_values(ascending=False).index[:n_genes_plot].tolist()
     figure = out / f"{section}_predicted_vs_observed.png"
     fig = bt.pl.spatial_prediction(sdata, best)
@@ -102,7 +102,7 @@ def crop_section(sdata, box: tuple[float, float, float, float]):
     x0, y0, x1, y1 = (float(v) for v in box)
     if not (x1 > x0 and y1 > y0):
         raise ValueError(f"`crop` must be x0 y0 x1 y1 with x1 > x0 and y1 > y0 (µm), got {box}.")
-    cs = sdata.attrs[K.ATTRS_KEY][K.ATTR_COORDINATE_SYSTEM]
+    cs = _sdata.coordinate_system(sdata)
     out = sd.bounding_box_query(
         sdata, axes=("x", "y"), min_coordinate=[x0, y0], max_coordinate=[x1, y1], target_coordinate_system=cs
     )

@@ -6,5 +6,6 @@ from ._hest import hest
 from ._legacy_st import legacy_st
 from ._visium import visium
 from ._wsi import wsi
+from ._zarr import read_zarr
 
-__all__ = ["bulk", "cohort", "hest", "legacy_st", "visium", "wsi"]
+__all__ = ["bulk", "cohort", "hest", "legacy_st", "read_zarr", "visium", "wsi"]

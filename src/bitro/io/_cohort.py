@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 
-from ._common import check_path, read_table, record_attrs, sanitize_id
+from ._common import check_path, read_table, sanitize_id
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -141,7 +142,7 @@ def cohort(
         sdata.tables[K.TABLE_KEY] = TableModel.parse(
             table, region=tissue_key, region_key=K.REGION_KEY, instance_key=K.TISSUE_ID_KEY
         )
-        record_attrs(sdata, **{K.ATTR_TABLE: K.TABLE_KEY, K.PATIENT_ID_KEY: patients[i]})
+        _sdata.record(sdata, **{K.ATTR_TABLE: K.TABLE_KEY, K.PATIENT_ID_KEY: patients[i]})
         out.append(sdata)
         rows.append((i, sample_id, patients[i], str(by_sample[sample])))
 

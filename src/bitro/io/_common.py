@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 
 _INVALID = re.compile(r"[^A-Za-z0-9_.-]")
@@ -56,16 +57,6 @@ def make_unique(index: pd.Index, *, what: str, source: str | os.PathLike) -> pd.
         stacklevel=3,
     )
     return make_index_unique(index)
-
-
-def record_attrs(sdata, **entries) -> None:
-    """Merge ``entries`` (JSON-serialisable) and the package version into ``sdata.attrs["bitro"]``."""
-    from bitro import __version__
-
-    info = dict(sdata.attrs.get(K.ATTRS_KEY, {}))
-    info.update({k: v for k, v in entries.items() if v is not None})
-    info[K.ATTR_VERSION] = __version__
-    sdata.attrs[K.ATTRS_KEY] = info
 
 
 def check_spots_inside(xy, shape: tuple[int, int], *, image, source) -> None:
@@ -127,7 +118,7 @@ def spot_sdata(
             K.TABLE_KEY: TableModel.parse(adata, region=sample_id, region_key=K.REGION_KEY, instance_key=K.SPOT_ID_KEY)
         },
     )
-    record_attrs(
+    _sdata.record(
         sdata,
         **{
             K.ATTR_SAMPLE_ID: sample_id,

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 
 from ._common import check_path, check_spots_inside, make_unique, sanitize_id, spot_sdata
@@ -99,7 +100,7 @@ def hest(root: str | os.PathLike, sample_id: str, *, nuclei: bool = True, tissue
 
     element, mpp = read_image(files["wsi"], coordinate_system=name, mpp=mpp)
     xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]
-    check_spots_inside(xy, element["scale0"]["image"].shape[1:], image=files["wsi"], source=files["st"])
+    check_spots_inside(xy, _sdata.level0(element).shape[1:], image=files["wsi"], source=files["st"])
 
     transformations = {name: Scale([mpp, mpp], axes=("x", "y"))}
     shapes, attrs = (

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 from bitro._validate import check_float
 
@@ -88,7 +89,7 @@ def legacy_st(
 
     element, mpp = read_image(image, coordinate_system=sample_id, mpp=mpp)
     xy = positions[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
-    check_spots_inside(xy, element["scale0"]["image"].shape[1:], image=image, source=spots)
+    check_spots_inside(xy, _sdata.level0(element).shape[1:], image=image, source=spots)
     adata = ad.AnnData(
         X=sparse.csr_matrix(table.to_numpy(dtype=np.float32)),
         obs=pd.DataFrame(

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 from bitro._validate import check_float
 
-from ._common import check_path, make_unique, record_attrs, sanitize_id
+from ._common import check_path, make_unique, sanitize_id
 
 VISIUM_SPOT_DIAMETER_UM = 55.0
 """Diameter of a Visium capture spot (10x Genomics: 55 µm spots, 100 µm centre to centre)."""
@@ -200,7 +201,7 @@ def visium(
 
     image_key = _image_key(sdata, dataset_id, path=path, fullres=fullres)
     _rgb_in_um(sdata, dataset_id, mpp=mpp)
-    record_attrs(
+    _sdata.record(
         sdata,
         **{
             K.ATTR_IMAGE: image_key,
@@ -637,7 +638,7 @@ def _rgb_in_um(sdata, dataset_id: str, *, mpp: float) -> None:
 
     to_um = Scale([mpp, mpp], axes=("x", "y"))
     for key, element in list(sdata.images.items()):
-        level0 = element["scale0"]["image"] if hasattr(element, "keys") else element
+        level0 = _sdata.level0(element)
         if level0.sizes["c"] == 4:  # RGBA PNGs: alpha carries no stain
             transformations = get_transformation(level0, get_all=True)
             sdata.images[key] = Image2DModel.parse(
@@ -657,6 +658,6 @@ def _um_per_pixel(element, coordinate_system: str) -> float:
     """µm per level-0 pixel of an image mapped to a µm coordinate system (x scale of its affine)."""
     from spatialdata.transformations import get_transformation
 
-    level0 = element["scale0"]["image"] if hasattr(element, "keys") else element
+    level0 = _sdata.level0(element)
     matrix = get_transformation(level0, to_coordinate_system=coordinate_system).to_affine_matrix(("x", "y"), ("x", "y"))
     return float(abs(matrix[0, 0]))

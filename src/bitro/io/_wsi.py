@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 from bitro._validate import check_float, check_int
 
-from ._common import check_path, record_attrs, sanitize_id
+from ._common import check_path, sanitize_id
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -146,7 +147,7 @@ def wsi(
             shapes[tissue_key] = _tissue_element(geometry, transformations=_to_um(sample_id, mpp))
 
     sdata = SpatialData(images={image_key: image}, shapes=shapes)
-    record_attrs(
+    _sdata.record(
         sdata,
         **{
             K.ATTR_SAMPLE_ID: sample_id,

@@ -15,6 +15,7 @@ import pandas as pd
 from scipy import sparse
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 
 CP10K = 1e4
@@ -96,27 +97,11 @@ def gene_columns(table, genes: list[str], *, where: str) -> np.ndarray:
     return idx
 
 
-def _centres_um(sdata, spots_key: str) -> tuple[np.ndarray, np.ndarray]:
-    import shapely
-
-    from bitro.pp._assign import _affine_xy, _apply, _linear_scale
-    from bitro.pp._cells import bitro_info
-
-    cs = bitro_info(sdata)[K.ATTR_COORDINATE_SYSTEM]
-    spots = sdata.shapes[spots_key]
-    matrix = _affine_xy(spots, cs)
-    centres = _apply(matrix, shapely.get_coordinates(spots.geometry.to_numpy()))
-    radius = spots["radius"].to_numpy(dtype=float) * _linear_scale(matrix) if "radius" in spots else None
-    return centres, radius
-
-
 def _cells(sdata, settings: dict) -> tuple[str, np.ndarray, np.ndarray, sparse.csr_matrix]:
     """Cells table key, features, µm centroids and the graph's connectivities."""
-    from bitro.pp._assign import cell_centroids_um
-
-    table_key, xy = cell_centroids_um(sdata)
+    table_key, xy = _sdata.cell_centroids_um(sdata)
     cells = sdata.tables[table_key]
-    fkey = settings["features_key"]
+    fkey = settings.get("features_key") or _sdata.recorded(sdata, K.ATTR_FEATURES)
     if fkey not in cells.obsm:
         raise KeyError(f"cells table {table_key!r} has no features obsm[{fkey!r}]: run bt.pp.cell_features first.")
     x = np.asarray(cells.obsm[fkey], dtype=np.float32)
@@ -127,7 +112,7 @@ def _cells(sdata, settings: dict) -> tuple[str, np.ndarray, np.ndarray, sparse.c
             "%d cells have non-finite features; those values are set to the feature mean (0 after scaling)", n
         )
         x = np.where(bad, np.nan, x)
-    gkey = f"{settings['graph_key']}_connectivities"
+    gkey = f"{settings.get('graph_key') or _sdata.recorded(sdata, K.ATTR_GRAPH)}_connectivities"
     if gkey not in cells.obsp:
         raise KeyError(f"cells table {table_key!r} has no graph obsp[{gkey!r}]: run bt.pp.cell_graph first.")
     graph = sparse.csr_matrix(cells.obsp[gkey], dtype=bool)
@@ -152,12 +137,10 @@ def _context(xy: np.ndarray, centres: np.ndarray, members: list[np.ndarray], rad
 
 def spot_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: str | None = None) -> Bags:
     """Bags of the spots of a section: each spot's assigned cells, plus ring context cells if configured."""
-    from bitro.pp._cells import bitro_info
-
-    info = bitro_info(sdata)
-    sample = str(info.get(K.ATTR_SAMPLE_ID, "sample"))
+    info = _sdata.info(sdata)
+    sample = _sdata.sample_id(sdata)
     spots_key = info.get(K.ATTR_SPOTS)
-    table_key = info.get(K.ATTR_TABLE, K.TABLE_KEY)
+    table_key = _sdata.recorded(sdata, K.ATTR_TABLE)
     if spots_key is None or spots_key not in sdata.shapes or table_key not in sdata.tables:
         raise KeyError(
             f"section {sample!r} has no spots (attrs['bitro'] spots_key={spots_key!r}, table {table_key!r}); "
@@ -167,11 +150,11 @@ def spot_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: s
     instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key", K.SPOT_ID_KEY)
     cells_key, x, xy, graph = _cells(sdata, settings)
     cells = sdata.tables[cells_key]
-    assign_key = info.get(K.ATTR_SPOT_ASSIGNMENT, settings.get("spot_key", K.SPOT_ID_KEY))
+    assign_key = settings.get("spot_key") or _sdata.recorded(sdata, K.ATTR_SPOT_ASSIGNMENT)
     if assign_key not in cells.obs:
         raise KeyError(f"cells table {cells_key!r} has no obs[{assign_key!r}]: run bt.pp.assign_cells first.")
 
-    centres, _ = _centres_um(sdata, spots_key)
+    centres, _ = _sdata.spots_um(sdata, spots_key)
     shape_pos = pd.Index(sdata.shapes[spots_key].index.astype(str))
     spot_ids = table.obs[instance_key].astype(str).to_numpy()
     spot_row = shape_pos.get_indexer(spot_ids)
@@ -210,14 +193,11 @@ def spot_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: s
 
 def slide_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: str | None = None) -> Bags:
     """One bag of all the cells of a slide, attended within square tiles of ``settings["tile_um"]``."""
-    from bitro.pp._cells import bitro_info
-
-    info = bitro_info(sdata)
-    sample = str(info.get(K.ATTR_SAMPLE_ID, "slide"))
+    sample = _sdata.sample_id(sdata, "slide")
     _, x, xy, graph = _cells(sdata, settings)
     y = None
     if genes is not None:
-        table_key = info.get(K.ATTR_TABLE, K.TABLE_KEY)
+        table_key = _sdata.recorded(sdata, K.ATTR_TABLE)
         if table_key not in sdata.tables:
             raise KeyError(f"slide {sample!r} has no expression table {table_key!r} to train or evaluate on.")
         table = sdata.tables[table_key]

@@ -17,6 +17,8 @@ from bitro._logging import logger
 DEFAULT_TARGET_MODULES = ("encoder.proj", "q_proj", "k_proj", "v_proj", "out_proj", "ff_in", "ff_out")
 """The linears LoRA adapts by default: the cell encoder, attention q/k/v/out and the feed-forward layers."""
 ADAPTER_FILE, HEAD_FILE = "bitro_adapter.json", "head.safetensors"
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+"""The files ``PeftModel.save_pretrained`` writes for one adapter."""
 
 
 def linear_names(module) -> list[str]:
@@ -89,9 +91,10 @@ def mapped_head(source_head, source_genes: list[str], genes: list[str], hidden: 
 def check_adapter_loaded(peft_model, name: str, path) -> None:
     """Every tensor of the saved adapter is in the model under ``name``, with equal values (no silent partial load)."""
     import torch
-    from safetensors.torch import load_file
 
-    saved = load_file(str(path / "adapter_model.safetensors"))
+    from ._files import read_weights
+
+    saved, _ = read_weights(path / PEFT_FILES[1], what="LoRA weights")
     params = dict(peft_model.named_parameters())
     missing = []
     for key, tensor in saved.items():

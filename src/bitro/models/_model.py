@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,16 +152,21 @@ class BiTro:
     def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Save the weights (``model.safetensors``) and the settings (``config.json``) to a folder.
 
+        The folder is written beside ``dir_path`` and swapped in whole when complete, so an
+        interrupted save leaves the previous model in place.
+
         Parameters
         ----------
         dir_path
             Folder to write; created if needed.
         overwrite
-            Replace a model already saved there.
+            Replace a model already saved there (a folder holding other files is refused, so
+            nothing else in it is lost).
         """
-        from safetensors.torch import save_file
-
         from bitro import __version__
+        from bitro._store import replace_folder
+
+        from ._files import write_json, write_weights
 
         if self.peft is not None:
             raise ValueError(
@@ -170,14 +174,13 @@ class BiTro:
                 "base model's folder, or merge_adapter() first to save one plain model."
             )
         path = Path(dir_path)
-        if (path / CONFIG_FILE).exists() and not overwrite:
-            raise FileExistsError(f"`dir_path`: {path} already holds a saved model; pass overwrite=True to replace it.")
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"`dir_path`: {path} already exists; pass overwrite=True to replace it.")
         config = dict(self.config, format=FORMAT, bitro_version=str(__version__))
         config["history"] = self.history.replace({np.nan: None}).to_dict(orient="list")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-        save_file(state, str(path / WEIGHTS_FILE), metadata={"format": str(FORMAT)})
-        (path / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        with replace_folder(path, overwrite=overwrite, owned={CONFIG_FILE, WEIGHTS_FILE}) as tmp:
+            write_weights(self.module.state_dict(), tmp / WEIGHTS_FILE, config=config, fmt=FORMAT)
+            write_json(config, tmp / CONFIG_FILE)
         logger.info("saved BiTro (%s head, %d genes) to %s", self.head, len(self.genes), path)
 
     @classmethod
@@ -205,14 +208,14 @@ class BiTro:
         BiTro
             The model, in evaluation mode.
         """
-        from safetensors.torch import load_file
+        from ._files import check_digest, read_json, read_weights
 
         path = Path(dir_path)
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(
                 f"`dir_path`: {path} is not a saved BiTro model (expected {CONFIG_FILE} and {WEIGHTS_FILE})."
             )
-        config = json.loads((path / CONFIG_FILE).read_text())
+        config = read_json(path / CONFIG_FILE, what="model's settings")
         fmt = config.get("format")
         if fmt != FORMAT:
             raise ValueError(
@@ -220,8 +223,9 @@ class BiTro:
                 f"reads format {FORMAT}. Re-train or re-save the model with a matching bitro version."
             )
         history = pd.DataFrame(config.pop("history", {"epoch": [], "train_loss": [], "val_loss": []}))
+        state, metadata = read_weights(path / WEIGHTS_FILE, what="model's weights")
+        check_digest(metadata, config, weights=path / WEIGHTS_FILE, config_path=path / CONFIG_FILE)
         module = build_module(config)
-        state = load_file(str(path / WEIGHTS_FILE), device="cpu")
         check_state(module, state, config, path)
         module.load_state_dict(state)
         module.to(device or "cpu").eval()
@@ -283,27 +287,19 @@ class BiTro:
         import shutil
         import tempfile
 
-        from safetensors.torch import save_file
-
         from bitro import __version__
+        from bitro._store import replace_folder
 
-        from ._lora import ADAPTER_FILE, HEAD_FILE
+        from ._files import write_json, write_weights
+        from ._lora import ADAPTER_FILE, HEAD_FILE, PEFT_FILES
 
         name = name or self.active_adapter
         if self.peft is None or name not in self.adapters:
             raise ValueError(f"`name`: no LoRA adapter {name!r} to save (adapters: {list(self.adapters) or 'none'}).")
         path = Path(dir_path)
-        if (path / ADAPTER_FILE).exists() and not overwrite:
-            raise FileExistsError(f"`dir_path`: {path} already holds an adapter; pass overwrite=True to replace it.")
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"`dir_path`: {path} already exists; pass overwrite=True to replace it.")
         entry = self.adapters[name]
-        with tempfile.TemporaryDirectory() as tmp:
-            self.peft.save_pretrained(tmp, selected_adapters=[name])
-            src = Path(tmp) if name == "default" else Path(tmp) / name
-            for f in ("adapter_config.json", "adapter_model.safetensors"):
-                shutil.copyfile(src / f, path / f)
-        state = {k: v.detach().cpu().contiguous() for k, v in entry["head"].state_dict().items()}
-        save_file(state, str(path / HEAD_FILE))
         meta = dict(
             entry["meta"],
             format=FORMAT,
@@ -313,7 +309,15 @@ class BiTro:
             hvg=entry["hvg"],
             bitro_version=str(__version__),
         )
-        (path / ADAPTER_FILE).write_text(json.dumps(meta, indent=1))
+        owned = {ADAPTER_FILE, HEAD_FILE, *PEFT_FILES}
+        with replace_folder(path, overwrite=overwrite, owned=owned) as out, tempfile.TemporaryDirectory() as peft_dir:
+            self.peft.save_pretrained(peft_dir, selected_adapters=[name])
+            src = Path(peft_dir) if name == "default" else Path(peft_dir) / name
+            for f in PEFT_FILES:
+                shutil.copyfile(src / f, out / f)
+            head_config = {"genes": {entry["kind"]: entry["genes"]}, "architecture": self.config["architecture"]}
+            write_weights(entry["head"].state_dict(), out / HEAD_FILE, config=head_config, fmt=FORMAT)
+            write_json(meta, out / ADAPTER_FILE)
         logger.info("saved adapter %r (%s head, %d genes) to %s", name, entry["kind"], len(entry["genes"]), path)
 
     def load_adapter(self, dir_path: str | os.PathLike, *, name: str | None = None) -> str:
@@ -331,15 +335,14 @@ class BiTro:
         str
             The adapter's name.
         """
-        from safetensors.torch import load_file
-
-        from ._lora import ADAPTER_FILE, HEAD_FILE, check_adapter_loaded
+        from ._files import check_digest, read_json, read_weights
+        from ._lora import ADAPTER_FILE, HEAD_FILE, PEFT_FILES, check_adapter_loaded
         from ._module import BagHead
 
         path = Path(dir_path)
         if not (path / ADAPTER_FILE).is_file():
             raise FileNotFoundError(f"`dir_path`: {path} is not a saved bitro adapter (no {ADAPTER_FILE}).")
-        meta = json.loads((path / ADAPTER_FILE).read_text())
+        meta = read_json(path / ADAPTER_FILE, what="adapter's settings")
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: adapter format {meta.get('format')!r}; this bitro reads format {FORMAT}.")
         if meta["base_identity"] != self.identity:
@@ -350,6 +353,17 @@ class BiTro:
         name = name or meta["name"]
         if name in self.adapters:
             raise ValueError(f"`name`: the model already has an adapter {name!r}; pass another name.")
+        # read and check every file before the model changes, so a damaged adapter leaves it as it was
+        head_state, head_meta = read_weights(path / HEAD_FILE, what="adapter's head")
+        head_config = {"genes": {meta["kind"]: meta["genes"]}, "architecture": self.config["architecture"]}
+        check_digest(head_meta, head_config, weights=path / HEAD_FILE, config_path=path / ADAPTER_FILE)
+        head = BagHead(self.config["architecture"]["hidden"], len(meta["genes"]))
+        try:
+            head.load_state_dict(head_state)
+        except RuntimeError as err:
+            raise ValueError(f"{path / HEAD_FILE}: the head does not match {ADAPTER_FILE} ({err}).") from err
+        read_json(path / PEFT_FILES[0], what="LoRA settings")
+        read_weights(path / PEFT_FILES[1], what="LoRA weights")
         from peft import PeftModel
 
         if self.peft is None:
@@ -357,8 +371,6 @@ class BiTro:
         else:
             self.peft.load_adapter(str(path), adapter_name=name)
         check_adapter_loaded(self.peft, name, path)
-        head = BagHead(self.config["architecture"]["hidden"], len(meta["genes"]))
-        head.load_state_dict(load_file(str(path / HEAD_FILE)))
         keep = {k: v for k, v in meta.items() if k not in ("genes", "hvg", "name", "kind")}
         self.register_adapter(name, kind=meta["kind"], genes=meta["genes"], hvg=meta["hvg"], head=head, meta=keep)
         return name

@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
-from bitro.pl._segmentation import MAX_WINDOW_PX, _as_rgb, _levels, _read_window
-from bitro.pp._assign import _affine_xy, _apply, _linear_scale, cell_boundaries
-from bitro.pp._cells import bitro_info
+from bitro.pl._segmentation import MAX_WINDOW_PX, _as_rgb, _read_window
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -105,7 +104,7 @@ def _spots_um(sdata: SpatialData, table_key: str) -> tuple[np.ndarray, np.ndarra
     """Centres ``(n_spots, 2)`` and radii of the table's spots in µm, ordered like the table's rows."""
     import shapely
 
-    info = bitro_info(sdata)
+    info = _sdata.info(sdata)
     cs = info[K.ATTR_COORDINATE_SYSTEM]
     table = sdata.tables[table_key]
     attrs = table.uns.get("spatialdata_attrs", {})
@@ -126,9 +125,9 @@ def _spots_um(sdata: SpatialData, table_key: str) -> tuple[np.ndarray, np.ndarra
     missing = ~pd.Index(ids).isin(spots.index)
     if missing.any():
         raise ValueError(f"{int(missing.sum())} spots of table {table_key!r} have no circle in {spots_key!r}.")
-    matrix = _affine_xy(spots, cs)
-    centres = _apply(matrix, shapely.get_coordinates(spots.geometry.loc[ids].to_numpy()))
-    radii = spots["radius"].loc[ids].to_numpy(dtype=float) * _linear_scale(matrix)
+    matrix = _sdata.affine_xy(spots, cs)
+    centres = _sdata.apply_affine(matrix, shapely.get_coordinates(spots.geometry.loc[ids].to_numpy()))
+    radii = spots["radius"].loc[ids].to_numpy(dtype=float) * _sdata.linear_scale(matrix)
     return centres, radii
 
 
@@ -147,7 +146,7 @@ def _image_choice(sdata: SpatialData, image: bool | str, *, prefer: str | None =
         if image not in sdata.images:
             raise KeyError(f"`image`: {image!r} is not an image of `sdata` (images: {list(sdata.images)}).")
         return image
-    info = bitro_info(sdata)
+    info = _sdata.info(sdata)
     for candidate in (prefer, info.get(K.ATTR_IMAGE)):
         if candidate is not None and candidate in sdata.images:
             return candidate
@@ -157,18 +156,18 @@ def _image_choice(sdata: SpatialData, image: bool | str, *, prefer: str | None =
 
 def _background(sdata: SpatialData, image_key: str, region: tuple[float, float, float, float]):
     """RGB pixels of ``image_key`` over ``region`` (µm), at most ``MAX_WINDOW_PX`` across, and their extent."""
-    cs = bitro_info(sdata)[K.ATTR_COORDINATE_SYSTEM]
-    levels = _levels(sdata.images[image_key])
-    matrices = [_affine_xy(level, cs) for level in levels]
+    cs = _sdata.info(sdata)[K.ATTR_COORDINATE_SYSTEM]
+    levels = _sdata.levels(sdata.images[image_key])
+    matrices = [_sdata.affine_xy(level, cs) for level in levels]
     span = max(region[2] - region[0], region[3] - region[1])
     index = next(
-        (i for i, matrix in enumerate(matrices) if span / _linear_scale(matrix) <= MAX_WINDOW_PX), len(levels) - 1
+        (i for i, matrix in enumerate(matrices) if span / _sdata.linear_scale(matrix) <= MAX_WINDOW_PX), len(levels) - 1
     )
     level, matrix = levels[index], matrices[index]
     if abs(matrix[0, 1]) > 1e-9 or abs(matrix[1, 0]) > 1e-9:
         logger.warning("image %s is rotated or sheared in %r; drawing without it", image_key, cs)
         return None, None
-    step = max(1, math.ceil(span / _linear_scale(matrix) / MAX_WINDOW_PX))
+    step = max(1, math.ceil(span / _sdata.linear_scale(matrix) / MAX_WINDOW_PX))
     if step > 1:  # a single-scale (or too fine) image: read every step-th pixel
         level = level.isel(x=slice(None, None, step), y=slice(None, None, step))
         matrix = matrix @ np.diag([float(step), float(step), 1.0])
@@ -329,7 +328,7 @@ def spatial_prediction(
     table = sdata.tables[table_key]
     predicted = _predicted(table, key, genes)
     observed = _observed(table, genes)
-    info = bitro_info(sdata)
+    info = _sdata.info(sdata)
     cs = info[K.ATTR_COORDINATE_SYSTEM]
     centres, radii = _spots_um(sdata, table_key)
     if size is not None:
@@ -454,13 +453,13 @@ def cell_expression(
 
     if not isinstance(gene, str):
         raise TypeError(f"`gene` must be one gene name, got {gene!r}.")
-    info = bitro_info(sdata)
+    info = _sdata.info(sdata)
     cs = info[K.ATTR_COORDINATE_SYSTEM]
-    table_key, shapes_key, geometry = cell_boundaries(sdata)
+    table_key, shapes_key, geometry = _sdata.cell_boundaries(sdata)
     table, shapes = sdata.tables[table_key], sdata.shapes[shapes_key]
     values = _predicted(table, key, [gene])[:, 0]
-    matrix = _affine_xy(shapes, cs)
-    geometry_um = shapely.transform(geometry, lambda xy: _apply(matrix, xy)) if len(geometry) else geometry
+    matrix = _sdata.affine_xy(shapes, cs)
+    geometry_um = shapely.transform(geometry, lambda xy: _sdata.apply_affine(matrix, xy)) if len(geometry) else geometry
     finite = np.isfinite(values)
 
     if crop is None:

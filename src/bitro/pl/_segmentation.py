@@ -10,10 +10,8 @@ import numpy as np
 import pandas as pd
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
-from bitro.pp._assign import _affine_xy, _apply
-from bitro.pp._cells import bitro_info
-from bitro.pp._cells import image_key as _image_key
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -26,25 +24,18 @@ DEFAULT_CROP_UM = 150.0
 """Side (µm) of the default crop, centred on the median cell."""
 
 
-def _levels(element) -> list:
-    """Image levels finest first (a single-scale image is one level)."""
-    if hasattr(element, "keys"):
-        return [element[name]["image"] for name in sorted(element.keys(), key=lambda s: int(s.replace("scale", "")))]
-    return [element]
-
-
 def _read_window(level, matrix: np.ndarray, region: tuple[float, float, float, float]):
     """Pixels of ``level`` covering ``region`` (µm) as ``(y, x, c)`` and their extent (left, right, bottom, top) in µm."""
     inverse = np.linalg.inv(matrix)
     x0, y0, x1, y1 = region
-    corners = _apply(inverse, np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]))
+    corners = _sdata.apply_affine(inverse, np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]))
     ny, nx = level.sizes["y"], level.sizes["x"]
     c0 = np.clip(np.floor(corners.min(axis=0)).astype(int), 0, [nx, ny])
     c1 = np.clip(np.ceil(corners.max(axis=0)).astype(int), 0, [nx, ny])
     if (c1 <= c0).any():
         return None, None
     window = level.isel(x=slice(c0[0], c1[0]), y=slice(c0[1], c1[1])).transpose("y", "x", "c").values
-    (left, top), (right, bottom) = _apply(matrix, np.array([c0, c1], dtype=float))
+    (left, top), (right, bottom) = _sdata.apply_affine(matrix, np.array([c0, c1], dtype=float))
     return window, (left, right, bottom, top)
 
 
@@ -145,7 +136,7 @@ def segmentation(
     import shapely
     from matplotlib.collections import PolyCollection
 
-    info = bitro_info(sdata)
+    info = _sdata.info(sdata)
     cs = info[K.ATTR_COORDINATE_SYSTEM]
     shapes_key = shapes_key if shapes_key is not None else info.get(K.ATTR_CELLS_SHAPES)
     if shapes_key is None or shapes_key not in sdata.shapes:
@@ -155,21 +146,23 @@ def segmentation(
         )
     if image_key is None and info.get(K.ATTR_CELLS_IMAGE) in sdata.images:
         image_key = info[K.ATTR_CELLS_IMAGE]
-    image_key = _image_key(sdata, image_key)
+    image_key = _sdata.image_key(sdata, image_key)
     shapes = sdata.shapes[shapes_key]
 
     geometry = shapes.geometry.to_numpy()
-    shape_matrix = _affine_xy(shapes, cs)
-    geometry_um = shapely.transform(geometry, lambda xy: _apply(shape_matrix, xy)) if len(geometry) else geometry
-    levels = _levels(sdata.images[image_key])
-    matrices = [_affine_xy(level, cs) for level in levels]
+    shape_matrix = _sdata.affine_xy(shapes, cs)
+    geometry_um = (
+        shapely.transform(geometry, lambda xy: _sdata.apply_affine(shape_matrix, xy)) if len(geometry) else geometry
+    )
+    levels = _sdata.levels(sdata.images[image_key])
+    matrices = [_sdata.affine_xy(level, cs) for level in levels]
 
     if region is None:
         if len(geometry_um):
             centre = np.median(shapely.get_coordinates(shapely.centroid(geometry_um)), axis=0)
         else:
             ny, nx = levels[0].sizes["y"], levels[0].sizes["x"]
-            centre = _apply(matrices[0], np.array([[nx / 2, ny / 2]]))[0]
+            centre = _sdata.apply_affine(matrices[0], np.array([[nx / 2, ny / 2]]))[0]
         half = DEFAULT_CROP_UM / 2
         region = (centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half)
     region = tuple(float(v) for v in region)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy as _copy
 import os
 import time
 from typing import TYPE_CHECKING
@@ -10,14 +9,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
-from bitro.pp._cells import add_element, bitro_info, image_mpp
-from bitro.pp._cells import image_key as _image_key
+from bitro._validate import check_choice, check_float, check_int, check_name
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-_ATTR_FEATURES = K.ATTR_FEATURES
 _METHODS = ("morphology", "encoder")
 
 # morphology constants (recorded in uns[key_added]["params"])
@@ -134,33 +132,29 @@ def cell_features(
     >>> bt.pp.cell_features(sdata)  # doctest: +SKIP
     >>> sdata["bitro_cells"].obsm["bitro_features"].shape  # doctest: +SKIP
     """
-    if method not in _METHODS:
-        raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
-    if isinstance(tile_size, bool) or not isinstance(tile_size, int | np.integer) or tile_size < 16:
-        raise ValueError(f"`tile_size` must be an integer >= 16, got {tile_size!r}.")
+    method = check_choice(method, "method", _METHODS)
+    tile_size = check_int(tile_size, "tile_size", min_value=16)
+    key_added = check_name(key_added, "key_added")
     if method == "encoder":
         if encoder is None:
             raise ValueError('`encoder` is required with method="encoder" (a local folder or a hub id).')
-        if not np.isfinite(crop_um) or crop_um <= 0:
-            raise ValueError(f"`crop_um` must be positive, got {crop_um!r}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-    if copy:
-        sdata = _copy.deepcopy(sdata)
+        crop_um = check_float(crop_um, "crop_um", min_value=0, max_value=1000, strict_min=True)
+        batch_size = check_int(batch_size, "batch_size", min_value=1)
+    sdata = _sdata.copy_or_self(sdata, copy)
 
-    info = bitro_info(sdata)
-    table_key = info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY)
+    info = _sdata.info(sdata)
+    table_key = _sdata.recorded(sdata, K.ATTR_CELLS_TABLE)
     shapes_key = info.get(K.ATTR_CELLS_SHAPES)
     if table_key not in sdata.tables or shapes_key is None or shapes_key not in sdata.shapes:
         raise ValueError(
             f"`sdata` has no cells layer (table {table_key!r} and shapes {shapes_key!r}): run "
             "bt.pp.segment_cells first."
         )
-    img_key = _image_key(sdata, image_key if image_key is not None else info.get(K.ATTR_CELLS_IMAGE))
-    mpp = image_mpp(sdata, img_key)
-    table = sdata.tables[table_key]
+    img_key = _sdata.image_key(sdata, image_key if image_key is not None else info.get(K.ATTR_CELLS_IMAGE))
+    mpp = _sdata.image_mpp(sdata, img_key)
+    table = _sdata.editable_table(sdata, table_key)
     geometry = _cell_geometry(sdata[shapes_key], table.obs[K.CELL_ID_KEY].to_numpy())
-    image = _level0(sdata.images[img_key])
+    image = _sdata.level0(sdata.images[img_key]).data
 
     start = time.perf_counter()
     if method == "morphology":
@@ -187,13 +181,7 @@ def cell_features(
     n_bad = int((~np.isfinite(values).all(axis=1)).sum()) if len(values) else 0
     if n_bad:
         logger.warning("%d of %d cells have non-finite features (outside the image?)", n_bad, len(values))
-    if sdata.is_backed():
-        add_element(sdata, table_key, table)
-    info = dict(bitro_info(sdata))
-    info[_ATTR_FEATURES] = key_added
-    sdata.attrs[K.ATTRS_KEY] = info
-    if sdata.is_backed():
-        sdata.write_attrs()
+    _sdata.write(sdata, {table_key: table}, attrs={K.ATTR_FEATURES: key_added})
     logger.info(
         "%s features (%d) of %d cells written to %s.obsm[%r] in %.1f s",
         method,
@@ -207,12 +195,6 @@ def cell_features(
 
 
 # --- inputs --------------------------------------------------------------------------------------
-def _level0(element):
-    """(c, y, x) level-0 array (lazy, dask) of an image element, single- or multiscale."""
-    data = element["scale0"]["image"] if hasattr(element, "keys") else element
-    return data.data
-
-
 def _cell_geometry(shapes, cell_ids: np.ndarray) -> np.ndarray:
     """Polygons of the cells in table order; multipolygons reduced to their largest part."""
     import shapely

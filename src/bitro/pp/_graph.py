@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
-from bitro.pp._assign import _copy_or_self, _record_attrs, cell_centroids_um
-from bitro.pp._cells import add_element, bitro_info
+from bitro._validate import check_choice, check_float, check_int, check_name
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -37,7 +37,7 @@ def _bags(
         codes = np.unique(tiles, axis=0, return_inverse=True)[1].reshape(-1) if n else np.zeros(0, np.int64)
         return codes.astype(np.int64), {"tile_um": float(tile_um)}
     if within == "spot":
-        key = spot_key or bitro_info(sdata).get(K.ATTR_SPOT_ASSIGNMENT, K.SPOT_ID_KEY)
+        key = spot_key or _sdata.recorded(sdata, K.ATTR_SPOT_ASSIGNMENT)
         if key not in table.obs:
             raise KeyError(
                 f"`within='spot'` needs the cells' spot in obs[{key!r}] of the cells table: run "
@@ -133,13 +133,14 @@ def cell_graph(
     """
     from scipy import sparse
 
-    if int(k) != k or k < 1:
-        raise ValueError(f"`k` must be a positive integer, got {k!r}.")
-    if radius_um is not None and not radius_um > 0:
-        raise ValueError(f"`radius_um` must be positive or None, got {radius_um!r}.")
-    sdata = _copy_or_self(sdata, copy)
-    table_key, xy = cell_centroids_um(sdata)
-    table = sdata.tables[table_key]
+    k = check_int(k, "k", min_value=1)
+    if radius_um is not None:
+        radius_um = check_float(radius_um, "radius_um", min_value=0, strict_min=True)
+    within = check_choice(within, "within", ("spot", "tile", "all"))
+    key_added = check_name(key_added, "key_added")
+    sdata = _sdata.copy_or_self(sdata, copy)
+    table_key, xy = _sdata.cell_centroids_um(sdata)
+    table = _sdata.editable_table(sdata, table_key)
     bags, bag_params = _bags(sdata, table, xy, within, tile_um, spot_key)
     rows, cols, dist = _knn_within_bags(xy, bags, int(k), radius_um)
 
@@ -154,13 +155,12 @@ def cell_graph(
     conn_key, dist_key = f"{key_added}_connectivities", f"{key_added}_distances"
     table.obsp[conn_key] = connectivities
     table.obsp[dist_key] = distances
-    params = {"k": int(k), "within": within, "coordinate_system": bitro_info(sdata)[K.ATTR_COORDINATE_SYSTEM]}
+    params = {"k": int(k), "within": within, "coordinate_system": _sdata.coordinate_system(sdata)}
     if radius_um is not None:
         params["radius_um"] = float(radius_um)
     params.update(bag_params)
     table.uns[key_added] = {"connectivities_key": conn_key, "distances_key": dist_key, "params": params}
-    add_element(sdata, table_key, table)
-    _record_attrs(sdata, **{K.ATTR_GRAPH: key_added})
+    _sdata.write(sdata, {table_key: table}, attrs={K.ATTR_GRAPH: key_added})
     degree = np.diff(connectivities.indptr)
     logger.info(
         "cell graph %s: %d edges over %d cells (k=%d, within=%s), %d cells without neighbours",

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
@@ -73,8 +74,7 @@ def read_segmentation(path: str | os.PathLike, *, sdata, image_key: str):
 
 
 def _level0_shape(sdata, image_key: str) -> tuple[int, int]:
-    element = sdata.images[image_key]
-    level0 = element["scale0"]["image"] if hasattr(element, "keys") else element
+    level0 = _sdata.level0(sdata.images[image_key])
     return int(level0.sizes["y"]), int(level0.sizes["x"])
 
 

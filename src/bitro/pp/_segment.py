@@ -9,7 +9,6 @@ border appears once. Tiles without tissue are skipped before any segmentation ru
 
 from __future__ import annotations
 
-import copy as _copy
 import functools
 import warnings
 from collections.abc import Callable
@@ -18,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 from bitro._validate import check_choice, check_float, check_int
 
-from ._cells import clear_cells, image_mpp, write_cells
-from ._cells import image_key as _image_key
+from ._cells import write_cells
 from ._watershed import DEFAULT_DIAMETER_UM, tissue_fraction, watershed_tile
 
 METHODS = ("cellpose", "watershed", "import")
@@ -98,8 +97,9 @@ def segment_cells(
     ``None``, or the segmented copy when ``copy=True``. Writes the shapes ``{method}_boundaries``
     (polygons in level-0 pixels, with the image's transformations) and the table ``bitro_cells``
     (centroid, area in µm²), and records both keys in ``sdata.attrs["bitro"]``. An image without
-    any tissue, or without any cell, gives a warning, writes nothing (spatialdata has no empty
-    shapes element) and removes a previous cells layer of the same names, so no stale cells remain.
+    any tissue, or without any cell, gives a warning and writes nothing: a previous cells layer
+    (and its features) stays as it was. On a zarr-backed object the new layer is complete on disk
+    before the old one is replaced.
 
     Examples
     --------
@@ -112,8 +112,8 @@ def segment_cells(
     from bitro import settings
 
     method = check_choice(method, "method", METHODS)
-    key = _image_key(sdata, image_key)
-    mpp = image_mpp(sdata, key)
+    key = _sdata.image_key(sdata, image_key)
+    mpp = _sdata.image_mpp(sdata, key)
     tile_size = check_int(tile_size, "tile_size", min_value=64)
     if diameter_um is not None:
         diameter_um = check_float(diameter_um, "diameter_um", min_value=0, strict_min=True)
@@ -136,8 +136,11 @@ def segment_cells(
     for name, value in (("min_area_um2", min_area_um2), ("max_area_um2", max_area_um2)):
         if value is not None:
             check_float(value, name, min_value=0)
-    if copy:
-        sdata = _copy.deepcopy(sdata)
+    if min_area_um2 is not None and max_area_um2 is not None and min_area_um2 > max_area_um2:
+        raise ValueError(
+            f"`min_area_um2` ({min_area_um2}) is larger than `max_area_um2` ({max_area_um2}): no cell could pass."
+        )
+    sdata = _sdata.copy_or_self(sdata, copy)
 
     n_skipped = n_tiles = 0
     if method == "import":
@@ -171,25 +174,30 @@ def segment_cells(
         logger.info("%d tiles: %d skipped without tissue; %d cells found", n_tiles, n_skipped, len(polygons))
         if n_skipped == n_tiles:
             warnings.warn(
-                f"No tissue found in image {key!r} (every tile is background): no cells; nothing written.",
+                f"No tissue found in image {key!r} (every tile is background): no cells; nothing written"
+                f"{_kept(sdata)}.",
                 UserWarning,
                 stacklevel=2,
             )
     polygons = _filter_area(polygons, mpp, min_area_um2, max_area_um2)
     if not len(polygons):
-        # spatialdata cannot hold an empty shapes element: say so instead of writing a placeholder
+        # spatialdata cannot hold an empty shapes element, and a step that finds nothing never deletes
         if method == "import" or n_skipped < n_tiles:
-            warnings.warn(f"No cells found in image {key!r}: nothing written.", UserWarning, stacklevel=2)
-        clear_cells(sdata, key_added or f"{method}{K.BOUNDARIES_SUFFIX}")
+            warnings.warn(f"No cells found in image {key!r}: nothing written{_kept(sdata)}.", UserWarning, stacklevel=2)
         return sdata if copy else None
     write_cells(sdata, polygons, image=key, method=method, key_added=key_added)
     return sdata if copy else None
 
 
+def _kept(sdata) -> str:
+    """`` (the existing cells layer X is kept)`` when there is one, for the no-cells warning."""
+    key = (sdata.attrs.get(K.ATTRS_KEY) or {}).get(K.ATTR_CELLS_SHAPES)
+    return f"; the existing cells layer {key!r} is kept" if key is not None and key in sdata.shapes else ""
+
+
 def _level0_rgb(sdata, key: str):
     """Level 0 of image ``key`` as a ``(3, y, x)`` (dask) array, or a clear error if it is not RGB."""
-    element = sdata.images[key]
-    level0 = element["scale0"]["image"] if hasattr(element, "keys") else element
+    level0 = _sdata.level0(sdata.images[key])
     dims = tuple(level0.dims)
     if dims != ("c", "y", "x") or level0.shape[0] != 3:
         raise ValueError(

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from bitro import _constants as K
 from bitro._logging import logger
 
 from ._baselines import aggregate_features, mean_baseline, ridge_baseline
@@ -103,7 +102,6 @@ def cross_validate(
         fit_s = time.perf_counter() - t0
         genes = model.genes
         data = dict(DEFAULT_DATA[target], **model.config["data"])
-        data.update(features_key=K.FEATURES_KEY, graph_key=K.GRAPH_KEY, spot_key=K.SPOT_ID_KEY)
         extract = spot_bags if target == "spot" else slide_bags
         train_bags = [extract(sdatas[i], data, genes=genes) for i in train]
         test_bags = [extract(sdatas[i], data, genes=genes) for i in test]

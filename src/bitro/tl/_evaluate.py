@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 
 from ._metrics import bulk_metrics, pearson_per_gene, spot_metrics
@@ -77,19 +78,16 @@ def evaluate(
     """
     from spatialdata import SpatialData
 
-    from bitro.pp._cells import add_element, bitro_info
-
     sdatas = [sdata] if isinstance(sdata, SpatialData) else list(sdata)
     if not sdatas:
         raise ValueError("`sdata` is an empty list.")
     entries = []
     for s in sdatas:
-        info = bitro_info(s)
-        sample = str(info.get(K.ATTR_SAMPLE_ID, "sample"))
-        table_key = info.get(K.ATTR_TABLE, K.TABLE_KEY)
+        sample = _sdata.sample_id(s)
+        table_key = _sdata.recorded(s, K.ATTR_TABLE)
         if table_key not in s.tables:
             raise KeyError(f"{sample}: no table {table_key!r} with observed expression to evaluate against.")
-        table = s.tables[table_key]
+        table = _sdata.editable_table(s, table_key)
         pred, pred_genes = _prediction(table, key, sample)
         use = pred_genes if genes is None else [str(g) for g in genes]
         missing = [g for g in use if g not in pred_genes]
@@ -139,5 +137,5 @@ def evaluate(
             "n_top_hvg": len(top),
             **{k: (float(v) if isinstance(v, float | np.floating) else v) for k, v in row.items()},
         }
-        add_element(s, table_key, table)
+        _sdata.write(s, {table_key: table})
     return pd.DataFrame(rows).set_index("sample")

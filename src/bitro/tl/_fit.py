@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 from bitro._settings import settings as _settings
 from bitro._validate import check_choice, check_int
@@ -50,9 +51,7 @@ def _as_list(sdatas) -> list:
 
 
 def sample_ids(sdatas: list) -> list[str]:
-    from bitro.pp._cells import bitro_info
-
-    ids = [str(bitro_info(s).get(K.ATTR_SAMPLE_ID, f"sample{i}")) for i, s in enumerate(sdatas)]
+    ids = [_sdata.sample_id(s, f"sample{i}") for i, s in enumerate(sdatas)]
     if len(set(ids)) != len(ids):
         raise ValueError(f"`sdatas`: sample ids must be unique, got {ids}.")
     return ids
@@ -60,8 +59,6 @@ def sample_ids(sdatas: list) -> list[str]:
 
 def sample_groups(sdatas: list, groups: Sequence[str] | None) -> list[str]:
     """Patient of each sample (``groups=``, else ``attrs["bitro"]["patient_id"]`` or the table's ``patient_id``), else its own id."""
-    from bitro.pp._cells import bitro_info
-
     ids = sample_ids(sdatas)
     if groups is not None:
         groups = [str(g) for g in groups]
@@ -70,9 +67,8 @@ def sample_groups(sdatas: list, groups: Sequence[str] | None) -> list[str]:
         return groups
     out = []
     for sid, sdata in zip(ids, sdatas, strict=True):
-        info = bitro_info(sdata)
-        patient = info.get(K.PATIENT_ID_KEY)
-        table = sdata.tables.get(info.get(K.ATTR_TABLE, K.TABLE_KEY))
+        patient = _sdata.info(sdata).get(K.PATIENT_ID_KEY)
+        table = sdata.tables.get(_sdata.recorded(sdata, K.ATTR_TABLE))
         if patient is None and table is not None and K.PATIENT_ID_KEY in table.obs:
             values = table.obs[K.PATIENT_ID_KEY].astype(str).unique()
             patient = values[0] if len(values) == 1 else None
@@ -284,7 +280,6 @@ def fit(
 
     from bitro.models import BiTro
     from bitro.models._module import BiTroModule
-    from bitro.pp._cells import bitro_info
 
     target = check_choice(target, "target", ("spot", "bulk"))
     n_genes = check_int(n_genes, "n_genes", min_value=1)
@@ -292,7 +287,6 @@ def fit(
     sdatas = _as_list(sdatas)
     prep = preprocessing_settings(preprocessing)
     data_settings = dict(DEFAULT_DATA[target], **(data or {}))
-    data_settings.update(features_key=K.FEATURES_KEY, graph_key=K.GRAPH_KEY, spot_key=K.SPOT_ID_KEY)
     arch = dict(DEFAULT_ARCHITECTURE, **(architecture or {}))
     L.seed_everything(seed, verbose=False)
 
@@ -337,7 +331,7 @@ def fit(
         seed=seed,
     )
 
-    mpps = [float(bitro_info(s).get(K.ATTR_MPP, math.nan)) for s in sdatas]
+    mpps = [float(_sdata.info(s).get(K.ATTR_MPP, math.nan)) for s in sdatas]
     config = {
         "architecture": dict(arch, n_features=int(sections[0].x.shape[1])),
         "genes": {target: list(chosen)},
@@ -417,7 +411,6 @@ def training_data(
 ) -> TrainingData:
     """Preprocess, split by group, choose genes (on training samples only) and extract the bags."""
     from bitro.models._data import slide_bags, spot_bags
-    from bitro.pp._cells import bitro_info
 
     ids = sample_ids(sdatas)
     grp = sample_groups(sdatas, groups)
@@ -425,7 +418,7 @@ def training_data(
     for sid, sdata in zip(ids, sdatas, strict=True):
         ensure_preprocessed(sdata, prep, kind=target, features=features)
         features = features or _feature_config(sdata)  # every later sample must have the same features
-        key = bitro_info(sdata).get(K.ATTR_TABLE, K.TABLE_KEY)
+        key = _sdata.recorded(sdata, K.ATTR_TABLE)
         if key not in sdata.tables:
             raise KeyError(f"sample {sid!r} has no expression table {key!r} to train on.")
         tables.append(sdata.tables[key])
@@ -607,10 +600,8 @@ def _loader(dataset, batch_size: int, *, shuffle: bool, seed: int):
 
 
 def _feature_config(sdata) -> dict:
-    from bitro.pp._cells import bitro_info
-
-    cells = sdata.tables[bitro_info(sdata).get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY)]
-    meta = cells.uns.get(K.FEATURES_KEY, {})
+    cells = sdata.tables[_sdata.cells_table_key(sdata)]
+    meta = cells.uns.get(_sdata.recorded(sdata, K.ATTR_FEATURES), {})
     names = meta.get("names", {})
     params = meta.get("params", {})
     return {
@@ -635,12 +626,9 @@ def _spot_geometry(sdatas) -> dict:
     """Median spot radius and centre-to-centre pitch (µm) of the training sections, for pseudo-spots."""
     from scipy.spatial import cKDTree
 
-    from bitro.models._data import _centres_um
-    from bitro.pp._cells import bitro_info
-
     radii, pitches = [], []
     for sdata in sdatas:
-        centres, radius = _centres_um(sdata, bitro_info(sdata)[K.ATTR_SPOTS])
+        centres, radius = _sdata.spots_um(sdata, _sdata.info(sdata)[K.ATTR_SPOTS])
         if radius is not None:
             radii.append(np.median(radius))
         if len(centres) > 1:

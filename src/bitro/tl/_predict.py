@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 
 from ._preprocess import ensure_preprocessed
@@ -80,8 +81,6 @@ def predict(
     from bitro._validate import check_name
     from bitro.models import default_model
     from bitro.models._data import slide_bags, spot_bags
-    from bitro.pp._assign import _copy_or_self
-    from bitro.pp._cells import add_element, bitro_info
     from bitro.tl._fit import DEFAULT_DATA
 
     key_added = check_name(key_added, "key_added")
@@ -90,9 +89,9 @@ def predict(
     head = target or model.head
     if head not in model.config["genes"]:
         raise ValueError(f"`target`: the model has no {head!r} head (heads: {list(model.config['genes'])}).")
-    sdata = _copy_or_self(sdata, copy)
-    info = bitro_info(sdata)
-    sample = info.get(K.ATTR_SAMPLE_ID, "sample")
+    sdata = _sdata.copy_or_self(sdata, copy)
+    info = _sdata.info(sdata)
+    sample = _sdata.sample_id(sdata)
     _check_mpp(info, model, max_mpp_ratio)
     prep = model.config["preprocessing"]
     if head == "spot" and (info.get(K.ATTR_SPOTS) is None or info.get(K.ATTR_SPOTS) not in sdata.shapes):
@@ -100,12 +99,9 @@ def predict(
         ensure_preprocessed(sdata, prep, kind="bulk", features=model.config["features"])
         _add_pseudo_spots(sdata, model)
     ensure_preprocessed(sdata, prep, kind=head, features=model.config["features"])
-    info = bitro_info(sdata)
+    info = _sdata.info(sdata)
 
     data = dict(DEFAULT_DATA[head], **model.config.get("data", {}))
-    data.update(
-        features_key=K.FEATURES_KEY, graph_key=K.GRAPH_KEY, spot_key=info.get(K.ATTR_SPOT_ASSIGNMENT, K.SPOT_ID_KEY)
-    )
     bags = (spot_bags if head == "spot" else slide_bags)(sdata, data)
     if bags.x.shape[1] != model.config["architecture"]["n_features"]:
         raise ValueError(
@@ -123,8 +119,8 @@ def predict(
     }
     uns = {"var_names": {g: i for i, g in enumerate(genes)}, "params": params}
 
-    cells_key = info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY)
-    cells = sdata.tables[cells_key]
+    cells_key = _sdata.cells_table_key(sdata)
+    cells = _sdata.editable_table(sdata, cells_key)
     full = np.full((cells.n_obs, len(genes)), np.nan, np.float32)
     full[bags.cell_index] = cell_pred
     cells.obsm[key_added] = full
@@ -132,18 +128,18 @@ def predict(
     w[bags.cell_index] = weight
     cells.obs[f"{key_added}_weight"] = w
     cells.uns[key_added] = uns
-    add_element(sdata, cells_key, cells)
 
-    table_key = info.get(K.ATTR_TABLE, K.TABLE_KEY)
+    table_key = _sdata.recorded(sdata, K.ATTR_TABLE)
     if head == "bulk" and table_key not in sdata.tables:
-        table_key = _add_slide_table(sdata)
-    table = sdata.tables[table_key]
+        table_key, table = K.TABLE_KEY, _slide_table(sdata)
+    else:
+        table = _sdata.editable_table(sdata, table_key)
     if table.n_obs != len(bag_pred):
         raise ValueError(f"{sample}: table {table_key!r} has {table.n_obs} rows for {len(bag_pred)} predicted bags.")
     empty = ~np.isfinite(bag_pred).all(axis=1)
     table.obsm[key_added] = bag_pred
     table.uns[key_added] = dict(uns, params=dict(params, n_bags_without_cells=int(empty.sum())))
-    add_element(sdata, table_key, table)
+    _sdata.write(sdata, {cells_key: cells, table_key: table}, attrs={K.ATTR_TABLE: table_key})
     if empty.any():
         logger.warning(
             "%s: %d of %d %s have no cell and are predicted as NaN",
@@ -195,15 +191,11 @@ def _add_pseudo_spots(sdata, model: BiTro) -> None:
     from spatialdata.models import ShapesModel, TableModel
     from spatialdata.transformations import Identity
 
-    from bitro.pp._assign import _record_attrs, cell_centroids_um
-    from bitro.pp._cells import add_element, bitro_info
-
     geometry = model.config.get("spots")
     if not geometry:
         raise ValueError("the model has no spot geometry to lay pseudo-spots with (it was not trained on spots).")
-    info = bitro_info(sdata)
-    sample, cs = info.get(K.ATTR_SAMPLE_ID, "sample"), info[K.ATTR_COORDINATE_SYSTEM]
-    _, xy = cell_centroids_um(sdata)
+    sample, cs = _sdata.sample_id(sdata), _sdata.coordinate_system(sdata)
+    _, xy = _sdata.cell_centroids_um(sdata)
     pitch, radius = geometry["pitch_um"], geometry["radius_um"]
     lo, hi = xy.min(axis=0) - pitch, xy.max(axis=0) + pitch
     dy = pitch * math.sqrt(3) / 2
@@ -218,7 +210,7 @@ def _add_pseudo_spots(sdata, model: BiTro) -> None:
     key = f"{sample}{PSEUDO_SPOTS_SUFFIX}"
     ids = np.arange(len(pts))
     gdf = gpd.GeoDataFrame({"radius": np.full(len(pts), radius)}, geometry=shapely.points(pts), index=ids)
-    add_element(sdata, key, ShapesModel.parse(gdf, transformations={cs: Identity()}))
+    shapes = ShapesModel.parse(gdf, transformations={cs: Identity()})
     obs = pd.DataFrame(
         {K.REGION_KEY: pd.Categorical([key] * len(ids)), K.SPOT_ID_KEY: ids}, index=[f"pseudo{i}" for i in ids]
     )
@@ -228,27 +220,22 @@ def _add_pseudo_spots(sdata, model: BiTro) -> None:
         region_key=K.REGION_KEY,
         instance_key=K.SPOT_ID_KEY,
     )
-    table_key = info.get(K.ATTR_TABLE, K.TABLE_KEY)
+    table_key = _sdata.recorded(sdata, K.ATTR_TABLE)
     if table_key in sdata.tables:
         table_key = f"{sample}{PSEUDO_SPOTS_SUFFIX}_table"
-    add_element(sdata, table_key, table)
-    _record_attrs(sdata, **{K.ATTR_SPOTS: key, K.ATTR_TABLE: table_key})
+    _sdata.write(sdata, {key: shapes, table_key: table}, attrs={K.ATTR_SPOTS: key, K.ATTR_TABLE: table_key})
     logger.info(
         "%s: no spots; %d pseudo-spots (pitch %.0f µm, radius %.0f µm) where cells are", sample, len(ids), pitch, radius
     )
 
 
-def _add_slide_table(sdata) -> str:
+def _slide_table(sdata):
     """A 1-row table (no genes) for a slide's prediction, annotating its tissue polygon when it has one."""
     import anndata as ad
     from spatialdata.models import TableModel
 
-    from bitro.pp._assign import _record_attrs
-    from bitro.pp._cells import add_element, bitro_info
-
-    info = bitro_info(sdata)
-    sample = info.get(K.ATTR_SAMPLE_ID, "slide")
-    tissue = info.get(K.ATTR_TISSUE)
+    sample = _sdata.sample_id(sdata, "slide")
+    tissue = _sdata.info(sdata).get(K.ATTR_TISSUE)
     adata = ad.AnnData(np.zeros((1, 0), np.float32), obs=pd.DataFrame({K.SAMPLE_ID_KEY: [sample]}, index=[sample]))
     if tissue is not None and tissue in sdata.shapes and len(sdata.shapes[tissue]) == 1:
         adata.obs[K.REGION_KEY] = pd.Categorical([tissue])
@@ -256,6 +243,4 @@ def _add_slide_table(sdata) -> str:
         adata = TableModel.parse(adata, region=tissue, region_key=K.REGION_KEY, instance_key=K.TISSUE_ID_KEY)
     else:
         adata = TableModel.parse(adata)
-    add_element(sdata, K.TABLE_KEY, adata)
-    _record_attrs(sdata, **{K.ATTR_TABLE: K.TABLE_KEY})
-    return K.TABLE_KEY
+    return adata

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 
 DEFAULT_PREPROCESSING: dict[str, dict[str, Any]] = {
@@ -37,23 +38,21 @@ def ensure_preprocessed(sdata, settings: dict, *, kind: str, features: dict | No
     model's (method or names) an error instead of silently feeding the network other columns.
     """
     from bitro.pp import assign_cells, cell_features, cell_graph, segment_cells
-    from bitro.pp._cells import bitro_info
 
-    info = bitro_info(sdata)
-    sample = info.get(K.ATTR_SAMPLE_ID, "?")
-    cells_key = info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY)
+    sample = _sdata.sample_id(sdata, "?")
+    cells_key = _sdata.recorded(sdata, K.ATTR_CELLS_TABLE)
     if cells_key not in sdata.tables:
         logger.info("%s: no cells layer, segmenting (%s)", sample, settings["segmentation"])
         segment_cells(sdata, **settings["segmentation"])
-        info = bitro_info(sdata)
-        cells_key = info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY)
+        cells_key = _sdata.recorded(sdata, K.ATTR_CELLS_TABLE)
         if cells_key not in sdata.tables:
             raise ValueError(f"{sample}: segmentation found no cells, so there is nothing to predict from.")
     cells = sdata.tables[cells_key]
-    fkey = K.FEATURES_KEY
+    fkey = _sdata.recorded(sdata, K.ATTR_FEATURES)
     if fkey not in cells.obsm:
         logger.info("%s: computing cell features (%s)", sample, settings["features"])
         cell_features(sdata, **settings["features"])
+        fkey = _sdata.recorded(sdata, K.ATTR_FEATURES)
         cells = sdata.tables[cells_key]
     have = cells.uns.get(fkey, {})
     if features is not None:
@@ -66,14 +65,15 @@ def ensure_preprocessed(sdata, settings: dict, *, kind: str, features: dict | No
                 f"bt.pp.cell_features(sdata, method={features['method']!r}) or use a model trained on these features."
             )
     if kind == "spot":
-        assign_key = info.get(K.ATTR_SPOT_ASSIGNMENT, K.SPOT_ID_KEY)
+        assign_key = _sdata.recorded(sdata, K.ATTR_SPOT_ASSIGNMENT)
         if assign_key not in cells.obs:
             assign_cells(sdata, **settings["assign"])
             cells = sdata.tables[cells_key]
     graph = settings["graph"]
-    params = cells.uns.get(K.GRAPH_KEY, {}).get("params", {})
+    gkey = _sdata.recorded(sdata, K.ATTR_GRAPH)
+    params = cells.uns.get(gkey, {}).get("params", {})
     stale = any(params.get(k) != v for k, v in graph.items())
-    if f"{K.GRAPH_KEY}_connectivities" not in cells.obsp or stale:
+    if f"{gkey}_connectivities" not in cells.obsp or stale:
         if params:
             logger.info("%s: rebuilding the cell graph with the model's settings %s (it had %s)", sample, graph, params)
         cell_graph(sdata, **graph)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from bitro import _constants as K
+from bitro import _sdata
 from bitro._logging import logger
 from bitro._validate import check_choice, check_int
 
@@ -114,7 +115,6 @@ def transfer(
     if target == model.head:
         data_settings.update({k: v for k, v in model.config.get("data", {}).items() if k in DEFAULT_DATA[target]})
     data_settings.update(data or {})
-    data_settings.update(features_key=K.FEATURES_KEY, graph_key=K.GRAPH_KEY, spot_key=K.SPOT_ID_KEY)
 
     chosen = None if genes is None else [str(g) for g in genes]
     if chosen is None:
@@ -249,16 +249,15 @@ def transfer(
 def _shared_genes(sdatas: list, source_genes: list[str], prep: dict, target: str, features: dict) -> list[str]:
     """The source genes that every target table has (dropped ones logged); an error if none."""
     from bitro.models._data import table_genes
-    from bitro.pp._cells import bitro_info
 
     from ._preprocess import ensure_preprocessed
 
     present = set(source_genes)
     for sdata in sdatas:
         ensure_preprocessed(sdata, prep, kind=target, features=features)
-        key = bitro_info(sdata).get(K.ATTR_TABLE, K.TABLE_KEY)
+        key = _sdata.recorded(sdata, K.ATTR_TABLE)
         if key not in sdata.tables:
-            raise KeyError(f"sample {bitro_info(sdata).get(K.ATTR_SAMPLE_ID)!r} has no expression table {key!r}.")
+            raise KeyError(f"sample {_sdata.sample_id(sdata)!r} has no expression table {key!r}.")
         present &= set(table_genes(sdata.tables[key]))
     shared = [g for g in source_genes if g in present]
     if not shared:
