@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bitro.io._bulk import bulk, tpm
+from bitro.io._bulk import bulk
+from bitro.io._bulk_genes import tpm
 
 DATA = Path(__file__).parent / "data" / "bulk"
 GDC = DATA / "gdc-rnaseq-tool_test_set_1.final.tsv.gz"

@@ -14,8 +14,9 @@ import tifffile
 from PIL import Image
 
 from bitro import _constants as K
-from bitro.io import _wsi
-from bitro.io._tissue import mask_to_polygon, tissue_mask, tissue_polygons
+from bitro._vectorise import mask_to_polygon
+from bitro.io import _wsi_backends
+from bitro.io._tissue import tissue_mask, tissue_polygons
 from bitro.io._wsi import read_image, wsi
 
 DATA = Path(__file__).parent / "data" / "wsi"
@@ -106,13 +107,13 @@ def iou(a, b) -> float:
 
 def test_cmu_opens_lazily_and_reads_the_right_pixels(monkeypatch):
     reads = []
-    original = _wsi._TiffLevel.__getitem__
+    original = _wsi_backends._TiffLevel.__getitem__
 
     def counting(self, key):
         reads.append(key)
         return original(self, key)
 
-    monkeypatch.setattr(_wsi._TiffLevel, "__getitem__", counting)
+    monkeypatch.setattr(_wsi_backends._TiffLevel, "__getitem__", counting)
     sdata = wsi(CMU, tissue=False)
     assert reads == []  # nothing decoded to build the SpatialData
     level0 = image_levels(sdata, f"{CMU_ID}_he_image")[0]

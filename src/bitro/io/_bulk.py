@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import bz2
-import csv
-import gzip
-import lzma
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -20,6 +15,8 @@ from bitro import _constants as K
 from bitro._logging import logger
 from bitro._validate import check_choice
 
+from ._bulk_formats import _COMPRESSED_SUFFIXES, _COUNT_SUFFIXES, _head, _read_file, _split, _strip_suffix, _Table
+from ._bulk_genes import _var_names
 from ._common import check_path, make_unique, sanitize_id
 
 if TYPE_CHECKING:
@@ -29,35 +26,9 @@ _GENE_ID_CHOICES = ("symbol", "ensembl")
 _VALUE_CHOICES = ("counts", "tpm")
 _ORIENTATIONS = ("auto", "genes_x_samples", "samples_x_genes")
 
-_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?(_PAR_Y)?$")
-_ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*G\d{6,})\.\d+")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-_BARCODE = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9]{2}-[A-Z0-9]{4}")  # TCGA-73-4658-01A, TARGET-20-PAEFGT-03A
-_STAR_SUMMARY = ("N_unmapped", "N_multimapping", "N_noFeature", "N_ambiguous")
-_SUMMARY = re.compile(rf"^({'|'.join(_STAR_SUMMARY)})$|^__")  # STAR and HTSeq (__no_feature, ...) summary rows
-_GENE_LIKE = re.compile(f"{_ENSEMBL.pattern}|{_SUMMARY.pattern}")
-_COMPRESSION = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
-_OPENERS = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}
-_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
-_COUNT_SUFFIXES = (".tsv", ".txt", ".csv", ".tab", ".counts")
-_TOOL_SUFFIXES = (".rna_seq.augmented_star_gene_counts", ".ReadsPerGene.out", ".htseq")
 _SHEET_PREFIXES = ("gdc_sample_sheet", "gdc_manifest")
 _SKIP_FILES = ("annotations.txt", "manifest.txt")
-_GDC = "GDC augmented STAR counts"
 _EXPRESSION_TYPES = ("gene expression quantification", "")  # sample-sheet `Data Type`s of counts files
-# words of the row-names column's name that mark the first row as a header even when the sample names are numbers
-_INDEX_WORDS = {"", "gene", "genes", "sample", "samples", "id", "ids", "name", "symbol", "ensembl", "feature"}
-# matrix columns (genes x samples) that annotate genes instead of holding a sample
-_ANNOTATION_COLUMNS = {
-    "gene_name": K.GENE_NAME_KEY,
-    "gene_symbol": K.GENE_NAME_KEY,
-    "symbol": K.GENE_NAME_KEY,
-    "hgnc_symbol": K.GENE_NAME_KEY,
-    "gene_type": K.GENE_TYPE_KEY,
-    "gene_biotype": K.GENE_TYPE_KEY,
-    "biotype": K.GENE_TYPE_KEY,
-    "description": "description",
-}
 
 
 def bulk(
@@ -242,50 +213,6 @@ def bulk(
     return adata
 
 
-def tpm(counts: np.ndarray | Sequence[float], lengths: np.ndarray | Sequence[float]) -> np.ndarray:
-    """Transcripts per million from read counts and gene lengths.
-
-    ``rate = counts / lengths``; ``TPM = 1e6 * rate / rate.sum()`` per sample. With the
-    ``total_exon_length`` of the GDC's ``gene_info`` file as ``lengths`` and the ``unstranded``
-    counts, this reproduces the ``tpm_unstranded`` column of GDC augmented STAR gene counts.
-    The sum runs over the genes given, so TPM from a subset of the genes does not match TPM from
-    all of them.
-
-    Parameters
-    ----------
-    counts
-        Counts, one sample ``(n_genes,)`` or several ``(n_samples, n_genes)``; finite, non-negative.
-    lengths
-        Gene lengths ``(n_genes,)``, positive (e.g. in bp: the unit cancels out).
-
-    Returns
-    -------
-    :class:`numpy.ndarray`
-        TPM (``float64``), shaped like ``counts``; each sample sums to ``1e6``.
-
-    Examples
-    --------
-    >>> from bitro.io._bulk import tpm
-    >>> tpm([10, 10], [1000, 2000]).round(1).tolist()
-    [666666.7, 333333.3]
-    """
-    c = np.asarray(counts, dtype=np.float64)
-    lengths = np.asarray(lengths, dtype=np.float64)
-    if c.ndim not in (1, 2):
-        raise ValueError(f"`counts` must be 1-d (genes) or 2-d (samples x genes), got shape {c.shape}.")
-    if lengths.ndim != 1 or lengths.shape[0] != c.shape[-1]:
-        raise ValueError(f"`lengths` must be 1-d with one length per gene ({c.shape[-1]}), got shape {lengths.shape}.")
-    if not np.all(np.isfinite(lengths)) or np.any(lengths <= 0):
-        raise ValueError("`lengths` must be finite and positive.")
-    if not np.all(np.isfinite(c)) or np.any(c < 0):
-        raise ValueError("`counts` must be finite and non-negative.")
-    rate = c / lengths
-    total = rate.sum(axis=-1, keepdims=True)
-    if np.any(total == 0):
-        raise ValueError("`counts`: a sample has no counts, so its TPM is undefined.")
-    return rate / total * 1e6
-
-
 # --- sources -------------------------------------------------------------------------------------
 
 
@@ -389,279 +316,7 @@ def _read_sheet(path: Path) -> list[tuple[Path, dict]] | None:
     return entries
 
 
-# --- one file ------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Head:
-    compression: str | None
-    comments: list[str]  # the leading ``#`` lines
-    first: str  # the first line after them, "" when there is none
-    delimiter: str
-
-
-@dataclass
-class _Table:
-    path: Path
-    fmt: str
-    genes: np.ndarray  # gene labels as the file spells them (the consistency check compares these)
-    var: pd.DataFrame
-    counts: np.ndarray  # samples x genes, float32
-    tpm: np.ndarray | None  # float32
-    samples: list[str]
-    obs: pd.DataFrame
-    dropped: list[str]  # the summary rows
-
-
-def _head(path: Path) -> _Head:
-    """Leading ``#`` comments, the first line after them, the compression and the delimiter of ``path``."""
-    with open(path, "rb") as fh:
-        magic = fh.read(6)
-    compression = next((kind for prefix, kind in _COMPRESSION.items() if magic.startswith(prefix)), None)
-    comments, first = [], ""
-    try:
-        with _OPENERS.get(compression, open)(path, "rt", encoding="utf-8-sig", errors="replace") as fh:
-            for line in fh:
-                line = line.rstrip("\r\n")
-                if line.startswith("#"):
-                    comments.append(line)
-                elif line.strip():
-                    first = line
-                    break
-    except (OSError, EOFError) as err:  # a truncated or corrupt archive
-        raise ValueError(f"{path}: cannot read the file ({err}).") from err
-    delimiter = "\t" if "\t" in first else ("," if "," in first else "\t")
-    return _Head(compression, comments, first, delimiter)
-
-
-def _read_file(path: Path, *, orientation: str) -> _Table:
-    head = _head(path)
-    if not head.first:
-        raise ValueError(f"{path}: the file is empty (no rows after the comment lines).")
-    header = _split(head.first, head.delimiter)
-    if len(header) < 2:
-        raise ValueError(
-            f"{path}: not a counts table: the first row {head.first[:80]!r} has no tab or comma between columns."
-        )
-    if K.GENE_ID_KEY in header and "unstranded" in header:
-        fmt = _GDC
-    elif header[0] in _STAR_SUMMARY and len(header) == 4 and all(_is_number(x) for x in header[1:]):
-        fmt = "STAR ReadsPerGene"
-    elif len(header) == 2 and _is_number(header[1]):
-        fmt = "HTSeq counts"
-    else:
-        fmt = "matrix"
-    if fmt != "matrix" and orientation == "samples_x_genes":
-        raise ValueError(f"`orientation='samples_x_genes'`: {path} is a {fmt} file, whose genes are always rows.")
-    if fmt == "matrix":
-        table = _read_matrix(path, head, header, orientation)
-    else:  # one sample, genes in rows; STAR and HTSeq: headerless, unstranded counts in the second column
-        frame = _read_table(path, head, header if fmt == _GDC else None)
-        count_col, tpm_col = ("unstranded", "tpm_unstranded") if fmt == _GDC else (1, None)
-        var = frame[[c for c in (K.GENE_NAME_KEY, K.GENE_TYPE_KEY) if c in frame]].fillna("").astype(str)
-        tpm_frame = frame[[tpm_col]] if tpm_col in frame else None
-        table = _table(path, fmt, frame[[count_col]], var, [_sample_from_name(path)], tpm=tpm_frame)
-    for line in head.comments:
-        key, _, val = line.lstrip("#").partition(":")
-        if key.strip() == "gene-model" and val.strip():
-            table.obs[K.GENE_MODEL_KEY] = val.strip()
-    logger.debug("bulk: %s: %s, %d genes, %d summary rows dropped", path, fmt, len(table.genes), len(table.dropped))
-    return table
-
-
-def _read_table(path: Path, head: _Head, header: list[str] | None, *, matrix: bool = False) -> pd.DataFrame:
-    """The rows after the comments (and ``header``, when given), the first column as (string) index.
-
-    The other columns are named by ``header``, or numbered from 1 without one. A matrix's header may
-    lack the name of the row-names column (as R's ``write.table`` writes it).
-    """
-    noun = "matrix" if matrix else "table"
-    try:
-        frame = pd.read_csv(
-            path,
-            sep=head.delimiter,
-            header=None,
-            index_col=0,
-            skiprows=len(head.comments) + (header is not None),
-            compression=head.compression,
-            dtype={0: str},
-            keep_default_na=False,
-            na_values=[""],
-            encoding="utf-8-sig",
-            low_memory=False,
-        )
-    except pd.errors.EmptyDataError as err:
-        raise ValueError(f"{path}: the {noun} is empty (a header but no rows).") from err
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: cannot parse the table: {err}") from err
-    frame.index = frame.index.fillna("").rename(None)
-    if header is None:
-        return frame
-    if len(header) == frame.shape[1] + 1:
-        frame.columns = header[1:]
-    elif matrix and len(header) == frame.shape[1]:
-        frame.columns = header
-    else:
-        raise ValueError(f"{path}: the header has {len(header)} names but the rows have {frame.shape[1] + 1} columns.")
-    return frame
-
-
-def _read_matrix(path: Path, head: _Head, header: list[str], orientation: str) -> _Table:
-    if all(_is_number(x) for x in header[1:]) and not _INDEX_WORDS & set(re.split(r"[\W_]+", header[0].lower())):
-        raise ValueError(
-            f"{path}: the first row {head.first[:80]!r} looks like data, not a header of sample or gene "
-            "names, and the file is not a GDC, STAR or HTSeq file either. Give the matrix a header row "
-            "(numeric sample names are fine when the first column is named, e.g. 'gene_id')."
-        )
-    frame = _read_table(path, head, header, matrix=True)
-    if orientation == "auto":
-        rows, columns = frame.index.to_numpy().astype(str), frame.columns.to_numpy().astype(str)
-        orientation, reason, sure = _detect_orientation(rows, columns, path)
-        log = logger.info if sure else logger.warning
-        log(
-            "bulk: %s: read as %s (%s); pass orientation= to override.", path, orientation.replace("_x_", " x "), reason
-        )
-    if orientation == "genes_x_samples":
-        annotation = frame.columns.str.lower().isin(list(_ANNOTATION_COLUMNS))
-        var = pd.DataFrame(index=pd.RangeIndex(len(frame)))
-        for j in np.flatnonzero(annotation):
-            var[_ANNOTATION_COLUMNS[frame.columns[j].lower()]] = frame.iloc[:, j].fillna("").astype(str).to_numpy()
-        values = frame.loc[:, ~annotation]
-    else:
-        var = pd.DataFrame(index=pd.RangeIndex(frame.shape[1]))
-        values = frame.T
-    if values.size == 0:
-        raise ValueError(f"{path}: the matrix is empty ({values.shape[0]} genes x {values.shape[1]} samples).")
-    return _table(path, "matrix", values, var, values.columns.astype(str).tolist())
-
-
-def _table(
-    path: Path,
-    fmt: str,
-    values: pd.DataFrame,
-    var: pd.DataFrame,
-    samples: list[str],
-    *,
-    tpm: pd.DataFrame | None = None,
-) -> _Table:
-    """Samples from ``values`` (genes x samples, gene labels as index): summary rows to ``obs``, numbers checked."""
-    labels = values.index.to_numpy().astype(str)
-    summary = _is_summary(labels)
-    keep, matrix = ~summary, fmt == "matrix"
-    if not keep.any():
-        raise ValueError(
-            f"{path}: the {'matrix' if matrix else 'table'} has no genes (only {summary.sum()} summary rows)."
-        )
-    counts = _numeric(values, path, "value" if matrix else "count", integer=not matrix, by_sample=matrix)
-    obs = pd.DataFrame(
-        {n.lstrip("_"): row for n, row in zip(labels[summary], counts[summary], strict=True)},
-        index=pd.RangeIndex(len(samples)),
-    )
-    obs.insert(0, K.FILE_KEY, path.name)
-    genes = labels[keep]
-    return _Table(
-        path=path,
-        fmt=fmt,
-        genes=genes,
-        var=_gene_columns(genes, var[keep].reset_index(drop=True)),
-        counts=_float32(counts[keep].T, path),
-        tpm=None if tpm is None else _numeric(tpm[keep], path, "TPM value").T.astype(np.float32),
-        samples=samples,
-        obs=obs,
-        dropped=list(labels[summary]),
-    )
-
-
-def _detect_orientation(rows: np.ndarray, columns: np.ndarray, path: Path) -> tuple[str, str, bool]:
-    """``(orientation, reason, sure)`` from which axis looks like genes (or samples), else the longer one."""
-    ens_r, ens_c = _fraction(rows, _GENE_LIKE), _fraction(columns, _GENE_LIKE)
-    if ens_r >= 0.5 > ens_c:
-        return "genes_x_samples", "row names look like Ensembl gene ids", True
-    if ens_c >= 0.5 > ens_r:
-        return "samples_x_genes", "column names look like Ensembl gene ids", True
-    smp_r = max(_fraction(rows, _UUID), _fraction(rows, _BARCODE))
-    smp_c = max(_fraction(columns, _UUID), _fraction(columns, _BARCODE))
-    if smp_c >= 0.5 > smp_r:
-        return "genes_x_samples", "column names look like GDC UUIDs or TCGA-style barcodes", True
-    if smp_r >= 0.5 > smp_c:
-        return "samples_x_genes", "row names look like GDC UUIDs or TCGA-style barcodes", True
-    if len(rows) != len(columns):
-        longer = "rows" if len(rows) > len(columns) else "columns"
-        reason = f"{len(rows)} rows x {len(columns)} columns: the longer axis ({longer}) taken as genes"
-        return ("genes_x_samples" if longer == "rows" else "samples_x_genes"), reason, False
-    raise ValueError(
-        f"{path}: cannot tell whether rows or columns are genes ({len(rows)} x {len(columns)}, "
-        "no Ensembl ids or sample barcodes); pass orientation='genes_x_samples' or 'samples_x_genes'."
-    )
-
-
 # --- checks and names ----------------------------------------------------------------------------
-
-
-def _numeric(frame: pd.DataFrame, path: Path, what: str, *, integer: bool = False, by_sample: bool = False):
-    """``frame`` (genes x samples) as finite, non-negative float64, or a ValueError showing the first bad cell.
-
-    With ``integer`` (counts of GDC, STAR and HTSeq files), non-integer values are bad too; with
-    ``by_sample`` (matrices), the message names the cell's sample (column) as well as its gene.
-    """
-    values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    # "True" / "False" parse as booleans, not numbers
-    values[:, frame.dtypes.map(pd.api.types.is_bool_dtype).to_numpy(bool)] = np.nan
-    finite = np.isfinite(values)
-    checks = [("a non-numeric or missing", ~finite), ("a negative", values < 0)]
-    if integer:
-        checks.append(("a non-integer", finite & (values != np.floor(values))))
-    for kind, bad in checks:
-        if not bad.any():
-            continue
-        i, j = np.argwhere(bad)[0]
-        raw = frame.iat[i, j]
-        raw = raw.item() if isinstance(raw, np.generic) else raw
-        shown = "an empty value" if pd.isna(raw) or raw == "" else repr(raw)
-        where = f"gene {str(frame.index[i])!r}" + (f", sample {str(frame.columns[j])!r}" if by_sample else "")
-        hint = "; counts are integers: FPKM, FPKM-UQ and TPM files hold no counts" if kind == "a non-integer" else ""
-        raise ValueError(f"{path}: {kind} {what}: {shown} at {where}; {int(bad.sum())} such values{hint}.")
-    return values
-
-
-def _float32(values: np.ndarray, path: Path) -> np.ndarray:
-    """``values`` as ``float32`` (what ``X`` holds), logging when integers above 2**24 lose precision."""
-    if values.size and values.max() > 2**24:
-        logger.warning(
-            "bulk: %s has values up to %.0f; float32 keeps integers exactly only up to 2**24 = 16777216.",
-            path,
-            values.max(),
-        )
-    return values.astype(np.float32)
-
-
-def _gene_columns(genes: np.ndarray, var: pd.DataFrame) -> pd.DataFrame:
-    """Put the gene labels into ``var``: as ``gene_name`` unless they are Ensembl ids or ``var`` has names."""
-    var = var.copy()
-    names = _fraction(genes, _ENSEMBL) < 0.5 and K.GENE_NAME_KEY not in var
-    var.insert(0, K.GENE_NAME_KEY if names else K.GENE_ID_KEY, genes)
-    return var
-
-
-def _var_names(var: pd.DataFrame, *, gene_id: str, source: Path) -> pd.Index:
-    ids = None
-    if K.GENE_ID_KEY in var and _fraction(var[K.GENE_ID_KEY].to_numpy(), _ENSEMBL) >= 0.5:
-        ids = var[K.GENE_ID_KEY].astype(str).str.replace(_ENSEMBL_VERSION, r"\1", regex=True)
-    if gene_id == "ensembl":
-        if ids is None:
-            raise ValueError(f"`gene_id='ensembl'`: {source} has no Ensembl gene ids; use gene_id='symbol'.")
-        return make_unique(pd.Index(ids), what="gene ids", source=source)
-    if K.GENE_NAME_KEY not in var:
-        logger.warning("bulk: %s has no gene names; var_names are its (unversioned) gene ids.", source)
-        names = ids if ids is not None else var[K.GENE_ID_KEY].astype(str)
-        return make_unique(pd.Index(names), what="gene ids", source=source)
-    names = var[K.GENE_NAME_KEY].astype(str)
-    unnamed = names.str.strip().isin(["", "nan"])
-    if unnamed.any():
-        fallback = ids if ids is not None else var.get(K.GENE_ID_KEY, pd.Series("", index=var.index)).astype(str)
-        names = names.where(~unnamed, fallback)
-        logger.info("bulk: %d genes without a name keep their gene id as var_name.", int(unnamed.sum()))
-    return make_unique(pd.Index(names), what="gene names", source=source)
 
 
 def _check_same_genes(tables: list[_Table]) -> None:
@@ -675,44 +330,6 @@ def _check_same_genes(tables: list[_Table]) -> None:
             i = int(np.argmax(t.genes != ref.genes))
             detail = f"gene {i + 1} of {t.path} is {str(t.genes[i])!r} where {ref.path} has {str(ref.genes[i])!r}"
         raise ValueError(f"`source`: every file must list the same genes in the same order, but {detail}.")
-
-
-def _is_summary(labels: np.ndarray) -> np.ndarray:
-    return pd.Series(labels, dtype=object).astype(str).str.match(_SUMMARY).to_numpy(dtype=bool)
-
-
-def _fraction(labels: np.ndarray, pattern: re.Pattern) -> float:
-    """Fraction of ``labels`` matching ``pattern``, of at most 2000 evenly spaced ones (enough to tell an axis)."""
-    if len(labels) == 0:
-        return 0.0
-    some = np.asarray(labels, dtype=object)[np.linspace(0, len(labels) - 1, min(len(labels), 2000)).astype(int)]
-    return float(pd.Series(some, dtype=object).astype(str).str.match(pattern).mean())
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _split(line: str, delimiter: str) -> list[str]:
-    return next(csv.reader([line], delimiter=delimiter))
-
-
-def _strip_suffix(name: str, suffixes: Sequence[str]) -> str:
-    for suffix in suffixes:
-        if name.lower().endswith(suffix.lower()):
-            return name[: -len(suffix)]
-    return name
-
-
-def _sample_from_name(path: Path) -> str:
-    """``abc.rna_seq.augmented_star_gene_counts.tsv.gz`` -> ``abc``; ``x.htseq.counts.gz`` -> ``x``."""
-    name = _strip_suffix(path.name, _COMPRESSED_SUFFIXES)
-    name = _strip_suffix(name, _COUNT_SUFFIXES)
-    return _strip_suffix(name, _TOOL_SUFFIXES) or path.name
 
 
 def _snake(column: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ def hest(root: str | os.PathLike, sample_id: str, *, nuclei: bool = True, tissue
     Expects the layout of a HEST-1k download: ``st/{sample_id}.h5ad`` (spots x genes, spot
     centres in full-resolution pixels in ``obsm["spatial"]``), ``wsis/{sample_id}.tif``
     (pyramidal TIFF), ``metadata/{sample_id}.json`` (pixel size, spot diameter, patient, ...) and,
-    optionally, CellViT nuclei (``cellvit_seg/{sample_id}_cellvit_seg.parquet`` or ``.geojson``)
-    and tissue contours (``tissue_seg/{sample_id}_contours.geojson``).
+    optionally, CellViT nuclei (``cellvit_seg/{sample_id}_cellvit_seg.parquet``, else ``.geojson``, else
+    the ``.geojson.zip`` HEST-1k ships) and tissue contours (``tissue_seg/{sample_id}_contours.geojson``).
 
     The pixel size is the metadata's ``pixel_size_um_estimated`` (HEST's calibration against
     the spot pitch), else ``pixel_size_um_embedded``.
@@ -107,7 +108,8 @@ def hest(root: str | os.PathLike, sample_id: str, *, nuclei: bool = True, tissue
         {},
         {K.PATIENT_ID_KEY: _text(meta.get("patient")), K.ATTR_TECHNOLOGY: _text(meta.get("st_technology"))},
     )
-    if nuclei and (path := _first(root / "cellvit_seg", f"{sample_id}_cellvit_seg", (".parquet", ".geojson"))):
+    cellvit_suffixes = (".parquet", ".geojson", ".geojson.zip")
+    if nuclei and (path := _first(root / "cellvit_seg", f"{sample_id}_cellvit_seg", cellvit_suffixes)):
         shapes[CELLVIT_KEY] = ShapesModel.parse(_read_nuclei(path), transformations=transformations)
         attrs[K.ATTR_CELLS_SHAPES] = CELLVIT_KEY
         logger.info("hest %s: %d CellViT nuclei from %s", sample_id, len(shapes[CELLVIT_KEY]), path)
@@ -159,13 +161,24 @@ def _read_polygons(path: Path):
         if path.suffix == ".parquet":
             gdf = gpd.read_parquet(path)
         else:
-            data = json.loads(path.read_text())
+            data = json.loads(_geojson_text(path))
             gdf = gpd.GeoDataFrame.from_features(data if isinstance(data, list) else data.get("features", []))
-    except (ValueError, OSError, KeyError) as err:
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: could not read polygons ({type(err).__name__}: {err}).") from err
     if len(gdf) == 0:
         raise ValueError(f"{path}: no polygons.")
     return gdf
+
+
+def _geojson_text(path: Path) -> str:
+    """The text of a GeoJSON file, or of the one ``.geojson`` member of a ``.zip``."""
+    if path.suffix != ".zip":
+        return path.read_text()
+    with zipfile.ZipFile(path) as archive:
+        members = [name for name in archive.namelist() if name.endswith(".geojson")]
+        if len(members) != 1:
+            raise ValueError(f"expected one .geojson member in the zip, found {members or 'none'}")
+        return archive.read(members[0]).decode()
 
 
 def _read_nuclei(path: Path):

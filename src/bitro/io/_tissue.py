@@ -102,41 +102,6 @@ def _remove_small_objects(mask: np.ndarray, min_px: int) -> np.ndarray:
     return remove_small_objects(mask, connectivity=1, **({"max_size": min_px - 1} if new_api else {"min_size": min_px}))
 
 
-def mask_to_polygon(mask: np.ndarray, *, downsample: tuple[float, float] = (1.0, 1.0), simplify_px: float = 1.0):
-    """Outline of a boolean mask as one :class:`shapely.Polygon` / :class:`shapely.MultiPolygon`, or ``None``.
-
-    ``downsample`` is ``(y, x)``: the size of one mask pixel in output units (level-0 pixels). Pixel
-    ``(i, j)`` of the mask covers ``[j, j + 1) x [i, i + 1)`` before scaling, as in spatialdata.
-    """
-    import shapely
-    from skimage.measure import find_contours
-
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return None
-    padded = np.pad(mask, 1).astype(np.float32)
-    polygons = []
-    for contour in find_contours(padded, 0.5):
-        # contour in (row, col) of the padded mask; -1 undoes the padding, +0.5 moves to pixel-edge space
-        xy = contour[:, ::-1] - 0.5
-        if len(xy) < 4:
-            continue
-        polygon = shapely.make_valid(shapely.Polygon(xy))
-        if not polygon.is_empty and polygon.area > 0:
-            polygons.append(polygon)
-    if not polygons:
-        return None
-    geometry = shapely.union_all(polygons)
-    if simplify_px > 0:
-        geometry = shapely.simplify(geometry, tolerance=float(simplify_px), preserve_topology=True)
-    geometry = shapely.affinity.scale(geometry, xfact=float(downsample[1]), yfact=float(downsample[0]), origin=(0, 0))
-    # keep only areal parts (make_valid may leave lines where an outline touches itself)
-    parts = [g for g in getattr(geometry, "geoms", [geometry]) if isinstance(g, shapely.Polygon) and g.area > 0]
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
-
-
 def tissue_polygons(
     rgb,
     *,
@@ -150,7 +115,9 @@ def tissue_polygons(
     """Tissue outline of a low-resolution RGB image, scaled by ``downsample`` (``(y, x)``) to level-0 pixels.
 
     Returns a :class:`shapely.Polygon` or :class:`shapely.MultiPolygon` (holes filled), or ``None``
-    when no tissue is found. Parameters as in :func:`tissue_mask` and :func:`mask_to_polygon`.
+    when no tissue is found. Parameters as in :func:`tissue_mask` and ``bitro._vectorise.mask_to_polygon``.
     """
+    from bitro._vectorise import mask_to_polygon
+
     mask = tissue_mask(rgb, sigma_px=sigma_px, closing_px=closing_px, min_object_px=min_object_px, threshold=threshold)
     return mask_to_polygon(mask, downsample=downsample, simplify_px=simplify_px)

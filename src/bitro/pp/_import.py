@@ -125,51 +125,19 @@ def _read_label_image(path: Path) -> np.ndarray:
 
 
 def _from_labels(path: Path, shape: tuple[int, int]):
+    from bitro._vectorise import labels_to_polygons
+
     labels = _read_label_image(path)
     if labels.shape != shape:
         raise ValueError(
             f"{path}: label image is {labels.shape[1]} x {labels.shape[0]} px (width x height) but level 0 of "
             f"the image is {shape[1]} x {shape[0]} px; segment that image or resample the labels to its size."
         )
-    geometry, skipped = labels_to_polygons(labels)
+    geometry, _, skipped = labels_to_polygons(labels)
     if skipped:
         logger.warning("%s: %d labels give no valid polygon and are skipped", path, skipped)
-    if not geometry:
+    if not len(geometry):
         raise ValueError(f"{path}: no labelled nuclei.")
     import geopandas as gpd
 
     return gpd.GeoDataFrame(geometry=geometry)
-
-
-def labels_to_polygons(labels: np.ndarray, *, offset=(0.0, 0.0)) -> tuple[list, int]:
-    """One polygon per label of ``labels`` (its outer contour; the largest piece when split), and a skipped count.
-
-    Coordinates are ``(x, y)`` pixels with pixel ``(row, col)`` covering ``[col, col + 1) x [row, row + 1)``,
-    shifted by ``offset`` ``(x0, y0)``.
-    """
-    import shapely
-    from scipy import ndimage
-    from skimage import measure
-
-    geometry, skipped = [], 0
-    labels = np.asarray(labels)
-    for index, window in enumerate(ndimage.find_objects(labels.astype(np.int64, copy=False)), start=1):
-        if window is None:
-            continue
-        mask = np.pad(labels[window] == index, 1)
-        contours = measure.find_contours(mask.astype(np.uint8), 0.5)
-        polygons = []
-        for contour in contours:
-            if len(contour) < 4:
-                continue
-            # contour (row, col) in the padded window; pixel centres sit at index + 0.5
-            x = contour[:, 1] - 1 + window[1].start + 0.5 + offset[0]
-            y = contour[:, 0] - 1 + window[0].start + 0.5 + offset[1]
-            polygon = shapely.make_valid(shapely.Polygon(np.column_stack([x, y])))
-            parts = [p for p in getattr(polygon, "geoms", [polygon]) if p.geom_type == "Polygon" and not p.is_empty]
-            polygons.extend(parts)
-        if not polygons:
-            skipped += 1
-            continue
-        geometry.append(max(polygons, key=lambda p: p.area))
-    return geometry, skipped

@@ -245,61 +245,36 @@ def _run_tile(tile, segmenter: Callable, core, grown, shape) -> tuple[np.ndarray
         raise ValueError(
             f"The tile segmenter returned labels of shape {labels.shape} for a tile of shape {rgb.shape[:2]}."
         )
-    return labels_to_polygons(labels, offset=(grown[0], grown[2]), core=core, grown=grown, shape=shape), False
+    return tile_polygons(labels, core=core, grown=grown, shape=shape), False
 
 
-def labels_to_polygons(labels: np.ndarray, *, offset=(0, 0), core=None, grown=None, shape=None) -> np.ndarray:
-    """Polygons (shapely, ``x, y`` in global pixels; pixel ``(r, c)`` is centred at ``(c + .5, r + .5)``) of a label image.
+def tile_polygons(labels: np.ndarray, *, core, grown, shape) -> np.ndarray:
+    """Polygons (global level-0 pixels) of the cells a tile owns, from its label image.
 
-    With ``core``/``grown``/``shape`` (boxes ``(y0, y1, x0, x1)`` and the image's ``(H, W)``), only the
-    cells owned by this tile are returned: centroid inside ``core`` and not touching a tile edge that
-    is not an image edge (that cell is cut; the neighbour tile holds it whole).
+    ``core`` and ``grown`` are the tile's boxes ``(y0, y1, x0, x1)`` and ``shape`` the image's
+    ``(H, W)``. A tile owns a cell whose centroid lies in its core and that does not touch a tile
+    edge which is not an image edge (such a cell is cut; the neighbour tile holds it whole).
     """
     import shapely
-    from scipy import ndimage as ndi
-    from skimage.measure import find_contours
 
-    labels = np.asarray(labels)
-    oy, ox = offset
-    h, w = labels.shape
-    rings = []
-    for i, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        if grown is not None:
-            if (sl[0].start == 0 and grown[0] > 0) or (sl[0].stop == h and grown[1] < shape[0]):
-                continue
-            if (sl[1].start == 0 and grown[2] > 0) or (sl[1].stop == w and grown[3] < shape[1]):
-                continue
-        mask = np.pad(labels[sl] == i, 1).astype(np.float32)
-        contours = find_contours(mask, 0.5)
-        if not contours:
-            continue
-        ring = max(contours, key=len)
-        if len(ring) < 4:
-            continue
-        # padded index p -> tile index p - 1 + start -> global coordinate + 0.5
-        rings.append(ring[:, ::-1] + (sl[1].start + ox - 0.5, sl[0].start + oy - 0.5))
-    if not rings:
-        return np.empty(0, dtype=object)
-    polys = shapely.polygons([shapely.linearrings(r) for r in rings])
-    polys = shapely.simplify(polys, 0.25)
-    bad = ~shapely.is_valid(polys)
-    if bad.any():
-        polys[bad] = [_largest(shapely.make_valid(p)) for p in polys[bad]]
-    polys = polys[~shapely.is_empty(polys) & (shapely.get_type_id(polys) == 3)]
-    if core is not None and len(polys):
+    from bitro._vectorise import labels_to_polygons
+
+    h, w = np.asarray(labels).shape
+
+    def cut(rows: slice, cols: slice) -> bool:
+        return (
+            (rows.start == 0 and grown[0] > 0)
+            or (rows.stop == h and grown[1] < shape[0])
+            or (cols.start == 0 and grown[2] > 0)
+            or (cols.stop == w and grown[3] < shape[1])
+        )
+
+    polys, _, _ = labels_to_polygons(labels, offset=(grown[2], grown[0]), simplify=0.25, skip=cut)
+    if len(polys):
         c = shapely.get_coordinates(shapely.centroid(polys))
         own = (c[:, 1] >= core[0]) & (c[:, 1] < core[1]) & (c[:, 0] >= core[2]) & (c[:, 0] < core[3])
         polys = polys[own]
     return polys
-
-
-def _largest(geom):
-    import shapely
-
-    parts = [g for g in getattr(geom, "geoms", [geom]) if g.geom_type == "Polygon"]
-    return max(parts, key=lambda g: g.area) if parts else shapely.Polygon()
 
 
 def segment_tiled(
