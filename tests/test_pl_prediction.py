@@ -1,4 +1,5 @@
-"""Prediction plots: spots (observed vs predicted), cells, per-gene scores and training history (``MPLBACKEND=agg``)."""
+"""Prediction plots: spots (observed vs predicted), cells, per-gene scores, training history, and the
+show / save / return contract every ``bt.pl`` plot follows (``MPLBACKEND=agg``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import pandas as pd
 import pytest
 
 from bitro import _constants as K
-from bitro.pl._prediction import cell_expression, prediction_genes, spatial_prediction
-from bitro.pl._scores import gene_scores
-from bitro.pl._training import training_history
+from bitro._docs import inject_docs
+from bitro.pl import cell_expression, gene_scores, segmentation, spatial_prediction, training_history
+from bitro.pl._prediction import prediction_genes
 
 PRED_GENES = ["gene0007", "gene0002", "gene0011", "gene0005"]
 """Predicted genes, deliberately not in ``var`` order."""
@@ -95,11 +96,11 @@ def test_plots_after_a_zarr_round_trip(predicted, tmp_path):
     assert back.attrs[K.ATTRS_KEY][K.ATTR_SPOTS] == info[K.ATTR_SPOTS]
     assert prediction_genes(back.tables[K.TABLE_KEY], K.PRED_KEY) == PRED_GENES
     assert prediction_genes(back.tables[K.CELLS_TABLE_KEY], K.PRED_KEY) == PRED_GENES
-    fig = spatial_prediction(back, "gene0005", image=False)
-    assert len(_collections(fig.axes[1])) == 2
-    fig = cell_expression(back, "gene0005", crop=REGION)
-    assert len(_collections(fig.axes[0])) == 2
-    assert not fig.axes[0].images
+    _, pred_ax = spatial_prediction(back, "gene0005", image=False)
+    assert len(_collections(pred_ax)) == 2
+    ax = cell_expression(back, "gene0005", crop=REGION)
+    assert len(_collections(ax)) == 2
+    assert not ax.images
 
 
 # --- spots ---------------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def test_spatial_prediction_panels_r_and_nan(predicted, tmp_path):
 
     genes = ["gene0002", "gene0005"]
     path = tmp_path / "spots.png"
-    fig = spatial_prediction(predicted, genes, save=path)
+    fig = spatial_prediction(predicted, genes, save=path, return_fig=True)
     assert isinstance(fig, Figure)
     assert path.stat().st_size > 10_000
     panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
@@ -132,7 +133,7 @@ def test_spatial_prediction_panels_r_and_nan(predicted, tmp_path):
         # observed: every spot coloured
         (obs_spots,) = _collections(obs_ax)
         assert len(obs_spots.get_paths()) == table.n_obs
-        np.testing.assert_allclose(obs_spots.get_array(), observed[:, g])
+        np.testing.assert_allclose(obs_spots.get_array(), observed[:, g], rtol=1e-6)  # float32 log_cp10k
         # predicted: only finite spots are coloured, NaN spots are a separate hollow collection
         coloured, hollow = _collections(pred_ax)
         assert len(coloured.get_paths()) == table.n_obs - len(NAN_SPOTS)
@@ -148,8 +149,7 @@ def test_spatial_prediction_panels_r_and_nan(predicted, tmp_path):
 
 
 def test_spatial_prediction_real_radii_in_um(predicted):
-    fig = spatial_prediction(predicted, "gene0007", image=False, size=0.5)
-    _, pred_ax = fig.axes[:2]
+    _, pred_ax = spatial_prediction(predicted, "gene0007", image=False, size=0.5)
     assert not pred_ax.images
     coloured = _collections(pred_ax)[0]
     # toy: spot radius 55 px, 0.5 µm/px, so 27.5 µm; centres at px * 0.5 + (1500, 800)
@@ -165,14 +165,12 @@ def test_spatial_prediction_without_counts_and_grid(predicted):
     values = np.random.default_rng(1).random((table.n_obs, len(genes)))
     _write_predictions(table, values, genes)
     # H&E only: no gene has counts -> one panel per gene, wrapped in rows of ncols
-    fig = spatial_prediction(predicted, ["NOTMEASURED"], crop=REGION)
-    panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    panels = spatial_prediction(predicted, ["NOTMEASURED"], crop=REGION)
     assert len(panels) == 1
     assert panels[0].get_title() == "NOTMEASURED predicted"
     assert panels[0].get_xlim() == pytest.approx((REGION[0], REGION[2]))
     # a measured and an unmeasured gene: two panels each, the unmeasured observed panel is empty
-    fig = spatial_prediction(predicted, ["NOTMEASURED", "gene0011"])
-    panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    panels = spatial_prediction(predicted, ["NOTMEASURED", "gene0011"])
     assert len(panels) == 4
     assert not _collections(panels[0])
     assert "r = " in panels[3].get_title()
@@ -183,12 +181,24 @@ def test_spatial_prediction_into_given_axes(predicted):
 
     fig, axes = plt.subplots(1, 3)
     out = spatial_prediction(predicted, "gene0005", ax=axes[1:], image=False)
-    assert out is fig
+    assert out == list(axes[1:])
+    assert spatial_prediction(predicted, "gene0005", ax=axes[1:], image=False, return_fig=True) is fig
     assert not axes[0].collections
     assert axes[1].collections
     assert axes[2].collections
     with pytest.raises(ValueError, match="2 panels"):
         spatial_prediction(predicted, "gene0005", ax=axes[0])
+
+
+def test_spatial_prediction_r_is_the_metrics_pearson(predicted):
+    """The title's r is bt.tl's Pearson: 0.00 for a constant prediction of varying counts (not n/a)."""
+    table = predicted.tables[K.TABLE_KEY]
+    values = np.array(table.obsm[K.PRED_KEY])
+    values[:, PRED_GENES.index("gene0002")] = 1.5
+    values[NAN_SPOTS] = np.nan
+    _write_predictions(table, values, PRED_GENES)
+    _, pred_ax = spatial_prediction(predicted, "gene0002", image=False)
+    assert pred_ax.get_title() == "gene0002 predicted (r = 0.00)"
 
 
 def test_spatial_prediction_errors(predicted):
@@ -213,7 +223,7 @@ def test_cell_expression(predicted, tmp_path):
     from matplotlib.figure import Figure
 
     path = tmp_path / "cells.png"
-    fig = cell_expression(predicted, "gene0011", crop=REGION, save=path)
+    fig = cell_expression(predicted, "gene0011", crop=REGION, save=path, return_fig=True)
     assert isinstance(fig, Figure)
     assert path.stat().st_size > 10_000
     ax, colorbar = fig.axes
@@ -240,8 +250,8 @@ def test_cell_expression(predicted, tmp_path):
 
 
 def test_cell_expression_default_crop_and_errors(predicted):
-    fig = cell_expression(predicted, "gene0002", image=False)
-    x0, x1 = fig.axes[0].get_xlim()
+    ax = cell_expression(predicted, "gene0002", image=False)
+    x0, x1 = ax.get_xlim()
     assert x1 - x0 == pytest.approx(300.0)
     with pytest.raises(KeyError, match=r"not predicted.*gene0007"):
         cell_expression(predicted, "gene0003")
@@ -268,7 +278,7 @@ def test_gene_scores(tmp_path):
 
     scores = _scores()
     path = tmp_path / "scores.png"
-    fig = gene_scores(scores, n_genes=10, save=path)
+    fig = gene_scores(scores, n_genes=10, save=path, return_fig=True)
     assert isinstance(fig, Figure)
     assert path.stat().st_size > 10_000
     (ax,) = fig.axes
@@ -279,26 +289,57 @@ def test_gene_scores(tmp_path):
     assert legend[0] == f"bitro (mean r = {scores['bitro'].mean():.3f})"
     assert legend[2].startswith("mean (mean r = ")
     # sorted by another method
-    fig = gene_scores(scores, n_genes=5, sort_by="ridge")
-    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    ax = gene_scores(scores, n_genes=5, sort_by="ridge")
+    labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels == scores.sort_values("ridge", ascending=False).index[:5].tolist()
 
 
 def test_gene_scores_series_and_per_gene_attrs():
     scores = _scores(8)
-    fig = gene_scores(scores["bitro"])
-    assert len(fig.axes[0].patches) == 8
+    assert len(gene_scores(scores["bitro"]).patches) == 8
     summary = pd.DataFrame({"bitro": [0.5], "ridge": [0.4]}, index=["mean"])
     summary.attrs["per_gene"] = scores
-    fig = gene_scores(summary, n_genes=4)
-    assert len(fig.axes[0].patches) == 4 * 3
+    assert len(gene_scores(summary, n_genes=4).patches) == 4 * 3
     summary.attrs["per_gene"] = scores.to_dict()  # as bt.tl.cross_validate stores it
-    fig = gene_scores(summary, n_genes=4)
-    assert len(fig.axes[0].patches) == 4 * 3
+    assert len(gene_scores(summary, n_genes=4).patches) == 4 * 3
     with pytest.raises(KeyError, match=r"sort_by.*ridge"):
         gene_scores(scores, sort_by="nope")
     with pytest.raises(TypeError, match="DataFrame"):
         gene_scores([0.1, 0.2])
+
+
+def _evaluate_like() -> pd.DataFrame:
+    """Columns of bt.tl.evaluate: Pearson summaries next to counts, MSE and a text column."""
+    return pd.DataFrame(
+        {
+            "level": ["spot", "spot", "spot"],
+            "pearson_mean": [0.41, 0.35, 0.52],
+            "pearson_median": [0.40, 0.30, 0.50],
+            "pooled_pearson": [0.6, 0.5, 0.7],
+            "mse": [0.8, 1.1, 0.7],
+            "n_obs": [36, 30, 33],
+            "n_genes_undefined": [0, 2, 1],
+            "n_obs_dropped": [0, 6, 3],
+        },
+        index=pd.Index(["toy1", "toy2", "toy3"], name="sample"),
+    )
+
+
+def test_gene_scores_of_a_metrics_table_plots_pearson_only():
+    scores = _evaluate_like()
+    ax = gene_scores(scores)
+    legend = [t.get_text().split(" (")[0] for t in ax.get_legend().get_texts()]
+    assert legend == ["pearson_mean", "pearson_median", "pooled_pearson"]
+    assert len(ax.patches) == 3 * 3
+    widths = sorted(p.get_width() for p in ax.patches)
+    assert max(widths) == pytest.approx(0.7)  # never n_obs (36) or mse
+    assert ax.get_title() == "top 3 of 3 samples by pearson_mean"
+    # a bt.tl.cross_validate frame whose attrs were lost: rows of folds, Pearson columns only
+    cv = scores.reset_index().assign(fold=[0, 1, 2], method="bitro", n_train=2, fit_s=3.5)
+    ax = gene_scores(cv, sort_by="pooled_pearson")
+    assert len(ax.get_legend().get_texts()) == 3
+    with pytest.raises(ValueError, match="no Pearson column"):
+        gene_scores(scores[["level", "mse", "n_obs"]])
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -318,7 +359,7 @@ def test_training_history(tmp_path):
     )
     history.loc[0, "val_loss"] = np.nan
     path = tmp_path / "history.png"
-    fig = training_history(_Model(history, best_epoch=7), save=path)
+    fig = training_history(_Model(history, best_epoch=7), save=path, return_fig=True)
     assert isinstance(fig, Figure)
     assert path.stat().st_size > 10_000
     (ax,) = fig.axes
@@ -328,8 +369,7 @@ def test_training_history(tmp_path):
     assert best.get_xdata()[0] == 7
     # no validation and no best epoch: one line
     history["val_loss"] = np.nan
-    fig = training_history(_Model(history))
-    assert len(fig.axes[0].get_lines()) == 1
+    assert len(training_history(_Model(history)).get_lines()) == 1
 
 
 def test_training_history_untrained():
@@ -337,3 +377,140 @@ def test_training_history_untrained():
         training_history(_Model())
     with pytest.raises(ValueError, match="no training history"):
         training_history(object())
+
+
+# --- the contract: save / show / return_fig / ax, the same for every plot --------------------------
+
+
+def _history() -> pd.DataFrame:
+    return pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.6, 0.5], "val_loss": [1.1, 0.8, 0.9]})
+
+
+PLOTS = {
+    "segmentation": lambda sdata, **kw: segmentation(sdata, region=REGION, **kw),
+    "spatial_prediction": lambda sdata, **kw: spatial_prediction(sdata, "NOTMEASURED", crop=REGION, **kw),
+    "cell_expression": lambda sdata, **kw: cell_expression(sdata, "gene0005", crop=REGION, image=False, **kw),
+    "gene_scores": lambda sdata, **kw: gene_scores(_scores(6), **kw),
+    "training_history": lambda sdata, **kw: training_history(_Model(_history(), best_epoch=2), **kw),
+}
+"""Each public plot with arguments that make one panel quickly."""
+
+
+@pytest.fixture
+def one_panel(predicted):
+    """``predicted`` plus a gene without counts, so that spatial_prediction draws one panel."""
+    table = predicted.tables[K.TABLE_KEY]
+    genes = [*PRED_GENES, "NOTMEASURED"]
+    values = np.column_stack([table.obsm[K.PRED_KEY], np.linspace(0, 1, table.n_obs)])
+    _write_predictions(table, values, genes)
+    return predicted
+
+
+@pytest.fixture
+def show_calls(monkeypatch):
+    """The calls of ``matplotlib.pyplot.show`` during the test (which draws nothing)."""
+    import matplotlib.pyplot as plt
+
+    calls = []
+    monkeypatch.setattr(plt, "show", lambda *args, **kwargs: calls.append((args, kwargs)))
+    return calls
+
+
+def test_every_plot_follows_the_contract():
+    import bitro as bt
+
+    assert sorted(PLOTS) == sorted(bt.pl.__all__)
+
+
+@pytest.mark.parametrize("name", sorted(PLOTS))
+def test_contract_save_and_return_fig(name, one_panel, tmp_path, show_calls):
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    path = tmp_path / f"{name}.png"
+    out = PLOTS[name](one_panel, save=path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 5_000
+    panels = out if isinstance(out, list) else [out]
+    assert all(isinstance(ax, Axes) for ax in panels)
+    fig = PLOTS[name](one_panel, return_fig=True)
+    assert isinstance(fig, Figure)
+    assert fig.axes
+    assert show_calls == []
+
+
+@pytest.mark.parametrize("name", sorted(PLOTS))
+def test_contract_draws_into_the_given_axes(name, one_panel, show_calls):
+    import matplotlib.pyplot as plt
+
+    fig, (spare, target) = plt.subplots(1, 2)
+    out = PLOTS[name](one_panel, ax=target, show=None)
+    assert (out == [target]) if isinstance(out, list) else (out is target)
+    assert target.has_data()
+    assert not spare.has_data()
+    assert PLOTS[name](one_panel, ax=target, return_fig=True) is fig
+    assert show_calls == []
+
+
+@pytest.mark.parametrize("name", sorted(PLOTS))
+def test_contract_show(name, one_panel, show_calls):
+    import matplotlib as mpl
+
+    assert mpl.get_backend().lower() == "agg"
+    assert PLOTS[name](one_panel) is not None  # show=None under agg: not shown, axes returned
+    assert show_calls == []
+    assert PLOTS[name](one_panel, show=True) is None  # shown: nothing returned (Jupyter draws it once)
+    assert len(show_calls) == 1
+    assert PLOTS[name](one_panel, show=True, return_fig=True) is not None
+    assert len(show_calls) == 2
+
+
+def test_contract_show_none_on_an_interactive_backend(one_panel, show_calls, monkeypatch):
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(mpl, "get_backend", lambda: "module://matplotlib_inline.backend_inline")
+    assert gene_scores(_scores(6)) is None  # its own figure: shown
+    assert len(show_calls) == 1
+    assert gene_scores(_scores(6), return_fig=True) is not None
+    _, ax = plt.subplots()
+    assert gene_scores(_scores(6), ax=ax) is ax  # the caller's axes: the caller shows
+    assert len(show_calls) == 1
+
+
+# --- shared docs ------------------------------------------------------------------------------------
+
+
+def test_inject_docs_indents_blocks_and_leaves_other_braces():
+    @inject_docs(doc_a="a\n    First.\nb\n    Second.", doc_x="Shared text\nover two lines.")
+    def f(x: int) -> None:
+        """Do.
+
+        Parameters
+        ----------
+        x
+            {doc_x} More, with {"gene": 0}.
+        {doc_a}
+        """
+
+    assert f.__doc__.splitlines()[5:10] == [
+        "            Shared text",
+        '            over two lines. More, with {"gene": 0}.',
+        "        a",
+        "            First.",
+        "        b",
+    ]
+    with pytest.raises(ValueError, match="no placeholder"):
+        inject_docs(doc_b="text")(f)
+
+
+def test_plot_docstrings_have_no_placeholder_left():
+    import inspect
+
+    import bitro as bt
+
+    for name in bt.pl.__all__:
+        doc = inspect.getdoc(getattr(bt.pl, name))
+        assert "{doc_" not in doc, name
+        assert "\nshow\n    Show the figure." in doc, name
+        assert "\nreturn_fig\n" in doc, name

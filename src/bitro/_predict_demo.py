@@ -71,7 +71,7 @@ def run_her2st(
     table = sdata[_sdata.recorded(sdata, K.ATTR_TABLE)]
     best = table.var[K.PEARSON_KEY].dropna().sort_values(ascending=False).index[:n_genes_plot].tolist()
     figure = out / f"{section}_predicted_vs_observed.png"
-    fig = bt.pl.spatial_prediction(sdata, best)
+    fig = bt.pl.spatial_prediction(sdata, best, return_fig=True)
     fig.savefig(figure, dpi=80, bbox_inches="tight")
     plt.close(fig)
     step("plot", t)

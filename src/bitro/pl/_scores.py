@@ -8,13 +8,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from bitro._docs import doc_figsize, doc_returns_ax, doc_show_save_ax, inject_docs
+
+from ._utils import finish, new_axes
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+OTHER_METRICS = frozenset({"mse", "fold", "fit_s", "seed"})
+"""Numeric columns of :func:`bitro.tl.evaluate` / :func:`bitro.tl.cross_validate` that are not a Pearson r
+(as are counts, ``n_*``)."""
+
 
 def _score_table(scores: pd.DataFrame | pd.Series) -> pd.DataFrame:
-    """Genes x methods of numbers, from a Series, a DataFrame or a summary with ``attrs["per_gene"]``."""
+    """Rows x methods of Pearson r, from a Series, a DataFrame, a metrics table or a summary with ``attrs["per_gene"]``."""
     if isinstance(scores, pd.Series):
         table = scores.to_frame(name=scores.name if scores.name is not None else "r")
     elif isinstance(scores, pd.DataFrame):
@@ -27,6 +35,15 @@ def _score_table(scores: pd.DataFrame | pd.Series) -> pd.DataFrame:
             f"`scores` must be a pandas DataFrame (genes x methods) or Series, got {type(scores).__name__}."
         )
     numeric = table.select_dtypes(include="number")
+    names = [str(c) for c in numeric.columns]
+    pearson = [c for c, name in zip(numeric.columns, names, strict=True) if "pearson" in name.lower()]
+    if pearson:  # a metrics table (bt.tl.evaluate, bt.tl.cross_validate): its Pearson columns only
+        numeric = numeric[pearson]
+    elif any(name in OTHER_METRICS or name.startswith("n_") for name in names):
+        raise ValueError(
+            f"`scores` looks like a metrics table but has no Pearson column (a name containing 'pearson'); "
+            f"numeric columns: {names}. Pass per-gene Pearson r (genes x methods) instead."
+        )
     if numeric.shape[1] == 0 or numeric.shape[0] == 0:
         raise ValueError(
             f"`scores` has no per-gene numbers to plot (shape {table.shape}, columns {list(table.columns)})."
@@ -37,6 +54,7 @@ def _score_table(scores: pd.DataFrame | pd.Series) -> pd.DataFrame:
     return numeric
 
 
+@inject_docs(doc_figsize=doc_figsize, doc_show_save_ax=doc_show_save_ax, doc_returns_ax=doc_returns_ax)
 def gene_scores(
     scores: pd.DataFrame | pd.Series,
     *,
@@ -44,41 +62,44 @@ def gene_scores(
     sort_by: str | None = None,
     figsize: tuple[float, float] | None = None,
     ax: Axes | None = None,
+    show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure:
+    return_fig: bool | None = None,
+) -> Axes | Figure | None:
     """Plot the per-gene Pearson r of each method as grouped horizontal bars.
 
     Genes are sorted by ``sort_by``, best first, and the top ``n_genes`` are shown, one group of
     bars per gene (one bar per method, e.g. the model and its ridge and mean baselines). The legend
-    gives each method's mean r over *all* genes (NaN ignored), not just the ones shown.
+    gives each method's mean r over *all* genes (NaN ignored), not just the ones shown. Only Pearson
+    r is drawn: of a metrics table (the DataFrame :func:`bitro.tl.evaluate` returns, one row per
+    section) only the columns whose name contains ``"pearson"``, never counts or MSE.
 
     Parameters
     ----------
     scores
         Per-gene scores: a DataFrame with genes as index and one column per method, or a Series for
         one method. A DataFrame carrying ``attrs["per_gene"]`` (a genes x methods DataFrame, or
-        ``{method: {gene: r}}`` as :func:`bitro.tl.cross_validate` stores it) is replaced by it.
+        ``{method: {gene: r}}`` as :func:`bitro.tl.cross_validate` stores it) is replaced by it. A
+        metrics table is reduced to its Pearson columns (an error if it has none).
     n_genes
-        How many genes to show.
+        How many genes (rows) to show.
     sort_by
         Column (method) to sort genes by, descending; ``None`` uses the first column.
-    figsize
-        Size of a new figure (inches); ``None`` sizes it from the number of genes.
-    ax
-        Axes to draw into; a new figure is made when ``None``.
-    save
-        Write the figure to this path (format from the suffix).
+    {doc_figsize}
+    {doc_show_save_ax}
 
     Returns
     -------
-    The :class:`~matplotlib.figure.Figure`.
+    {doc_returns_ax}
 
     Examples
     --------
     >>> import pandas as pd
     >>> import bitro as bt
     >>> scores = pd.DataFrame({"bitro": [0.6, 0.4], "ridge": [0.5, 0.3]}, index=["ERBB2", "KRT5"])
-    >>> bt.pl.gene_scores(scores, n_genes=10)  # doctest: +SKIP
+    >>> ax = bt.pl.gene_scores(scores, n_genes=10)
+    >>> [label.get_text() for label in ax.get_yticklabels()]
+    ['ERBB2', 'KRT5']
     """
     import matplotlib.pyplot as plt
 
@@ -90,13 +111,11 @@ def gene_scores(
         raise KeyError(f"`sort_by`: {sort_by!r} is not a method of `scores` (methods: {list(table.columns)}).")
     shown = table.sort_values(sort_by, ascending=False, na_position="last").head(int(n_genes))
     means = table.mean(axis=0, skipna=True)
+    rows = "genes" if table.index.name in (None, "gene", "genes") else f"{table.index.name}s"
 
     n_methods = table.shape[1]
-    if ax is None:
-        size = figsize if figsize is not None else (7.5, 1.0 + 0.12 * len(shown) * max(n_methods, 2))
-        fig, ax = plt.subplots(figsize=size, layout="constrained")
-    else:
-        fig = ax.figure
+    own_figure = ax is None
+    fig, ax = new_axes(ax, figsize, default=(7.5, 1.0 + 0.12 * len(shown) * max(n_methods, 2)))
     y = np.arange(len(shown), dtype=float)
     bar = 0.8 / n_methods
     cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
@@ -113,8 +132,6 @@ def gene_scores(
     ax.set_yticks(y, shown.index, fontsize="small")
     ax.set_ylim(len(shown) - 0.5, -0.5)  # best gene on top
     ax.set_xlabel("Pearson r")
-    ax.set_title(f"top {len(shown)} of {len(table)} genes by {sort_by}")
+    ax.set_title(f"top {len(shown)} of {len(table)} {rows} by {sort_by}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
-    if save is not None:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
-    return fig
+    return finish(fig, ax, own_figure=own_figure, show=show, save=save, return_fig=return_fig)

@@ -8,18 +8,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from bitro._docs import doc_figsize, doc_returns_ax, doc_show_save_ax, inject_docs
+
+from ._utils import finish, new_axes
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
+@inject_docs(doc_figsize=doc_figsize, doc_show_save_ax=doc_show_save_ax, doc_returns_ax=doc_returns_ax)
 def training_history(
     model: object,
     *,
     figsize: tuple[float, float] | None = None,
     ax: Axes | None = None,
+    show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure:
+    return_fig: bool | None = None,
+) -> Axes | Figure | None:
     """Plot the training and validation loss of each epoch, with the best epoch marked.
 
     Reads ``model.history`` (a DataFrame with columns ``epoch``, ``train_loss`` and ``val_loss``;
@@ -29,25 +36,21 @@ def training_history(
     Parameters
     ----------
     model
-        A trained model with a ``history`` DataFrame.
-    figsize
-        Size of a new figure (inches).
-    ax
-        Axes to draw into; a new figure is made when ``None``.
-    save
-        Write the figure to this path (format from the suffix).
+        A trained model with a ``history`` DataFrame, e.g. from :func:`bitro.tl.fit`.
+    {doc_figsize}
+    {doc_show_save_ax}
 
     Returns
     -------
-    The :class:`~matplotlib.figure.Figure`.
+    {doc_returns_ax}
 
     Examples
     --------
     >>> import bitro as bt
-    >>> model = bt.tl.fit([bt.datasets.toy_st(seed=s) for s in range(3)], max_epochs=10)  # doctest: +SKIP
-    >>> bt.pl.training_history(model)  # doctest: +SKIP
+    >>> ax = bt.pl.training_history(bt.models.default_model())
+    >>> [line.get_label() for line in ax.get_lines()][:2]
+    ['train', 'validation']
     """
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     history = getattr(model, "history", None)
@@ -64,10 +67,8 @@ def training_history(
     epochs = history["epoch"].to_numpy(dtype=float)
     marker = "o" if len(history) <= 30 else None
 
-    if ax is None:
-        fig, ax = plt.subplots(figsize=figsize if figsize is not None else (6.0, 4.0), layout="constrained")
-    else:
-        fig = ax.figure
+    own_figure = ax is None
+    fig, ax = new_axes(ax, figsize, default=(6.0, 4.0))
     ax.plot(epochs, history["train_loss"].to_numpy(dtype=float), marker=marker, markersize=3, label="train")
     if "val_loss" in history.columns:
         val = history["val_loss"].to_numpy(dtype=float)
@@ -81,6 +82,4 @@ def training_history(
     ax.set_ylabel("loss")
     ax.set_title(f"training history: {len(history)} epochs")
     ax.legend(fontsize="small")
-    if save is not None:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
-    return fig
+    return finish(fig, ax, own_figure=own_figure, show=show, save=save, return_fig=return_fig)

@@ -1,0 +1,165 @@
+"""Predicted expression of each cell on its outline over a crop of the H&E, in µm of the section's coordinate system."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bitro import _constants as K
+from bitro import _sdata
+from bitro._docs import (
+    doc_cmap,
+    doc_figsize,
+    doc_image,
+    doc_key,
+    doc_region,
+    doc_returns_ax,
+    doc_sdata,
+    doc_show_save_ax,
+    inject_docs,
+)
+from bitro._logging import logger
+
+from ._prediction import predicted_values
+from ._utils import (
+    NAN_COLOR,
+    background,
+    check_region,
+    draw_background,
+    finish,
+    frame,
+    geometry_um,
+    image_choice,
+    missing_legend,
+    new_axes,
+    norm,
+    outlines_in,
+    square,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from spatialdata import SpatialData
+
+DEFAULT_CELL_CROP_UM = 300.0
+"""Side (µm) of the default crop of :func:`cell_expression`, centred on the median cell."""
+
+
+@inject_docs(
+    doc_sdata=doc_sdata,
+    doc_key=doc_key,
+    doc_image=doc_image,
+    doc_region=doc_region,
+    doc_cmap=doc_cmap,
+    doc_figsize=doc_figsize,
+    doc_show_save_ax=doc_show_save_ax,
+    doc_returns_ax=doc_returns_ax,
+)
+def cell_expression(
+    sdata: SpatialData,
+    gene: str,
+    *,
+    key: str = K.PRED_KEY,
+    image: bool | str = True,
+    crop: Sequence[float] | None = None,
+    cmap: str = "viridis",
+    figsize: tuple[float, float] | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+    return_fig: bool | None = None,
+) -> Axes | Figure | None:
+    """Plot the predicted expression of each cell on its outline over a crop of the H&E.
+
+    Cell polygons of ``attrs["bitro"]["cells_shapes_key"]`` are matched to the rows of the cells
+    table by its instance key and filled with the prediction in ``obsm[key]`` of the cells table
+    (one :class:`~matplotlib.collections.PolyCollection`); cells without a prediction (NaN: outside
+    every bag) are drawn hollow and grey.
+
+    Parameters
+    ----------
+    sdata
+        {doc_sdata} Needs a cells layer and per-cell predictions written by :func:`bitro.tl.predict`.
+    gene
+        A predicted gene (``uns[key]["var_names"]`` of the cells table).
+    {doc_key}
+    {doc_image}
+    crop
+        {doc_region} ``None`` shows a 300 µm square around the median cell with a prediction.
+    {doc_cmap}
+    {doc_figsize}
+    {doc_show_save_ax}
+
+    Returns
+    -------
+    {doc_returns_ax}
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> sdata = bt.datasets.toy_st()
+    >>> bt.tl.predict(sdata)  # the bundled default model
+    >>> ax = bt.pl.cell_expression(sdata, "IGKC", crop=(1500, 800, 1800, 1100))
+    """
+    import matplotlib as mpl
+    import shapely
+    from matplotlib.collections import PolyCollection
+
+    if not isinstance(gene, str):
+        raise TypeError(f"`gene` must be one gene name, got {gene!r}.")
+    cs = _sdata.coordinate_system(sdata)
+    table_key, shapes_key, geometry = _sdata.cell_boundaries(sdata)
+    values = predicted_values(sdata.tables[table_key], key, [gene])[:, 0]
+    geometry = geometry_um(sdata, shapes_key, geometry)
+    finite = np.isfinite(values)
+
+    if crop is None:
+        if len(geometry):
+            centroids = shapely.get_coordinates(shapely.centroid(geometry))
+            centre = np.median(centroids[finite] if finite.any() else centroids, axis=0)
+        else:
+            centre = np.zeros(2)
+        crop = square(centre, DEFAULT_CELL_CROP_UM)
+    region = check_region(crop, "crop")
+    image_key = image_choice(sdata, image, prefer=_sdata.info(sdata).get(K.ATTR_CELLS_IMAGE))
+    rgb, extent = background(sdata, image_key, region) if image_key is not None else (None, None)
+    in_region, outlines = outlines_in(geometry, region)
+    outline_of = dict(zip(np.flatnonzero(in_region), outlines, strict=True))
+
+    own_figure = ax is None
+    fig, ax = new_axes(ax, figsize, default=(6.5, 5.5))
+    draw_background(ax, rgb, extent)
+    shown = in_region & finite
+    colormap = mpl.colormaps[cmap]
+    scale = norm(values[shown] if shown.any() else values)
+    filled = PolyCollection(
+        [outline_of[i] for i in np.flatnonzero(shown)], cmap=colormap, norm=scale, edgecolors="none", alpha=0.9
+    )
+    filled.set_array(values[shown])
+    filled.set_label(gene)
+    ax.add_collection(filled)
+    empty_cells = in_region & ~finite
+    if empty_cells.any():
+        hollow = PolyCollection(
+            [outline_of[i] for i in np.flatnonzero(empty_cells)],
+            facecolors="none",
+            edgecolors=NAN_COLOR,
+            linewidths=0.6,
+        )
+        hollow.set_label(f"{gene}: NaN")
+        ax.add_collection(hollow)
+        missing_legend(ax, int(empty_cells.sum()), "no prediction")
+    fig.colorbar(filled, ax=ax, label=f"{gene}, log1p(CP10k)", shrink=0.8)
+    frame(ax, region, cs, f"{gene} predicted: {int(shown.sum())} cells")
+    logger.info(
+        "plotted %s for %d cells of %s (%d without a prediction)",
+        gene,
+        int(shown.sum()),
+        shapes_key,
+        int(empty_cells.sum()),
+    )
+    return finish(fig, ax, own_figure=own_figure, show=show, save=save, return_fig=return_fig)
