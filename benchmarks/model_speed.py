@@ -79,12 +79,12 @@ def child_predict(n_cells: int, batch_size: int) -> dict:
 
     import torch
 
+    from bitro.models._config import Architecture
     from bitro.models._model import BiTro, build_module
-    from bitro.tl._fit import DEFAULT_ARCHITECTURE
 
     torch.manual_seed(0)
     config = {
-        "architecture": dict(DEFAULT_ARCHITECTURE, n_features=N_FEATURES),
+        "architecture": Architecture(n_features=N_FEATURES).to_dict(),
         "genes": {"bulk": [f"gene{j:04d}" for j in range(N_GENES)]},
         "hvg": {"bulk": [f"gene{j:04d}" for j in range(N_GENES)]},
         "training": {"target": "bulk"},

@@ -86,10 +86,11 @@ def main() -> None:
 
     import bitro as bt
     from bitro import _constants as K
+    from bitro._expression import gene_columns, log_cp10k
     from bitro._sdata import cell_centroids_um
-    from bitro.models._data import gene_columns, log_cp10k, spot_bags
+    from bitro.models._config import data_settings
+    from bitro.models._data import spot_bags
     from bitro.tl._baselines import ridge_baseline
-    from bitro.tl._fit import DEFAULT_DATA
     from bitro.tl._metrics import pearson_per_gene
 
     warnings.filterwarnings("ignore")
@@ -113,8 +114,7 @@ def main() -> None:
     y_obs = log_cp10k(table.X, where="counts")[:, cols]
     spot_pred = np.asarray(table.obsm[K.PRED_KEY])
 
-    data = dict(DEFAULT_DATA["spot"], **model.config["data"])
-    data.update(features_key=K.FEATURES_KEY, graph_key=K.GRAPH_KEY, spot_key=K.SPOT_ID_KEY)
+    data = data_settings("spot", model.config["data"])
     train_xy = [_aggregate(spot_bags(s, data, genes=genes)) for s in train]
     x_tr, y_tr = np.vstack([a for a, _ in train_xy]), np.vstack([b for _, b in train_xy])
     x_te, _ = _aggregate(spot_bags(test, data, genes=genes))

@@ -94,7 +94,7 @@ def _spot_scores(model, sections) -> dict:
 
 def _bulk_truth(sdata, genes) -> np.ndarray:
     from bitro import _constants as K
-    from bitro.models._data import gene_columns, log_cp10k
+    from bitro._expression import gene_columns, log_cp10k
 
     table = sdata.tables[sdata.attrs[K.ATTRS_KEY].get(K.ATTR_TABLE, K.TABLE_KEY)]
     return log_cp10k(table.X, where="bulk table")[:, gene_columns(table, genes, where="bulk table")]
@@ -439,7 +439,7 @@ def real_her2st(args) -> None:
         scarce = names[ti - 1]
         panel = None
         if args.real_panel == "spots":  # the HVGs of the training sections' spots, as in her2st_cv.py
-            from bitro.tl._fit import select_genes
+            from bitro.tl._genes import select_genes
 
             panel = select_genes([sections[s].tables["table"] for s in others], n_genes=args.real_genes, batch=others)
         for seed in args.real_seeds:

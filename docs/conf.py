@@ -84,5 +84,25 @@ nitpick_ignore = [
     ("py:class", "optional"),
     ("py:class", "array-like"),
     ("py:class", "bitro.models._data.Bags"),  # private bag container in a type hint
+    ("py:class", "bitro.models._module.BagHead"),  # a head module, in type hints of the adapter methods
+    ("py:class", "bitro.models._adapters.Head"),
     ("py:data", "Ellipsis"),  # tuple[str, ...] in type hints
 ]
+
+
+def _public_bases(app, name, obj, options, bases):
+    """Hide bitro's private mixins from "Bases:" (their methods are documented on the class itself)."""
+    bases[:] = [b for b in bases if not (b.__module__.startswith("bitro.") and b.__name__.endswith("Mixin"))]
+
+
+def _skip_foreign(app, what, name, obj, skip, options):
+    """Document a class's members that bitro defines (its mixins' too), not those of torch, Lightning or Python."""
+    if what != "class":
+        return None
+    module = getattr(getattr(obj, "fget", obj), "__module__", None)
+    return True if module is not None and not module.startswith("bitro") else None
+
+
+def setup(app):
+    app.connect("autodoc-process-bases", _public_bases)
+    app.connect("autodoc-skip-member", _skip_foreign)

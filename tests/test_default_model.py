@@ -6,9 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-pytest.importorskip("torch")
 
 HER2ST = Path(__file__).parent / "data" / "her2st"
 CROP_UM = (2000.0, 1800.0, 3200.0, 3000.0)  # 1.2 mm square of C3: 35 spots, ~6 000 nuclei

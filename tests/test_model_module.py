@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 
 def _module(n_features=5, n_genes=3, **kw):

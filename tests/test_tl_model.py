@@ -10,8 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("torch")
-
 N_GENES = 30
 
 
@@ -41,9 +39,45 @@ def test_fit_learns_and_beats_the_mean_baseline(trained, sections):
     test = sections[3]
     bt.tl.predict(test, trained)
     scores = bt.tl.evaluate(test)
-    # the mean baseline scores 0 (a constant has no ranking); toy expression follows cell types
-    assert scores.loc["toy3", "pearson_mean"] > 0.3
+    assert scores.loc["toy3", "pearson_mean"] > 0.3  # toy expression follows the cells' types
     assert scores.loc["toy3", "n_obs"] == 36
+    # the mean baseline (each gene's mean over the training spots) ranks nothing; it is beaten on error
+    from bitro._expression import gene_columns, log_cp10k
+
+    def observed(sdata):
+        table = sdata["table"]
+        return log_cp10k(table.X, where="toy", columns=gene_columns(table, trained.genes, where="toy"))
+
+    mean = np.nanmean(np.vstack([observed(s) for s in sections[:2]]), axis=0)
+    truth, pred = observed(test), test["table"].obsm["bitro_pred"]
+    ok = np.isfinite(pred).all(axis=1)
+    mse_model = np.mean((pred[ok] - truth[ok]) ** 2)
+    mse_mean = np.mean((mean - truth[ok]) ** 2)
+    assert mse_model < 0.9 * mse_mean
+
+
+def test_early_stopping_keeps_the_best_validation_weights(sections):
+    """Training stops once validation stops improving, and the model returned is the best epoch's."""
+    import bitro as bt
+    from bitro.models._config import data_settings
+    from bitro.models._data import spot_bags
+
+    model = bt.tl.fit(
+        [sections[0], sections[2]], n_genes=10, val=["toy2"], max_epochs=80, patience=2, lr=5e-3, seed=0, progress=False
+    )
+    hist = model.history
+    assert len(hist) < 80  # stopped early
+    best = int(hist["val_loss"].idxmin())
+    assert model.best_epoch == best < len(hist) - 1  # later epochs were worse, and were not kept
+    # the returned weights reproduce the best epoch's validation loss, not the last epoch's
+    bags = spot_bags(sections[2], data_settings("spot", model.config["data"]), genes=model.genes)
+    pred, _, _ = model.predict_bags(bags)
+    head = model.module.heads["spot"]
+    mean, std = head.target_mean.numpy(), head.target_std.numpy()
+    ok = np.isfinite(pred).all(axis=1) & np.isfinite(bags.y).all(axis=1)
+    loss = np.mean(((pred[ok] - mean) / std - (bags.y[ok] - mean) / std) ** 2)
+    assert loss == pytest.approx(hist["val_loss"].iloc[best], rel=2e-5)
+    assert abs(loss - hist["val_loss"].iloc[best]) < 0.1 * abs(loss - hist["val_loss"].iloc[-1])
 
 
 def test_predictions_land_in_the_documented_keys(trained, sections):
@@ -122,7 +156,7 @@ def test_evaluate_writes_per_gene_pearson(trained, sections):
     var = test["table"].var
     assert np.isfinite(var.loc[trained.genes[:5], "bitro_pearson"]).all()
     assert var["bitro_pearson"].isna().sum() == var.shape[0] - 5
-    from bitro.models._data import log_cp10k
+    from bitro._expression import log_cp10k
 
     truth = log_cp10k(test["table"].X, where="t")[:, test["table"].var_names.get_loc(trained.genes[0])]
     r = np.corrcoef(truth, test["table"].obsm["bitro_pred"][:, 0])[0, 1]

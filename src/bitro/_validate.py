@@ -6,12 +6,14 @@ import numbers
 from collections.abc import Sequence
 
 
-def check_int(value, name: str, *, min_value: int | None = None) -> int:
+def check_int(value, name: str, *, min_value: int | None = None, max_value: int | None = None) -> int:
     """Return ``value`` as ``int`` or raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be an integer, got {type(value).__name__} {value!r}.")
     if min_value is not None and value < min_value:
         raise ValueError(f"`{name}` must be >= {min_value}, got {value}.")
+    if max_value is not None and value > max_value:
+        raise ValueError(f"`{name}` must be <= {max_value}, got {value}.")
     return int(value)
 
 

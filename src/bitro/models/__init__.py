@@ -13,13 +13,29 @@ from typing import TYPE_CHECKING
 from ._default import default_model, default_model_path
 
 if TYPE_CHECKING:
+    from ._config import Architecture
     from ._model import BiTro
     from ._module import BiTroModule
     from ._plan import TrainingPlan
+    from ._training import TrainingInterrupted
 
-_LAZY = {"BiTro": "._model", "BiTroModule": "._module", "TrainingPlan": "._plan"}
+_LAZY = {
+    "Architecture": "._config",
+    "BiTro": "._model",
+    "BiTroModule": "._module",
+    "TrainingInterrupted": "._training",
+    "TrainingPlan": "._plan",
+}
 
-__all__ = ["BiTro", "BiTroModule", "TrainingPlan", "default_model", "default_model_path"]
+__all__ = [
+    "Architecture",
+    "BiTro",
+    "BiTroModule",
+    "TrainingInterrupted",
+    "TrainingPlan",
+    "default_model",
+    "default_model_path",
+]
 
 
 def __getattr__(name: str):

@@ -16,9 +16,8 @@ from scipy import sparse
 
 from bitro import _constants as K
 from bitro import _sdata
+from bitro._expression import gene_columns, log_cp10k
 from bitro._logging import logger
-
-CP10K = 1e4
 
 
 @dataclass
@@ -50,51 +49,6 @@ class Bags:
         order = np.argsort(self.seq_bag, kind="stable")
         bounds = np.searchsorted(self.seq_bag[order], np.arange(self.n_bags + 1))
         return [order[bounds[b] : bounds[b + 1]] for b in range(self.n_bags)]
-
-
-def log_cp10k(counts, *, where: str) -> np.ndarray:
-    """log1p of counts per 10 000 (library size over all genes); rows with no counts give NaN.
-
-    Raises a clear error for NaN or negative counts.
-    """
-    counts = counts.tocsr() if sparse.issparse(counts) else np.asarray(counts, dtype=float)
-    values = counts.data if sparse.issparse(counts) else counts
-    if np.isnan(values).any():
-        raise ValueError(f"{where}: counts contain NaN; pass raw counts (no missing values).")
-    if (values < 0).any():
-        raise ValueError(f"{where}: counts contain negative values; pass raw (non-negative) counts.")
-    lib = np.asarray(counts.sum(axis=1), dtype=float).reshape(-1)
-    scale = np.divide(CP10K, lib, out=np.full_like(lib, np.nan), where=lib > 0)
-    if sparse.issparse(counts):
-        out = sparse.diags(np.nan_to_num(scale)) @ counts
-        out = out.toarray()
-    else:
-        out = counts * np.nan_to_num(scale)[:, None]
-    out = np.log1p(out)
-    out[lib <= 0] = np.nan
-    return out.astype(np.float32)
-
-
-def table_genes(table) -> pd.Index:
-    """Gene names of a table (its ``var_names``; :func:`gene_columns` also matches ``var["gene_name"]``)."""
-    return pd.Index(table.var_names.astype(str))
-
-
-def gene_columns(table, genes: list[str], *, where: str) -> np.ndarray:
-    """Column of each gene in ``table``, with a clear error listing a few missing genes."""
-    names = table_genes(table)
-    idx = names.get_indexer(genes)
-    if (idx < 0).any():
-        if K.GENE_NAME_KEY in table.var:
-            by_name = pd.Index(table.var[K.GENE_NAME_KEY].astype(str)).get_indexer(genes)
-            idx = np.where(idx < 0, by_name, idx)
-    if (idx < 0).any():
-        missing = [g for g, i in zip(genes, idx, strict=True) if i < 0]
-        raise KeyError(
-            f"{where}: {len(missing)} of {len(genes)} genes are not in the data (e.g. {missing[:5]}); "
-            f"it has {len(names)} genes (e.g. {list(names[:5])})."
-        )
-    return idx
 
 
 def _cells(sdata, settings: dict) -> tuple[str, np.ndarray, np.ndarray, sparse.csr_matrix]:
@@ -172,7 +126,7 @@ def spot_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: s
     y = None
     if genes is not None:
         cols = gene_columns(table, genes, where=f"section {sample!r} table {table_key!r}")
-        y = log_cp10k(table.X, where=f"section {sample!r} table {table_key!r}")[:, cols]
+        y = log_cp10k(table.X, where=f"section {sample!r} table {table_key!r}", columns=cols)
     return Bags(
         sample_id=sample,
         group=group or sample,
@@ -204,7 +158,7 @@ def slide_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: 
         if table.n_obs != 1:
             raise ValueError(f"slide {sample!r}: bulk table {table_key!r} must have one row, has {table.n_obs}.")
         cols = gene_columns(table, genes, where=f"slide {sample!r} table {table_key!r}")
-        y = log_cp10k(table.X, where=f"slide {sample!r} table {table_key!r}")[:, cols]
+        y = log_cp10k(table.X, where=f"slide {sample!r} table {table_key!r}", columns=cols)
     return tiled_bag(sample, x, xy, graph, float(settings["tile_um"]), y=y, group=group)
 
 

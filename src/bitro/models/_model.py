@@ -11,6 +11,8 @@ import pandas as pd
 
 from bitro._logging import logger
 
+from ._adapters import AdapterMixin
+
 if TYPE_CHECKING:
     from ._data import Bags
     from ._module import BiTroModule
@@ -20,7 +22,7 @@ FORMAT = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
-class BiTro:
+class BiTro(AdapterMixin):
     """A trained BiTro model: the network, its genes and every setting needed to apply it to new data.
 
     Made by :func:`bitro.tl.fit` (or :meth:`load`), applied with :func:`bitro.tl.predict`.
@@ -51,13 +53,7 @@ class BiTro:
         self.module = module
         self.config = config
         self.history = history if history is not None else pd.DataFrame(columns=["epoch", "train_loss", "val_loss"])
-        self.peft = None
-        """The ``peft.PeftModel`` wrapping ``module`` once it holds LoRA adapters (the LoRA layers sit inside ``module``)."""
-        self.adapters: dict[str, dict[str, Any]] = {}
-        """LoRA adapters by name, each ``{"kind", "genes", "hvg", "head", "meta"}``."""
-        self.active_adapter: str | None = None
-        self.base_heads: dict[str, dict[str, Any]] = {}
-        """The base model's heads that adapters of the same kind replaced (``{kind: {"head", "genes", "hvg"}}``)."""
+        self._init_adapters()
 
     # --- properties ------------------------------------------------------------------------------
     @property
@@ -108,7 +104,7 @@ class BiTro:
         from ._module import merge_pool_state, pool_state
 
         head = head or self.head
-        if not _base and self.peft is not None and head != self.adapters[self.active_adapter]["kind"]:
+        if not _base and self.peft is not None and head != self.adapters[self.active_adapter].kind:
             # another label kind's head belongs to the base backbone: run it without the active adapter
             with self.peft.disable_adapter():
                 return self.predict_bags(bags, head=head, batch_size=batch_size, _base=True)
@@ -236,179 +232,13 @@ class BiTro:
             model.set_adapter(names[0])
         return model
 
-    # --- LoRA adapters ---------------------------------------------------------------------------
-    def register_adapter(self, name: str, *, kind: str, genes: list[str], hvg: list[str], head, meta: dict) -> None:
-        """Record adapter ``name`` (its LoRA weights already in :attr:`peft`) with its head, and activate it."""
-        self.adapters[name] = {"kind": kind, "genes": list(genes), "hvg": list(hvg), "head": head, "meta": meta}
-        self.set_adapter(name)
-
-    def set_adapter(self, name: str) -> None:
-        """Make adapter ``name`` (and its head and genes) the one that predicts.
-
-        Parameters
-        ----------
-        name
-            One of :attr:`adapters`.
-        """
-        if name not in self.adapters:
-            raise KeyError(f"`name`: no adapter {name!r}; this model has {list(self.adapters) or 'none'}.")
-        entry = self.adapters[name]
-        self.peft.set_adapter(name)
-        kind = entry["kind"]
-        adapter_heads = {id(a["head"]) for a in self.adapters.values()}
-        if kind in self.module.heads and id(self.module.heads[kind]) not in adapter_heads:
-            self.base_heads[kind] = {
-                "head": self.module.heads[kind],
-                "genes": list(self.config["genes"][kind]),
-                "hvg": list(self.config["hvg"].get(kind, self.config["genes"][kind])),
-            }
-        self.module.heads[kind] = entry["head"]
-        self.config["genes"][entry["kind"]] = list(entry["genes"])
-        self.config["hvg"][entry["kind"]] = list(entry["hvg"])
-        self.config["training"] = dict(self.config["training"], target=entry["kind"])
-        for key in ("data", "spots"):  # bag settings and spot geometry the adapter was trained with
-            if entry["meta"].get(key):
-                self.config[key] = entry["meta"][key]
-        self.active_adapter = name
-        self.module.eval()
-
-    def save_adapter(self, dir_path: str | os.PathLike, *, name: str | None = None, overwrite: bool = False) -> None:
-        """Save one LoRA adapter on its own: peft's files, its head and ``bitro_adapter.json``.
-
-        Parameters
-        ----------
-        dir_path
-            Folder to write (small: the LoRA matrices and one head).
-        name
-            Adapter to save (default: the active one).
-        overwrite
-            Replace an adapter already saved there.
-        """
-        import shutil
-        import tempfile
-
-        from bitro import __version__
-        from bitro._store import replace_folder
-
-        from ._files import write_json, write_weights
-        from ._lora import ADAPTER_FILE, HEAD_FILE, PEFT_FILES
-
-        name = name or self.active_adapter
-        if self.peft is None or name not in self.adapters:
-            raise ValueError(f"`name`: no LoRA adapter {name!r} to save (adapters: {list(self.adapters) or 'none'}).")
-        path = Path(dir_path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"`dir_path`: {path} already exists; pass overwrite=True to replace it.")
-        entry = self.adapters[name]
-        meta = dict(
-            entry["meta"],
-            format=FORMAT,
-            name=name,
-            kind=entry["kind"],
-            genes=entry["genes"],
-            hvg=entry["hvg"],
-            bitro_version=str(__version__),
-        )
-        owned = {ADAPTER_FILE, HEAD_FILE, *PEFT_FILES}
-        with replace_folder(path, overwrite=overwrite, owned=owned) as out, tempfile.TemporaryDirectory() as peft_dir:
-            self.peft.save_pretrained(peft_dir, selected_adapters=[name])
-            src = Path(peft_dir) if name == "default" else Path(peft_dir) / name
-            for f in PEFT_FILES:
-                shutil.copyfile(src / f, out / f)
-            head_config = {"genes": {entry["kind"]: entry["genes"]}, "architecture": self.config["architecture"]}
-            write_weights(entry["head"].state_dict(), out / HEAD_FILE, config=head_config, fmt=FORMAT)
-            write_json(meta, out / ADAPTER_FILE)
-        logger.info("saved adapter %r (%s head, %d genes) to %s", name, entry["kind"], len(entry["genes"]), path)
-
-    def load_adapter(self, dir_path: str | os.PathLike, *, name: str | None = None) -> str:
-        """Load an adapter saved with :meth:`save_adapter` onto this (base) model and activate it.
-
-        Parameters
-        ----------
-        dir_path
-            Folder written by :meth:`save_adapter`.
-        name
-            Name to give it (default: the name it was saved under).
-
-        Returns
-        -------
-        str
-            The adapter's name.
-        """
-        from ._files import check_digest, read_json, read_weights
-        from ._lora import ADAPTER_FILE, HEAD_FILE, PEFT_FILES, check_adapter_loaded
-        from ._module import BagHead
-
-        path = Path(dir_path)
-        if not (path / ADAPTER_FILE).is_file():
-            raise FileNotFoundError(f"`dir_path`: {path} is not a saved bitro adapter (no {ADAPTER_FILE}).")
-        meta = read_json(path / ADAPTER_FILE, what="adapter's settings")
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: adapter format {meta.get('format')!r}; this bitro reads format {FORMAT}.")
-        if meta["base_identity"] != self.identity:
-            raise ValueError(
-                f"{path}: the adapter was trained on another base model (backbone {meta['base_identity'][:12]}..., "
-                f"this model's is {self.identity[:12]}...). Load it onto the model it was trained from."
-            )
-        name = name or meta["name"]
-        if name in self.adapters:
-            raise ValueError(f"`name`: the model already has an adapter {name!r}; pass another name.")
-        # read and check every file before the model changes, so a damaged adapter leaves it as it was
-        head_state, head_meta = read_weights(path / HEAD_FILE, what="adapter's head")
-        head_config = {"genes": {meta["kind"]: meta["genes"]}, "architecture": self.config["architecture"]}
-        check_digest(head_meta, head_config, weights=path / HEAD_FILE, config_path=path / ADAPTER_FILE)
-        head = BagHead(self.config["architecture"]["hidden"], len(meta["genes"]))
-        try:
-            head.load_state_dict(head_state)
-        except RuntimeError as err:
-            raise ValueError(f"{path / HEAD_FILE}: the head does not match {ADAPTER_FILE} ({err}).") from err
-        read_json(path / PEFT_FILES[0], what="LoRA settings")
-        read_weights(path / PEFT_FILES[1], what="LoRA weights")
-        from peft import PeftModel
-
-        if self.peft is None:
-            self.peft = PeftModel.from_pretrained(self.module, str(path), adapter_name=name)
-        else:
-            self.peft.load_adapter(str(path), adapter_name=name)
-        check_adapter_loaded(self.peft, name, path)
-        keep = {k: v for k, v in meta.items() if k not in ("genes", "hvg", "name", "kind")}
-        self.register_adapter(name, kind=meta["kind"], genes=meta["genes"], hvg=meta["hvg"], head=head, meta=keep)
-        return name
-
-    def merge_adapter(self) -> None:
-        """Merge the active LoRA adapter into the base weights, leaving one plain model (for deployment).
-
-        Predictions are unchanged (up to float rounding); other adapters are dropped; :meth:`save`
-        then writes an ordinary model.
-        """
-        if self.peft is None:
-            raise ValueError("this model has no LoRA adapter to merge.")
-        name = self.active_adapter
-        entry = self.adapters[name]
-        self.module = self.peft.merge_and_unload(adapter_names=[name])
-        self.peft = None
-        self.adapters = {}
-        self.active_adapter = None
-        self.config["merged_adapter"] = dict(entry["meta"], name=name)
-        self.module.eval()
-
 
 def build_module(config: dict) -> BiTroModule:
-    """The network an ``architecture`` config describes (weights at initialisation)."""
-    from ._module import BiTroModule
+    """The network an ``architecture`` config describes (weights at initialisation), its settings checked."""
+    from ._config import Architecture
 
-    a = config["architecture"]
     heads = {kind: len(genes) for kind, genes in config["genes"].items()}
-    return BiTroModule(
-        a["n_features"],
-        0,
-        heads=heads,
-        hidden=a["hidden"],
-        n_heads=a["n_heads"],
-        n_gat=a["n_gat"],
-        n_layers=a["n_layers"],
-        dropout=a["dropout"],
-    )
+    return Architecture(**config["architecture"]).build(heads)
 
 
 def check_state(module, state: dict, config: dict, path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -32,13 +34,13 @@ class TrainingPlan(L.LightningModule):
     def training_step(self, batch, batch_idx):
         """Loss of one batch of bags, logged per epoch as ``train_loss``."""
         loss = self._loss(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=int(batch["n_bags"]))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int(batch["n_bags"]))
         return loss
 
     def validation_step(self, batch, batch_idx):
         """Validation loss of one batch, logged per epoch as ``val_loss``."""
         loss = self._loss(batch)
-        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=int(batch["n_bags"]))
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int(batch["n_bags"]))
 
     def configure_optimizers(self):
         """AdamW over the parameters that require gradients."""
@@ -71,6 +73,32 @@ class History(L.Callback):
         if loss < self.best_loss:
             self.best_loss, self.best_epoch = loss, trainer.current_epoch
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.module.state_dict().items()})
+
+    def state_dict(self) -> dict:
+        """Losses so far and the best weights, saved in a checkpoint so a resumed run keeps them."""
+        return {
+            "rows": {int(k): dict(v) for k, v in self.rows.items()},
+            "best_loss": float(self.best_loss),
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = {int(k): dict(v) for k, v in state["rows"].items()}
+        self.best_loss, self.best_epoch, self.best_state = state["best_loss"], state["best_epoch"], state["best_state"]
+
+
+class Checkpoint(L.Callback):
+    """The whole training state to ``path`` after each epoch, written beside it and renamed (never half a file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # validation and early stopping ran before this hook: the saved state is a whole epoch
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.path)
 
 
 class Resample(L.Callback):

@@ -71,12 +71,14 @@ def cross_validate(
     >>> cv = bt.tl.cross_validate(sections, n_genes=20, max_epochs=5)  # doctest: +SKIP
     >>> cv.groupby("method")["pearson_mean"].mean()  # doctest: +SKIP
     """
+    from bitro.models._config import data_settings
     from bitro.models._data import slide_bags, spot_bags
 
-    from ._fit import DEFAULT_DATA, _as_list, fit, sample_groups, sample_ids
+    from ._fit import fit
     from ._preprocess import ensure_preprocessed, preprocessing_settings
+    from ._samples import as_list, sample_groups, sample_ids
 
-    sdatas = _as_list(sdatas)
+    sdatas = as_list(sdatas)
     ids = sample_ids(sdatas)
     grp = sample_groups(sdatas, groups)
     unique = sorted(set(grp))
@@ -101,7 +103,7 @@ def cross_validate(
         model = fit([sdatas[i] for i in train], target=target, groups=[grp[i] for i in train], seed=seed, **fit_kwargs)
         fit_s = time.perf_counter() - t0
         genes = model.genes
-        data = dict(DEFAULT_DATA[target], **model.config["data"])
+        data = data_settings(target, model.config["data"])
         extract = spot_bags if target == "spot" else slide_bags
         train_bags = [extract(sdatas[i], data, genes=genes) for i in train]
         test_bags = [extract(sdatas[i], data, genes=genes) for i in test]

@@ -32,10 +32,10 @@ def _prediction(table, key: str, where: str) -> tuple[np.ndarray, list[str]]:
 
 
 def _truth(table, genes: list[str], where: str) -> np.ndarray:
-    from bitro.models._data import gene_columns, log_cp10k
+    from bitro._expression import gene_columns, log_cp10k
 
     cols = gene_columns(table, genes, where=where)
-    return log_cp10k(table.X, where=where)[:, cols].astype(np.float64)
+    return log_cp10k(table.X, where=where, columns=cols).astype(np.float64)
 
 
 def evaluate(

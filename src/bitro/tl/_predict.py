@@ -78,12 +78,14 @@ def predict(
     >>> bt.tl.predict(sdata, model)  # doctest: +SKIP
     >>> sdata["table"].obsm["bitro_pred"].shape  # doctest: +SKIP
     """
-    from bitro._validate import check_name
+    from bitro._validate import check_float, check_int, check_name
     from bitro.models import default_model
+    from bitro.models._config import data_settings
     from bitro.models._data import slide_bags, spot_bags
-    from bitro.tl._fit import DEFAULT_DATA
 
     key_added = check_name(key_added, "key_added")
+    batch_size = check_int(batch_size, "batch_size", min_value=1)
+    max_mpp_ratio = check_float(max_mpp_ratio, "max_mpp_ratio", min_value=1)
     if model is None:
         model = default_model()
     head = target or model.head
@@ -101,7 +103,7 @@ def predict(
     ensure_preprocessed(sdata, prep, kind=head, features=model.config["features"])
     info = _sdata.info(sdata)
 
-    data = dict(DEFAULT_DATA[head], **model.config.get("data", {}))
+    data = data_settings(head, model.config.get("data"))
     bags = (spot_bags if head == "spot" else slide_bags)(sdata, data)
     if bags.x.shape[1] != model.config["architecture"]["n_features"]:
         raise ValueError(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from bitro import _constants as K
-from bitro import _sdata
 from bitro._logging import logger
-from bitro._validate import check_choice, check_int
+from bitro._validate import check_choice
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -40,6 +39,7 @@ def transfer(
     seed: int = 0,
     accelerator: str = "auto",
     devices: int | str = "auto",
+    checkpoint_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
 ) -> BiTro:
     """Adapt a trained model to new labels: bulk -> spots, spots -> bulk, or the same kind on new data.
@@ -65,7 +65,8 @@ def transfer(
     mode
         What trains (see above).
     r, alpha, dropout
-        LoRA rank, scaling (``lora_alpha``) and dropout.
+        LoRA rank (1 to the network width, at most 256), scaling (``lora_alpha``, in (0, 1024]) and
+        dropout (in [0, 0.9]).
     target_modules
         Backbone linears LoRA adapts (names or name suffixes); default: the encoder, attention
         ``q_proj``/``k_proj``/``v_proj``/``out_proj`` and feed-forward ``ff_in``/``ff_out``.
@@ -73,13 +74,18 @@ def transfer(
         Target genes; default: the source head's genes that the target data have.
     adapter_name
         Name of the new LoRA adapter (a model can hold several and switch with ``set_adapter``).
-    val, groups, max_epochs, patience, lr, weight_decay, batch_size, data, seed, accelerator, devices, progress
+    val, groups, max_epochs, patience, lr, weight_decay, batch_size, data, seed, accelerator, devices, checkpoint_dir, progress
         As in :func:`bitro.tl.fit`.
 
     Returns
     -------
     The adapted :class:`bitro.models.BiTro`; ``model.config["transfer"]`` records the mode, the LoRA
     settings, the trainable and total parameter counts and the gene mapping.
+
+    Raises
+    ------
+    bitro.models.TrainingInterrupted
+        On Ctrl-C (it is a :class:`KeyboardInterrupt`); its ``model`` holds the best weights so far.
 
     Examples
     --------
@@ -92,33 +98,43 @@ def transfer(
     import lightning as L
     import torch
 
-    from bitro.models._lora import DEFAULT_TARGET_MODULES, backbone_identity, check_target_modules, mapped_head
+    from bitro.models._adapters import check_lora
+    from bitro.models._config import (
+        Architecture,
+        check_training,
+        data_settings,
+        model_config,
+        spot_geometry,
+        training_record,
+    )
+    from bitro.models._lora import backbone_identity, mapped_head
+    from bitro.models._training import TrainingInterrupted, run_training
 
-    from ._fit import DEFAULT_DATA, _as_list, run_training, training_data
+    from ._genes import shared_genes
+    from ._preprocess import ensure_preprocessed
+    from ._samples import as_list
+    from ._training_data import training_data
 
     target = check_choice(target, "target", ("spot", "bulk"))
     mode = check_choice(mode, "mode", ("lora", "full", "head"))
-    r = check_int(r, "r", min_value=1)
-    max_epochs = check_int(max_epochs, "max_epochs", min_value=1)
-    sdatas = _as_list(sdatas)
-    L.seed_everything(seed, verbose=False)  # new head rows, LoRA matrices and dropout follow `seed`
-    if mode == "lora" and adapter_name in model.adapters:
-        raise ValueError(f"`adapter_name`: the model already has an adapter {adapter_name!r}; pick another name.")
+    check_training(lr=lr, weight_decay=weight_decay, max_epochs=max_epochs, patience=patience, batch_size=batch_size)
+    if mode == "lora":
+        check_lora(r, alpha, dropout, model.config["architecture"]["hidden"])
+        if adapter_name in model.adapters:
+            raise ValueError(f"`adapter_name`: the model already has an adapter {adapter_name!r}; pick another name.")
     if mode != "lora" and model.peft is not None:
         raise ValueError(f"mode={mode!r} on a model with LoRA adapters: merge_adapter() first, or use mode='lora'.")
+    sdatas = as_list(sdatas)
+    L.seed_everything(seed, verbose=False)  # new head rows, LoRA matrices and dropout follow `seed`
     source_kind = target if target in model.config["genes"] else model.head
-    base = model.base_heads.get(source_kind)  # a base head an adapter replaced: start from it, not the adapter's
-    source_genes = list(base["genes"] if base else model.config["genes"][source_kind])
+    source = model.base_head(source_kind)  # a base head an adapter replaced: start from it, not the adapter's
     prep = model.config["preprocessing"]
-    # bag settings: the defaults of the target kind, the model's own when it was trained on that kind, then `data`
-    data_settings = dict(DEFAULT_DATA[target])
-    if target == model.head:
-        data_settings.update({k: v for k, v in model.config.get("data", {}).items() if k in DEFAULT_DATA[target]})
-    data_settings.update(data or {})
+    # bag settings: the target kind's defaults, the model's own when it was trained on that kind, then `data`
+    bag_settings = data_settings(target, model.config.get("data") if target == model.head else None, data)
 
-    chosen = None if genes is None else [str(g) for g in genes]
-    if chosen is None:
-        chosen = _shared_genes(sdatas, source_genes, prep, target, model.config["features"])
+    for sdata in sdatas:
+        ensure_preprocessed(sdata, prep, kind=target, features=model.config["features"])
+    chosen = [str(g) for g in genes] if genes is not None else shared_genes(sdatas, source.genes)
     td = training_data(
         sdatas,
         target=target,
@@ -127,113 +143,106 @@ def transfer(
         val=val,
         groups=groups,
         prep=prep,
-        data_settings=data_settings,
+        data_settings=bag_settings,
         seed=seed,
         max_epochs=max_epochs,
         features=model.config["features"],
     )
 
     new = copy.deepcopy(model)
-    module = new.module
-    base_identity = backbone_identity(module)
-    hidden = new.config["architecture"]["hidden"]
-    source_head = new.base_heads[source_kind]["head"] if base else module.heads[source_kind]
-    head, n_shared = mapped_head(source_head, source_genes, td.genes, hidden)
+    base_identity = backbone_identity(new.module)
+    head, n_shared = mapped_head(source.head, source.genes, td.genes, new.config["architecture"]["hidden"])
     y_mean, y_std = td.target_stats()
     head.target_mean.copy_(torch.as_tensor(y_mean))
     head.target_std.copy_(torch.as_tensor(y_std))
-
     lora = None
     if mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        targets = check_target_modules(module, target_modules or DEFAULT_TARGET_MODULES)
-        lora = {"r": r, "alpha": float(alpha), "dropout": float(dropout), "target_modules": targets}
-        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
-        if new.peft is None:
-            new.peft = get_peft_model(module, config, adapter_name=adapter_name)
-        else:
-            new.peft.add_adapter(adapter_name, config)
-            new.peft.set_adapter(adapter_name)
-        for name, p in module.named_parameters():  # exactly the new adapter's LoRA matrices train
-            p.requires_grad = ".lora_" in name and f".{adapter_name}." in name
-    else:
-        for p in module.parameters():
-            p.requires_grad = mode == "full"
-        if mode == "full":  # the other heads sat on the old backbone: they would predict stale values
-            stale = [k for k in module.heads if k != target]
-            for k in stale:
-                del module.heads[k]
-                new.config["genes"].pop(k, None)
-                new.config["hvg"].pop(k, None)
-            if stale:
-                logger.info("full transfer: the %s head(s) of the source model are dropped", stale)
-    module.heads[target] = head
-    for p in head.parameters():
-        p.requires_grad = True
-    n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    n_total = sum(p.numel() for p in module.parameters())
+        lora = new.add_lora(adapter_name, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
+    if mode == "full":
+        new.drop_heads(keep=target)
+    new.use_head(target, head)
+    n_trainable, n_total = new.set_trainable(mode, head=target, adapter_name=adapter_name)
     logger.info("transfer %s -> %s (%s): %d of %d parameters train", source_kind, target, mode, n_trainable, n_total)
-
-    hist, history = run_training(
-        module,
-        target,
-        td,
-        lr=lr,
-        weight_decay=weight_decay,
-        batch_size=int(batch_size or data_settings["batch_size"]),
-        max_epochs=max_epochs,
-        patience=patience,
-        accelerator=accelerator,
-        devices=devices,
-        progress=progress,
-        seed=seed,
-    )
-    for p in module.parameters():
-        p.requires_grad = False
-
-    record = {
+    batch = int(batch_size or bag_settings["batch_size"])
+    identity = {
+        "kind": "transfer",
         "mode": mode,
-        "source_kind": source_kind,
         "target": target,
-        "lora": lora,
-        "trainable_parameters": int(n_trainable),
-        "total_parameters": int(n_total),
-        "n_genes_shared": int(n_shared),
-        "n_genes_new": len(td.genes) - int(n_shared),
-        "source_samples": list(model.config["training"].get("samples", [])),
+        "genes": td.genes,
+        **td.split_record(),
         "base_identity": base_identity,
-        **td.split_record(),
-        "epochs": int(len(hist)),
-        "best_epoch": history.best_epoch,
-    }
-    new.history = hist
-    new.config["data"] = {k: v for k, v in data_settings.items() if k in DEFAULT_DATA[target] and k != "batch_size"}
-    if target == "spot" and not new.config.get("spots"):
-        from ._fit import _spot_geometry
-
-        new.config["spots"] = _spot_geometry(sdatas)
-    record["data"], record["spots"] = new.config["data"], new.config.get("spots")
-    if mode == "lora":
-        new.register_adapter(adapter_name, kind=target, genes=td.genes, hvg=td.hvg, head=head, meta=record)
-    else:
-        new.config["genes"][target] = list(td.genes)
-        new.config["hvg"][target] = list(td.hvg)
-    new.config["training"] = {
-        "target": target,
-        **td.split_record(),
-        "groups": dict(zip(td.ids, td.groups, strict=True)),
-        "n_train_bags": len(td.train_items),
-        "n_val_bags": len(td.val_items),
-        "epochs": int(len(hist)),
-        "best_epoch": history.best_epoch,
+        "lora": lora,
+        "data": bag_settings,
         "seed": int(seed),
         "lr": float(lr),
         "weight_decay": float(weight_decay),
-        "source": model.config["training"],
+        "batch_size": batch,
     }
-    new.config["transfer"] = record
-    new.module.eval()
+
+    def finish(hist, history, interrupted: bool = False):
+        new.set_trainable("none", head=target)
+        record = {
+            "mode": mode,
+            "source_kind": source_kind,
+            "target": target,
+            "lora": lora,
+            "trainable_parameters": int(n_trainable),
+            "total_parameters": int(n_total),
+            "n_genes_shared": int(n_shared),
+            "n_genes_new": len(td.genes) - int(n_shared),
+            "source_samples": list(model.config["training"].get("samples", [])),
+            "base_identity": base_identity,
+            **td.split_record(),
+            "epochs": int(len(hist)),
+            "best_epoch": history.best_epoch,
+            "data": {k: v for k, v in bag_settings.items() if k != "batch_size"},
+            "spots": new.config.get("spots") or (spot_geometry(sdatas) if target == "spot" else None),
+        }
+        training = training_record(td, hist, history, target=target, seed=seed, lr=lr, weight_decay=weight_decay)
+        training["source"] = model.config["training"]
+        if interrupted:
+            training["interrupted"] = True
+        if mode == "lora":
+            new.register_adapter(adapter_name, kind=target, genes=td.genes, hvg=td.hvg, head=head, meta=record)
+        else:
+            new.set_head(target, head, genes=td.genes, hvg=td.hvg)
+        config = model_config(
+            architecture=Architecture(**new.config["architecture"]),
+            genes=new.config["genes"],
+            hvg=new.config["hvg"],
+            features=new.config["features"],
+            preprocessing=prep,
+            data=bag_settings,
+            mpp=new.config.get("mpp"),
+            spots=record["spots"],
+            training=training,
+        )
+        new.config = {**new.config, **config, "transfer": record}
+        new.history = hist
+        new.module.eval()
+        return new
+
+    try:
+        hist, history = run_training(
+            new.module,
+            target,
+            td,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch,
+            max_epochs=max_epochs,
+            patience=patience,
+            accelerator=accelerator,
+            devices=devices,
+            progress=progress,
+            seed=seed,
+            checkpoint_dir=checkpoint_dir,
+            identity=identity,
+        )
+    except TrainingInterrupted as err:
+        err.model = finish(*err.result, interrupted=True)
+        raise
+    finish(hist, history)
     logger.info(
         "transferred to %s (%s): %d epochs, best epoch %s; %d genes (%d from the source head)",
         target,
@@ -244,30 +253,3 @@ def transfer(
         n_shared,
     )
     return new
-
-
-def _shared_genes(sdatas: list, source_genes: list[str], prep: dict, target: str, features: dict) -> list[str]:
-    """The source genes that every target table has (dropped ones logged); an error if none."""
-    from bitro.models._data import table_genes
-
-    from ._preprocess import ensure_preprocessed
-
-    present = set(source_genes)
-    for sdata in sdatas:
-        ensure_preprocessed(sdata, prep, kind=target, features=features)
-        key = _sdata.recorded(sdata, K.ATTR_TABLE)
-        if key not in sdata.tables:
-            raise KeyError(f"sample {_sdata.sample_id(sdata)!r} has no expression table {key!r}.")
-        present &= set(table_genes(sdata.tables[key]))
-    shared = [g for g in source_genes if g in present]
-    if not shared:
-        raise ValueError(
-            f"the target data share none of the model's {len(source_genes)} genes (e.g. {source_genes[:5]}); "
-            "pass `genes=` to train a new panel."
-        )
-    if len(shared) < len(source_genes):
-        dropped = [g for g in source_genes if g not in present]
-        logger.warning(
-            "%d of the model's genes are missing from the target data and dropped (e.g. %s)", len(dropped), dropped[:5]
-        )
-    return shared
