@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -12,7 +13,7 @@ from bitro import _constants as K
 from bitro._logging import logger
 from bitro._validate import check_choice, check_float, check_int, check_name
 
-from ._cell_types import cell_types, expression_programs
+from ._cell_types import CellType, Programs, cell_types, expression_programs
 from ._elements import to_spatialdata
 from ._layout import blob, sample_section
 from ._render import Stain
@@ -130,9 +131,10 @@ def toy_st(
         mpp, cell_spacing_um, region_size_um, region_sharpness, cell_noise, stain_jitter, lazy
     )
     sample_id = check_name(sample_id, "sample_id")
-    types = cell_types(n_cell_types, check_int(program_seed, "program_seed", min_value=0))
+    toy = _Toy.build(params, n_genes, n_cell_types, program_seed, K.FULL_IMAGE_SUFFIX)
     proportions = _check_proportions(cell_type_proportions, n_cell_types)
-    rng = np.random.default_rng(check_int(seed, "seed", min_value=0))
+    seed = check_int(seed, "seed", min_value=0)
+    rng = np.random.default_rng(seed)
 
     # spot centres (µm) on the chosen lattice, with a margin of one spacing around the grid
     n_cols = int(np.ceil(np.sqrt(n_spots)))
@@ -148,47 +150,30 @@ def toy_st(
         (sx.max() - sx.min()) / 2 + 0.7 * spot_spacing_um,
         (sy.max() - sy.min()) / 2 + 0.7 * spot_spacing_um,
     )
-    tissue = blob(
+    outline = blob(
         ((sx.max() + sx.min()) / 2, (sy.max() + sy.min()) / 2), (half_w * 1.08, half_h * 1.08), rng, wobble=0.03
     )
-    tissue = tissue.intersection(_box(width, height))
 
-    programs = expression_programs(n_genes, n_cell_types, program_seed)
-    section = sample_section(
-        tissue,
-        width_um=width,
-        height_um=height,
-        types=types,
-        programs=programs,
-        proportions=proportions,
-        rng=rng,
-        **params["layout"],
-    )
-    stain = Stain.draw(rng, params["stain_jitter"])
     array_col = 2 * col + row % 2 if grid == "hex" else col
     spots = pd.DataFrame(
         {K.ARRAY_ROW_KEY: row, K.ARRAY_COL_KEY: array_col, "x_um": sx, "y_um": sy},
         index=[f"{c}x{r}" for c, r in zip(array_col, row, strict=True)],
     )
-    sdata = to_spatialdata(
-        section,
-        sample_id=sample_id,
-        mpp=params["mpp"],
-        types=types,
-        programs=programs,
-        stain=stain,
-        image_suffix=K.FULL_IMAGE_SUFFIX,
+    sdata = toy.draw(
+        sample_id,
+        outline,
+        (width, height),
+        proportions,
+        rng,
+        uns=toy.uns(seed),
         spots=spots,
         spot_radius_um=spot_diameter_um / 2,
-        uns={K.TOY_UNS_KEY: _toy_uns(types, params["mpp"], int(seed), int(program_seed))},
-        lazy=lazy,
-        rng=rng,
     )
     table = sdata[K.TABLE_KEY]
     logger.info(
         "toy_st: %d spots, %d cells, %d genes, median %d cells per spot",
         table.n_obs,
-        len(section.cells),
+        sdata[K.TRUE_CELLS_TABLE_KEY].n_obs,
         n_genes,
         np.median(table.obs[K.N_CELLS_KEY]),
     )
@@ -276,20 +261,18 @@ def toy_bulk_cohort(
         mpp, cell_spacing_um, region_size_um, region_sharpness, cell_noise, stain_jitter, lazy
     )
     sample_prefix = check_name(sample_prefix, "sample_prefix")
-    types = cell_types(n_cell_types, check_int(program_seed, "program_seed", min_value=0))
-    programs = expression_programs(n_genes, n_cell_types, program_seed)
-    seq = np.random.SeedSequence(check_int(seed, "seed", min_value=0))
+    toy = _Toy.build(params, n_genes, n_cell_types, program_seed, K.HE_IMAGE_SUFFIX)
+    seed = check_int(seed, "seed", min_value=0)
+    seq = np.random.SeedSequence(seed)
     patient_seqs, slide_seqs = seq.spawn(2)
     patients = []
     for p_seq in patient_seqs.spawn(n_patients):
         p_rng = np.random.default_rng(p_seq)
-        patients.append(
-            (p_rng.dirichlet(np.full(n_cell_types, concentration)), Stain.draw(p_rng, params["stain_jitter"]))
-        )
+        patients.append((p_rng.dirichlet(np.full(n_cell_types, concentration)), Stain.draw(p_rng, toy.stain_jitter)))
 
-    uns = {K.TOY_UNS_KEY: _toy_uns(types, params["mpp"], int(seed), int(program_seed))}
-    density = np.mean([t.density for t in types])
-    site_area = params["layout"]["cell_spacing_um"] ** 2 * np.sqrt(3) / 2
+    uns = toy.uns(seed)
+    density = np.mean([t.density for t in toy.types])
+    site_area = toy.layout["cell_spacing_um"] ** 2 * np.sqrt(3) / 2
     slides, rows = [], []
     for i, s_seq in enumerate(slide_seqs.spawn(n_slides)):
         rng = np.random.default_rng(s_seq)
@@ -301,33 +284,9 @@ def toy_bulk_cohort(
         margin = 0.25 * radius + 20
         semi = (radius * rng.uniform(1.0, 1.25), radius * rng.uniform(0.8, 1.0))
         width, height = 2 * (semi[0] * 1.3 + margin), 2 * (semi[1] * 1.3 + margin)
-        tissue = blob((width / 2, height / 2), semi, rng, wobble=0.12).intersection(_box(width, height))
-        section = sample_section(
-            tissue,
-            width_um=width,
-            height_um=height,
-            types=types,
-            programs=programs,
-            proportions=proportions,
-            rng=rng,
-            **params["layout"],
-        )
-        stain = _jitter_stain(patient_stain, rng, 0.3 * params["stain_jitter"])
+        outline = blob((width / 2, height / 2), semi, rng, wobble=0.12)
         sample_id = f"{sample_prefix}{i}"
-        sdata = to_spatialdata(
-            section,
-            sample_id=sample_id,
-            mpp=params["mpp"],
-            types=types,
-            programs=programs,
-            stain=stain,
-            image_suffix=K.HE_IMAGE_SUFFIX,
-            spots=None,
-            spot_radius_um=None,
-            uns=uns,
-            lazy=lazy,
-            rng=rng,
-        )
+        sdata = toy.draw(sample_id, outline, (width, height), proportions, rng, uns=uns, stain_around=patient_stain)
         slides.append(sdata)
         rows.append((sample_id, f"patient{patient}", sdata[K.TABLE_KEY]))
 
@@ -373,7 +332,97 @@ def _check_tissue_params(
             "region_sharpness": check_float(region_sharpness, "region_sharpness", min_value=0),
             "cell_noise": check_float(cell_noise, "cell_noise", min_value=0, max_value=3),
         },
+        "lazy": lazy,
     }
+
+
+@dataclass(frozen=True)
+class _Toy:
+    """What the sections of one generator call share: cell types, programs and the checked tissue parameters."""
+
+    types: tuple[CellType, ...]
+    programs: Programs
+    program_seed: int
+    mpp: float
+    stain_jitter: float
+    layout: dict[str, float]
+    """The tissue's keyword arguments of :func:`sample_section` (cell spacing, regions, noise)."""
+    lazy: bool | None
+    image_suffix: str
+    """Of the image element's name: ``{sample_id}{image_suffix}``."""
+
+    @classmethod
+    def build(cls, params: dict, n_genes: int, n_cell_types: int, program_seed, image_suffix: str) -> _Toy:
+        """The cell types and programs of ``program_seed``, with ``params`` from :func:`_check_tissue_params`."""
+        program_seed = check_int(program_seed, "program_seed", min_value=0)
+        types = cell_types(n_cell_types, program_seed)
+        programs = expression_programs(n_genes, n_cell_types, program_seed)
+        return cls(types=types, programs=programs, program_seed=program_seed, image_suffix=image_suffix, **params)
+
+    def uns(self, seed: int) -> dict:
+        """The tables' ``uns``: the ground truth's parameters under ``"toy"``."""
+        # Cell-type order as {name: column}, not a list: zarr reads string lists back as numpy
+        # StringDType arrays, and deep-copying those crashes numpy < 2.1 (which cellpose 3 pins).
+        return {
+            K.TOY_UNS_KEY: {
+                "cell_types": {t.name: i for i, t in enumerate(self.types)},
+                "morphology": {t.name: t.to_dict() for t in self.types},
+                "mpp": self.mpp,
+                "seed": seed,
+                "program_seed": self.program_seed,
+            }
+        }
+
+    def draw(
+        self,
+        sample_id: str,
+        outline,
+        size_um: tuple[float, float],
+        proportions: np.ndarray,
+        rng: np.random.Generator,
+        *,
+        uns: dict,
+        spots: pd.DataFrame | None = None,
+        spot_radius_um: float | None = None,
+        stain_around: Stain | None = None,
+    ):
+        """Draw a section and its stain, and render them into the SpatialData ``sample_id``.
+
+        The tissue is ``outline`` clipped to the ``size_um`` (width, height) image. The stain is a
+        fresh draw or, with ``stain_around`` (a patient's stain), a slide's variation of it.
+        ``rng`` draws the cells, then the stain, then the image and the counts.
+        """
+        import shapely
+
+        width_um, height_um = size_um
+        section = sample_section(
+            outline.intersection(shapely.box(0, 0, width_um, height_um)),
+            width_um=width_um,
+            height_um=height_um,
+            types=self.types,
+            programs=self.programs,
+            proportions=proportions,
+            rng=rng,
+            **self.layout,
+        )
+        if stain_around is None:
+            stain = Stain.draw(rng, self.stain_jitter)
+        else:
+            stain = _jitter_stain(stain_around, rng, 0.3 * self.stain_jitter)
+        return to_spatialdata(
+            section,
+            sample_id=sample_id,
+            mpp=self.mpp,
+            types=self.types,
+            programs=self.programs,
+            stain=stain,
+            image_suffix=self.image_suffix,
+            spots=spots,
+            spot_radius_um=spot_radius_um,
+            uns=uns,
+            lazy=self.lazy,
+            rng=rng,
+        )
 
 
 def _check_proportions(proportions, n_cell_types: int) -> np.ndarray:
@@ -395,21 +444,3 @@ def _jitter_stain(stain: Stain, rng: np.random.Generator, jitter: float) -> Stai
         h_scale=stain.h_scale * delta.h_scale,
         e_scale=stain.e_scale * delta.e_scale,
     )
-
-
-def _box(width: float, height: float):
-    import shapely
-
-    return shapely.box(0, 0, width, height)
-
-
-def _toy_uns(types, mpp: float, seed: int, program_seed: int) -> dict:
-    # Cell-type order as {name: column}, not a list: zarr reads string lists back as numpy
-    # StringDType arrays, and deep-copying those crashes numpy < 2.1 (which cellpose 3 pins).
-    return {
-        "cell_types": {t.name: i for i, t in enumerate(types)},
-        "morphology": {t.name: t.to_dict() for t in types},
-        "mpp": mpp,
-        "seed": seed,
-        "program_seed": program_seed,
-    }
