@@ -30,7 +30,7 @@ def test_bundled_model_is_small_attributed_and_safe():
 
 def test_bundled_model_predicts_on_a_her2st_crop():
     import bitro as bt
-    from bitro._predict_demo import crop_section
+    from bitro.cli._her2st_predict import crop_section
 
     sdata = crop_section(bt.datasets.her2st("C3", data_dir=HER2ST), CROP_UM)
     bt.tl.predict(sdata)  # no model: the bundled one; segmentation etc. run with its settings

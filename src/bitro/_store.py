@@ -349,3 +349,36 @@ def replace_folder(path: str | os.PathLike, *, overwrite: bool, owned: set[str] 
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         os.rename(tmp, path)
+
+
+def write_store(sdata, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Write ``sdata`` as a new zarr store at ``path``, swapped in only when complete.
+
+    An existing store is replaced only with ``overwrite=True``, and only once the new one is whole
+    (a crash leaves the previous store); a folder that is not a zarr store is never replaced.
+    ``sdata`` becomes backed by ``path``.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not ((path / "zarr.json").is_file() or (path / ".zgroup").is_file()):
+        raise FileExistsError(f"{path} exists and is not a zarr store; it is not replaced. Pass another path.")
+    with replace_folder(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
+        store = tmp / "store.zarr"  # spatialdata writes only into a path that does not exist yet
+        sdata.write(store, update_sdata_path=False)
+        for entry in store.iterdir():  # the store's content becomes the folder's
+            os.rename(entry, tmp / entry.name)
+        store.rmdir()
+    sdata.path = path
+
+
+@contextlib.contextmanager
+def replace_file(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix) to write; renamed onto ``path`` when the block succeeds."""
+    path = Path(path).expanduser()
+    tmp = path.with_name(f".{path.stem}.bitro-tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            os.remove(tmp)

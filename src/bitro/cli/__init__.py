@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -15,24 +16,52 @@ app = typer.Typer(
 )
 
 
+_STATE = {"debug": False}
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback when a command fails.")] = False,
+) -> None:
     """Gene expression from H&E histology (spots, slides, single cells)."""
+    _STATE["debug"] = debug
+
+
+def _errors(func):
+    """A failing command prints one line with the cause and exits with status 1 (``--debug``: the traceback)."""
+
+    @functools.wraps(func)
+    def run(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as err:
+            if _STATE["debug"]:
+                raise
+            message = " ".join(str(err).split()) or type(err).__name__
+            typer.echo(f"error: {message} ({type(err).__name__}; --debug shows the traceback)", err=True)
+            raise typer.Exit(1) from None
+
+    return run
 
 
 @app.command()
+@_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("bitro_demo"),
     n_spots: Annotated[int, typer.Option(help="Spots of the synthetic section.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic section.")] = 0,
 ) -> None:
     """Run the demo on synthetic tissue: build it, write it to zarr, read it back, plot and summarise it."""
-    from bitro._demo import run_demo
+    from bitro.cli._toy_demo import run_demo
 
     run_demo(out, n_spots=n_spots, seed=seed)
 
 
 @app.command("predict-her2st")
+@_errors
 def predict_her2st(
     data: Annotated[
         Path, typer.Argument(help="Folder laid out like the her2st repository's data/ (tests/data/her2st).")
@@ -48,7 +77,7 @@ def predict_her2st(
     """Predict expression of a real HER2ST section from its H&E image and compare with its counts."""
     import json
 
-    from bitro._predict_demo import run_her2st
+    from bitro.cli._her2st_predict import run_her2st
 
     summary = run_her2st(data, section, out, model_dir=model, crop=crop)
     if summary["section"] in summary["model_trained_on"]:

@@ -7,13 +7,12 @@ the measured counts, write the SpatialData to zarr and a figure of predicted bes
 
 from __future__ import annotations
 
-import shutil
 import time
-import warnings
 from pathlib import Path
 
 from bitro import _constants as K
 from bitro import _sdata
+from bitro._store import replace_file, write_store
 
 
 def run_her2st(
@@ -46,36 +45,35 @@ def run_her2st(
         bar.update()
         return time.perf_counter()
 
-    t = time.perf_counter()
-    model = bt.models.BiTro.load(model_dir) if model_dir else bt.models.default_model()
-    prep = model.config["preprocessing"]
-    sdata = bt.datasets.her2st(section, data_dir=data_dir)
-    if crop is not None:
-        sdata = crop_section(sdata, crop)
-    t = step("read", t)
-    bt.pp.segment_cells(sdata, **prep["segmentation"], progress=False)
-    t = step("segment", t)
-    bt.pp.cell_features(sdata, **prep["features"])
-    t = step("features", t)
-    bt.tl.predict(sdata, model)  # assignment and graph run here, with the model's settings
-    t = step("predict", t)
-    scores = bt.tl.evaluate(sdata)
-    t = step("evaluate", t)
-    store = out / f"{section}.zarr"
-    if store.exists():
-        shutil.rmtree(store)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
-        sdata.write(store)
-    t = step("write zarr", t)
-    table = sdata[_sdata.recorded(sdata, K.ATTR_TABLE)]
-    best = table.var[K.PEARSON_KEY].dropna().sort_values(ascending=False).index[:n_genes_plot].tolist()
-    figure = out / f"{section}_predicted_vs_observed.png"
-    fig = bt.pl.spatial_prediction(sdata, best, return_fig=True)
-    fig.savefig(figure, dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    step("plot", t)
-    bar.close()
+    try:
+        t = time.perf_counter()
+        model = bt.models.BiTro.load(model_dir) if model_dir else bt.models.default_model()
+        prep = model.config["preprocessing"]
+        sdata = bt.datasets.her2st(section, data_dir=data_dir)
+        if crop is not None:
+            sdata = crop_section(sdata, crop)
+        t = step("read", t)
+        bt.pp.segment_cells(sdata, **prep["segmentation"], progress=False)
+        t = step("segment", t)
+        bt.pp.cell_features(sdata, **prep["features"])
+        t = step("features", t)
+        bt.tl.predict(sdata, model)  # assignment and graph run here, with the model's settings
+        t = step("predict", t)
+        scores = bt.tl.evaluate(sdata)
+        t = step("evaluate", t)
+        store = out / f"{section}.zarr"
+        write_store(sdata, store, overwrite=True)  # the previous store stays until the new one is whole
+        t = step("write zarr", t)
+        table = sdata[_sdata.recorded(sdata, K.ATTR_TABLE)]
+        best = table.var[K.PEARSON_KEY].dropna().sort_values(ascending=False).index[:n_genes_plot].tolist()
+        figure = out / f"{section}_predicted_vs_observed.png"
+        fig = bt.pl.spatial_prediction(sdata, best, return_fig=True)
+        with replace_file(figure) as tmp:
+            fig.savefig(tmp, dpi=80, bbox_inches="tight")
+        plt.close(fig)
+        step("plot", t)
+    finally:
+        bar.close()  # an error prints after the bar, not inside it
 
     row = scores.iloc[0]
     summary = {

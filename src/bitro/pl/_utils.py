@@ -85,7 +85,12 @@ def finish(
     import matplotlib.pyplot as plt
 
     if save is not None:
-        fig.savefig(save, dpi=SAVE_DPI, bbox_inches="tight")
+        from bitro._store import replace_file
+
+        if not Path(save).suffix:  # as matplotlib does: the default format's extension is appended
+            save = f"{save}.{mpl.rcParams['savefig.format']}"
+        with replace_file(save) as tmp:  # an interrupted save never leaves half a file in place of the last
+            fig.savefig(tmp, dpi=SAVE_DPI, bbox_inches="tight")
     if show is None:
         interactive = mpl.get_backend().lower() not in NON_INTERACTIVE_BACKENDS
         show = own_figure and interactive and save is None and not return_fig
