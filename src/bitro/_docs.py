@@ -27,6 +27,12 @@ is read, from the finest pyramid level that keeps it at most 1200 pixels across.
 
 # --- whole parameter entries -----------------------------------------------------------------------
 
+doc_y_pair = """\
+y_true
+    Measured values, ``(n_obs, n_genes)``.
+y_pred
+    Predicted values, same shape."""
+
 doc_key = """\
 key
     ``obsm`` key of the predictions written by :func:`bitro.tl.predict` (``uns[key]["var_names"]``
@@ -66,19 +72,31 @@ doc_returns_ax = """\
 ~matplotlib.axes.Axes | ~matplotlib.figure.Figure | None
     The figure when ``return_fig``, else the axes unless the figure was shown (then ``None``)."""
 
+doc_plot_end = f"{doc_show_save_ax}\n\nReturns\n-------\n{doc_returns_ax}"
+"""The last parameters of a one-axes plot (``ax``, ``show``, ``save``, ``return_fig``) and its Returns section."""
+
 
 def inject_docs(**blocks: str) -> Callable[[F], F]:
     """Replace the placeholders ``{name}`` of exactly the given names in the decorated function's docstring.
 
-    Lines after the first of a block get the indentation of the line holding the placeholder. A
-    name whose placeholder is not in the docstring is an error (a typo would otherwise go unseen).
+    Without arguments, every ``{doc_*}`` placeholder is filled with the block of that name in this
+    module. Lines after the first of a block get the indentation of the line holding the
+    placeholder. A name whose placeholder is not in the docstring, or a ``{doc_*}`` placeholder
+    without a block, is an error (a typo would otherwise go unseen).
     """
 
     def decorate(func: F) -> F:
         doc = func.__doc__
         if doc is None:  # python -OO strips docstrings
             return func
-        for name, block in blocks.items():
+        named = blocks
+        if not named:
+            names = sorted(set(re.findall(r"\{(doc_\w+)\}", doc)))
+            unknown = [n for n in names if not isinstance(globals().get(n), str)]
+            if unknown:
+                raise ValueError(f"{func.__qualname__}: no shared docs for {unknown}.")
+            named = {n: globals()[n] for n in names}
+        for name, block in named.items():
             placeholder = "{" + name + "}"
             if placeholder not in doc:
                 raise ValueError(f"{func.__qualname__}: the docstring has no placeholder {placeholder}.")

@@ -1,4 +1,4 @@
-"""Reading and writing the files of a saved model or adapter, with errors that name the file.
+"""Reading and writing settings (JSON) and weights (safetensors), with errors that name the file.
 
 Weights are safetensors (nothing is unpickled) and settings JSON. Each weights file carries, in
 its metadata, a digest of the settings the weights depend on (genes per head, network size, cell

@@ -38,6 +38,23 @@ def check_float(
     return value
 
 
+MPP_RANGE = (0.01, 50.0)
+"""Plausible µm per pixel of a microscope image (from a 0.01 µm/px super-resolution scan to a 50 µm/px
+thumbnail); outside it a value is a unit slip (nm, m, dpi) or a software default, and is refused."""
+
+
+def check_mpp(value, name: str) -> float:
+    """A pixel size in µm per pixel within :data:`MPP_RANGE`, or an error naming ``name`` and the range."""
+    value = check_float(value, name, min_value=0, strict_min=True)
+    lo, hi = MPP_RANGE
+    if not lo <= value <= hi:
+        raise ValueError(
+            f"`{name}` must be a pixel size in µm per pixel between {lo} and {hi}, got {value:g} "
+            "(a 40x scan is about 0.25, 20x about 0.5; was it given in nm, m or dpi?)."
+        )
+    return value
+
+
 def check_choice(value, name: str, choices: Sequence[str]) -> str:
     """Return ``value`` if it is one of ``choices`` or raise naming ``name``."""
     if value not in choices:

@@ -10,7 +10,7 @@ import pandas as pd
 from bitro import _constants as K
 from bitro import _sdata
 from bitro._logging import logger
-from bitro._validate import check_float
+from bitro._validate import check_mpp
 
 from ._common import check_path, check_spots_inside, make_unique, read_table, sanitize_id, spot_sdata
 
@@ -78,12 +78,16 @@ def legacy_st(
     image = check_path(image, name="image")
     sample_id = sanitize_id(sample_id, name="sample_id")
     if pixel_size is not None:
-        pixel_size = check_float(pixel_size, "pixel_size", min_value=0, strict_min=True)
+        pixel_size = check_mpp(pixel_size, "pixel_size")
 
     table = _read_counts(counts)
     positions = _read_spots(spots)
     positions, table = _match(positions, table, counts=counts, spots=spots)
-    mpp = pixel_size if pixel_size is not None else estimate_mpp(positions, source=spots)
+    mpp = (
+        pixel_size
+        if pixel_size is not None
+        else check_mpp(estimate_mpp(positions, source=spots), f"{spots}: pixel size estimated from the spot pitch")
+    )
     if pixel_size is None:
         logger.info("%s: pixel size %.4f µm/px estimated from the %g µm spot pitch", spots, mpp, ST_SPOT_PITCH_UM)
 
@@ -147,8 +151,17 @@ def _read_counts(path) -> pd.DataFrame:
             f"{path}: non-numeric or missing count {table.iat[row, col]!r} at spot {table.index[row]!r}, "
             f"gene {table.columns[col]!r} ({int(bad.to_numpy().sum())} such values)."
         )
-    if (numeric.to_numpy() < 0).any():
+    values = numeric.to_numpy()
+    if (values < 0).any():
         raise ValueError(f"{path}: counts must be non-negative.")
+    fractional = values != np.round(values)
+    if fractional.any():
+        row, col = np.argwhere(fractional)[0]
+        raise ValueError(
+            f"{path}: counts must be whole numbers (raw UMI counts), found {values[row, col]:g} at spot "
+            f"{table.index[row]!r}, gene {table.columns[col]!r} ({int(fractional.sum())} such values); "
+            "normalised or log-transformed values cannot be read as counts."
+        )
     numeric.index = make_unique(numeric.index, what="spot ids", source=path)
     numeric.columns = make_unique(numeric.columns, what="gene names", source=path)
     return numeric
@@ -161,6 +174,11 @@ def _read_spots(path) -> pd.DataFrame:
         raise ValueError(f"{path}: the spot file lacks the columns {sorted(missing)} (has {list(spots.columns)}).")
     if "selected" in spots.columns:
         n_off = int((spots["selected"] != 1).sum())
+        if n_off == len(spots):
+            raise ValueError(
+                f"{path}: none of its {len(spots)} spots is selected (column `selected` is never 1), so no spot "
+                "lies on the tissue; is it the selection file of this section?"
+            )
         if n_off:
             logger.info("%s: %d spots not selected (outside tissue) skipped", path, n_off)
         spots = spots[spots["selected"] == 1]

@@ -12,7 +12,7 @@ import numpy as np
 from bitro import _constants as K
 from bitro import _sdata
 from bitro._logging import logger
-from bitro._validate import check_float, check_int
+from bitro._validate import check_int, check_mpp
 
 from ._common import check_path, sanitize_id
 from ._wsi_backends import _open_pil, _open_tiff
@@ -201,7 +201,7 @@ def _read_image(path, *, coordinate_system, mpp, chunks, pixels_needed: bool = F
     if not isinstance(coordinate_system, str) or not coordinate_system:
         raise TypeError(f"`coordinate_system` must be a non-empty string, got {coordinate_system!r}.")
     if mpp is not None:
-        mpp = check_float(mpp, "mpp", min_value=0.0, strict_min=True)
+        mpp = check_mpp(mpp, "mpp")
     chunks = check_int(chunks, "chunks", min_value=16)
 
     source = _open_tiff(path) if suffix in TIFF_SUFFIXES else _open_pil(path)

@@ -8,13 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bitro._logging import logger
+from bitro._validate import MPP_RANGE
 
 if TYPE_CHECKING:
     from ._wsi_backends import _Source
-
-MAX_PLAUSIBLE_MPP = 50.0
-"""A pixel size above this (µm/px, i.e. below ~500 dpi) is a software default such as 72 dpi, not a
-microscope's: cells cannot be seen at that scale. Such metadata is ignored (``mpp=`` is then needed)."""
 
 _UNIT_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "nm": 1e-3}
 """µm per OME ``UnitsLength`` (micro sign; a Greek mu is read as one); other lengths are not pixel sizes."""
@@ -38,9 +35,9 @@ def _tiff_mpp(tif, page, *, series_index: int, ignored: list[str]) -> tuple[floa
                 value = float(match.group(1))
             except ValueError:
                 value = math.nan
-            if value > 0 and math.isfinite(value):
-                return value, "its Aperio MPP"
-            ignored.append(f"its Aperio MPP {match.group(1)!r} is not a pixel size")
+            usable = _usable(value, value, f"its Aperio MPP {match.group(1)!r}", ignored)
+            if usable is not None:
+                return usable, "its Aperio MPP"
     return _resolution_mpp(page, ignored)
 
 
@@ -91,13 +88,18 @@ def _resolution_mpp(page, ignored: list[str]) -> tuple[float | None, str]:
 def _usable(mpp_x: float, mpp_y: float, what: str, ignored: list[str]) -> float | None:
     """``mpp_x`` if it is a microscope's square pixel size, else ``None`` (and why in ``ignored``).
 
-    Above :data:`MAX_PLAUSIBLE_MPP` it is a software default such as 72 dpi.
+    Outside ``bitro._validate.MPP_RANGE`` it is a unit slip or a software default such as 72 dpi.
     """
+    if not (math.isfinite(mpp_x) and math.isfinite(mpp_y)):
+        ignored.append(f"{what} is not a number")
+        return None
     if not math.isclose(mpp_x, mpp_y, rel_tol=0.01):
         ignored.append(f"{what} gives non-square pixels ({mpp_x:.4g} x {mpp_y:.4g} µm)")
         return None
-    if not (math.isfinite(mpp_x) and 0 < mpp_x <= MAX_PLAUSIBLE_MPP):
-        ignored.append(f"{what} means {mpp_x:.4g} µm/px, which is not a microscope pixel size (a software default?)")
+    if not (math.isfinite(mpp_x) and MPP_RANGE[0] <= mpp_x <= MPP_RANGE[1]):
+        ignored.append(
+            f"{what} means {mpp_x:.4g} µm/px, which is not a microscope pixel size (a unit slip or a software default?)"
+        )
         return None
     return mpp_x
 

@@ -196,9 +196,9 @@ class AdapterMixin:
         import tempfile
 
         from bitro import __version__
+        from bitro._files import write_json, write_weights
         from bitro._store import replace_folder
 
-        from ._files import write_json, write_weights
         from ._lora import ADAPTER_FILE, HEAD_FILE, PEFT_FILES
         from ._model import FORMAT
 
@@ -247,7 +247,8 @@ class AdapterMixin:
         str
             The adapter's name.
         """
-        from ._files import check_digest, read_json, read_weights
+        from bitro._files import check_digest, read_json, read_weights
+
         from ._lora import ADAPTER_FILE, HEAD_FILE, PEFT_FILES, check_adapter_loaded
         from ._model import FORMAT
         from ._module import BagHead

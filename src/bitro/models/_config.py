@@ -184,9 +184,9 @@ def median_mpp(sdatas) -> float | None:
     return float(np.nanmedian(mpps)) if np.isfinite(mpps).any() else None
 
 
-def training_record(td, hist, history, *, target: str, seed: int, lr: float, weight_decay: float) -> dict[str, Any]:
-    """``config["training"]``: what trained, on which samples, with which split, for how long."""
-    return {
+def training_record(td, hist, history, options, *, target: str, interrupted: bool = False) -> dict[str, Any]:
+    """``config["training"]``: what trained, on which samples, with which split, for how long, how."""
+    record = {
         "target": target,
         **td.split_record(),
         "groups": dict(zip(td.ids, td.groups, strict=True)),
@@ -195,10 +195,13 @@ def training_record(td, hist, history, *, target: str, seed: int, lr: float, wei
         "epochs": int(len(hist)),
         "best_epoch": history.best_epoch,
         "best_val_loss": None if history.best_epoch is None else float(history.best_loss),
-        "seed": int(seed),
-        "lr": float(lr),
-        "weight_decay": float(weight_decay),
+        "seed": int(options.seed),
+        "lr": float(options.lr),
+        "weight_decay": float(options.weight_decay),
     }
+    if interrupted:
+        record["interrupted"] = True
+    return record
 
 
 def model_config(

@@ -92,7 +92,7 @@ def check_adapter_loaded(peft_model, name: str, path) -> None:
     """Every tensor of the saved adapter is in the model under ``name``, with equal values (no silent partial load)."""
     import torch
 
-    from ._files import read_weights
+    from bitro._files import read_weights
 
     saved, _ = read_weights(path / PEFT_FILES[1], what="LoRA weights")
     params = dict(peft_model.named_parameters())

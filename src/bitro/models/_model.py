@@ -160,9 +160,8 @@ class BiTro(AdapterMixin):
             nothing else in it is lost).
         """
         from bitro import __version__
+        from bitro._files import write_json, write_weights
         from bitro._store import replace_folder
-
-        from ._files import write_json, write_weights
 
         if self.peft is not None:
             raise ValueError(
@@ -204,7 +203,7 @@ class BiTro(AdapterMixin):
         BiTro
             The model, in evaluation mode.
         """
-        from ._files import check_digest, read_json, read_weights
+        from bitro._files import check_digest, read_json, read_weights
 
         path = Path(dir_path)
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():

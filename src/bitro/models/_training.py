@@ -69,6 +69,56 @@ class TrainingData:
         return {"samples": [self.ids[i] for i in self.train], "validation": [self.ids[i] for i in self.val]}
 
 
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How a run trains (the options :func:`bitro.tl.fit` and :func:`bitro.tl.transfer` share), checked."""
+
+    lr: float
+    weight_decay: float
+    max_epochs: int
+    patience: int
+    batch_size: int
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    progress: bool | None = None
+    checkpoint_dir: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        from ._config import check_training
+
+        check_training(
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+            batch_size=self.batch_size,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """The options a resumed run must share with the run it continues (epochs and patience may grow)."""
+        return {
+            "seed": int(self.seed),
+            "lr": float(self.lr),
+            "weight_decay": float(self.weight_decay),
+            "batch_size": int(self.batch_size),
+        }
+
+
+def train(module, head: str, td: TrainingData, options: TrainingOptions, *, identity: dict, build):
+    """Train ``module``'s ``head`` on ``td`` and return ``build(history, History)``.
+
+    On Ctrl-C the :class:`TrainingInterrupted` raised carries ``build(..., interrupted=True)`` as its
+    ``model``: what was trained so far, with the best weights.
+    """
+    try:
+        hist, history = run_training(module, head, td, options, identity={**identity, **options.identity()})
+    except TrainingInterrupted as err:
+        err.model = build(*err.result, interrupted=True)
+        raise
+    return build(hist, history)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped training: the exception's ``model`` holds the model with the best weights so far.
 
@@ -129,23 +179,7 @@ def _check_run(checkpoint_dir: Path, identity: dict) -> Path | None:
     return None
 
 
-def run_training(
-    module,
-    head: str,
-    td: TrainingData,
-    *,
-    lr: float,
-    weight_decay: float,
-    batch_size: int,
-    max_epochs: int,
-    patience: int,
-    accelerator: str,
-    devices,
-    progress: bool | None,
-    seed: int,
-    checkpoint_dir: str | os.PathLike | None = None,
-    identity: dict[str, Any] | None = None,
-):
+def run_training(module, head: str, td: TrainingData, options: TrainingOptions, *, identity: dict | None = None):
     """Lightning training of ``module``'s ``head`` on ``td``; keeps the best validation weights.
 
     Returns the loss history (DataFrame) and the :class:`~bitro.models._plan.History` callback.
@@ -159,6 +193,7 @@ def run_training(
     from ._data import BagDataset, collate_bags
     from ._plan import Checkpoint, History, Resample, TrainingPlan
 
+    seed, batch_size, checkpoint_dir = options.seed, options.batch_size, options.checkpoint_dir
     mod_head = module.heads[head]
     y_mean = mod_head.target_mean.detach().cpu().numpy()
     y_std = mod_head.target_std.detach().cpu().numpy()
@@ -190,7 +225,7 @@ def run_training(
     history = History()
     callbacks = [history, Resample(train_ds)]
     if td.val_items:
-        callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val_loss", patience=patience, mode="min"))
+        callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, mode="min"))
     resume = None
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir).expanduser()
@@ -198,8 +233,8 @@ def run_training(
         callbacks.append(Checkpoint(checkpoint_dir / CHECKPOINT_FILE))
         if resume is not None:
             logger.warning("resuming training from %s", resume)
-    show = progress if progress is not None else settings.verbosity >= 1
-    plan = TrainingPlan(module, head, lr=lr, weight_decay=weight_decay)
+    show = options.progress if options.progress is not None else settings.verbosity >= 1
+    plan = TrainingPlan(module, head, lr=options.lr, weight_decay=options.weight_decay)
     module.train()  # a loaded or copied model is in eval mode; dropout (and LoRA dropout) must be on
     interrupted = False
     with tempfile.TemporaryDirectory() as root, warnings.catch_warnings(), _quiet_lightning():
@@ -210,9 +245,9 @@ def run_training(
         warnings.filterwarnings("ignore", ".*number of training batches.*smaller than the logging interval.*")
         warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")  # Lightning 2.6 vs torch 2.13
         trainer = L.Trainer(
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
+            max_epochs=options.max_epochs,
+            accelerator=options.accelerator,
+            devices=options.devices,
             callbacks=callbacks,
             logger=False,
             enable_checkpointing=False,
@@ -242,7 +277,7 @@ def run_training(
         done = int(hist["train_loss"].notna().sum())
         where = f"; resume with the same call (checkpoint_dir={str(checkpoint_dir)!r})" if checkpoint_dir else ""
         raise TrainingInterrupted(
-            f"training interrupted (Ctrl-C) after {done} of {max_epochs} epochs; the model with the best weights "
+            f"training interrupted (Ctrl-C) after {done} of {options.max_epochs} epochs; the model with the best weights "
             f"so far is `err.model` (except KeyboardInterrupt as err){where}",
             epochs=done,
             result=(hist, history),

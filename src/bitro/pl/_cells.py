@@ -10,17 +10,7 @@ import numpy as np
 
 from bitro import _constants as K
 from bitro import _sdata
-from bitro._docs import (
-    doc_cmap,
-    doc_figsize,
-    doc_image,
-    doc_key,
-    doc_region,
-    doc_returns_ax,
-    doc_sdata,
-    doc_show_save_ax,
-    inject_docs,
-)
+from bitro._docs import inject_docs
 from bitro._logging import logger
 
 from ._prediction import predicted_values
@@ -49,16 +39,7 @@ DEFAULT_CELL_CROP_UM = 300.0
 """Side (µm) of the default crop of :func:`cell_expression`, centred on the median cell."""
 
 
-@inject_docs(
-    doc_sdata=doc_sdata,
-    doc_key=doc_key,
-    doc_image=doc_image,
-    doc_region=doc_region,
-    doc_cmap=doc_cmap,
-    doc_figsize=doc_figsize,
-    doc_show_save_ax=doc_show_save_ax,
-    doc_returns_ax=doc_returns_ax,
-)
+@inject_docs()
 def cell_expression(
     sdata: SpatialData,
     gene: str,
@@ -92,11 +73,7 @@ def cell_expression(
         {doc_region} ``None`` shows a 300 µm square around the median cell with a prediction.
     {doc_cmap}
     {doc_figsize}
-    {doc_show_save_ax}
-
-    Returns
-    -------
-    {doc_returns_ax}
+    {doc_plot_end}
 
     Examples
     --------

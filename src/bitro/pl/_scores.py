@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from bitro._docs import doc_figsize, doc_returns_ax, doc_show_save_ax, inject_docs
+from bitro._docs import inject_docs
 
 from ._utils import finish, new_axes
 
@@ -54,7 +54,7 @@ def _score_table(scores: pd.DataFrame | pd.Series) -> pd.DataFrame:
     return numeric
 
 
-@inject_docs(doc_figsize=doc_figsize, doc_show_save_ax=doc_show_save_ax, doc_returns_ax=doc_returns_ax)
+@inject_docs()
 def gene_scores(
     scores: pd.DataFrame | pd.Series,
     *,
@@ -86,11 +86,7 @@ def gene_scores(
     sort_by
         Column (method) to sort genes by, descending; ``None`` uses the first column.
     {doc_figsize}
-    {doc_show_save_ax}
-
-    Returns
-    -------
-    {doc_returns_ax}
+    {doc_plot_end}
 
     Examples
     --------

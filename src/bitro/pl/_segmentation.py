@@ -11,7 +11,7 @@ import pandas as pd
 
 from bitro import _constants as K
 from bitro import _sdata
-from bitro._docs import doc_region, doc_returns_ax, doc_sdata, doc_show_save_ax, inject_docs
+from bitro._docs import inject_docs
 from bitro._logging import logger
 
 from ._utils import (
@@ -62,9 +62,7 @@ def _edge_colors(values: pd.Series, ax: Axes, column: str):
     return colors.reshape(-1, 4)
 
 
-@inject_docs(
-    doc_sdata=doc_sdata, doc_region=doc_region, doc_show_save_ax=doc_show_save_ax, doc_returns_ax=doc_returns_ax
-)
+@inject_docs()
 def segmentation(
     sdata: SpatialData,
     *,
@@ -96,11 +94,7 @@ def segmentation(
     color
         ``obs`` column of the cells table to colour outlines by (numbers with a colour bar,
         categories with a legend); ``None`` draws all outlines in one colour.
-    {doc_show_save_ax}
-
-    Returns
-    -------
-    {doc_returns_ax}
+    {doc_plot_end}
 
     Examples
     --------

@@ -11,7 +11,7 @@ import numpy as np
 
 from bitro import _constants as K
 from bitro import _sdata
-from bitro._docs import doc_cmap, doc_figsize, doc_image, doc_key, doc_region, doc_sdata, doc_show_save, inject_docs
+from bitro._docs import inject_docs
 from bitro._logging import logger
 
 from ._prediction import observed_values, pearson, predicted_values
@@ -77,15 +77,7 @@ def _draw_spots(ax: Axes, centres: np.ndarray, radii: np.ndarray, values: np.nda
     return n_nan
 
 
-@inject_docs(
-    doc_sdata=doc_sdata,
-    doc_key=doc_key,
-    doc_image=doc_image,
-    doc_region=doc_region,
-    doc_cmap=doc_cmap,
-    doc_figsize=doc_figsize,
-    doc_show_save=doc_show_save,
-)
+@inject_docs()
 def spatial_prediction(
     sdata: SpatialData,
     genes: str | Sequence[str],

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from bitro._docs import doc_figsize, doc_returns_ax, doc_show_save_ax, inject_docs
+from bitro._docs import inject_docs
 
 from ._utils import finish, new_axes
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-@inject_docs(doc_figsize=doc_figsize, doc_show_save_ax=doc_show_save_ax, doc_returns_ax=doc_returns_ax)
+@inject_docs()
 def training_history(
     model: object,
     *,
@@ -38,11 +38,7 @@ def training_history(
     model
         A trained model with a ``history`` DataFrame, e.g. from :func:`bitro.tl.fit`.
     {doc_figsize}
-    {doc_show_save_ax}
-
-    Returns
-    -------
-    {doc_returns_ax}
+    {doc_plot_end}
 
     Examples
     --------

@@ -128,13 +128,13 @@ def resolve_encoder(encoder: str | os.PathLike) -> Path:
 
 def load_encoder(encoder: str | os.PathLike) -> tuple[nn.Module, dict]:
     """The model (eval mode, on CPU) and config of an encoder folder or hub id."""
-    from safetensors.torch import load_file
+    from bitro._files import read_json, read_weights
 
     path = resolve_encoder(encoder)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (path / name).is_file():
             raise FileNotFoundError(f"`encoder`: {os.fspath(encoder)!r} has no {name} (looked in {path}).")
-    config = json.loads((path / CONFIG_NAME).read_text())
+    config = read_json(path / CONFIG_NAME, what="encoder's settings")
     arch = config.get("architecture")
     if arch not in ARCHITECTURES:
         raise ValueError(
@@ -146,7 +146,11 @@ def load_encoder(encoder: str | os.PathLike) -> tuple[nn.Module, dict]:
     if len(config["mean"]) != 3 or len(config["std"]) != 3:
         raise ValueError(f"`encoder`: `mean` and `std` of {path / CONFIG_NAME} need 3 values (RGB).")
     model = ARCHITECTURES[arch](**config.get("args", {}))
-    model.load_state_dict(load_file(str(path / WEIGHTS_NAME)), strict=True)
+    state, _ = read_weights(path / WEIGHTS_NAME, what="encoder's weights")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"`encoder`: {path / WEIGHTS_NAME} does not match {path / CONFIG_NAME} ({err}).") from err
     model.eval()
     return model, config
 

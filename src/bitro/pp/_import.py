@@ -107,17 +107,20 @@ def _from_hovernet(path: Path, nuclei) -> object:
 
 
 def _read_label_image(path: Path) -> np.ndarray:
-    if path.suffix.lower() == ".npy":
-        labels = np.load(path, allow_pickle=False)
-    elif path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    try:
+        if path.suffix.lower() == ".npy":
+            labels = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
 
-        labels = tifffile.imread(path)
-    else:
-        from PIL import Image
+            labels = tifffile.imread(path)
+        else:
+            from PIL import Image
 
-        with Image.open(path) as im:
-            labels = np.asarray(im)
+            with Image.open(path) as im:
+                labels = np.asarray(im)
+    except (OSError, ValueError, EOFError) as err:  # truncated or not an image: numpy / tifffile / PIL errors
+        raise ValueError(f"{path}: could not read it as a label image ({type(err).__name__}: {err}).") from err
     labels = np.squeeze(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{path}: a label image must be a 2-D integer array, got {labels.dtype} {labels.shape}.")

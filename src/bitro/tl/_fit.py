@@ -114,14 +114,13 @@ def fit(
     from bitro.models import BiTro
     from bitro.models._config import (
         Architecture,
-        check_training,
         data_settings,
         median_mpp,
         model_config,
         spot_geometry,
         training_record,
     )
-    from bitro.models._training import TrainingInterrupted, run_training
+    from bitro.models._training import TrainingOptions, train
 
     from ._preprocess import preprocessing_settings
     from ._samples import as_list
@@ -129,10 +128,21 @@ def fit(
 
     target = check_choice(target, "target", ("spot", "bulk"))
     n_genes = check_int(n_genes, "n_genes", min_value=1)
-    check_training(lr=lr, weight_decay=weight_decay, max_epochs=max_epochs, patience=patience, batch_size=batch_size)
     sdatas = as_list(sdatas)
     prep = preprocessing_settings(preprocessing)
     bag_settings = data_settings(target, data)
+    options = TrainingOptions(
+        lr=lr,
+        weight_decay=weight_decay,
+        max_epochs=max_epochs,
+        patience=patience,
+        batch_size=batch_size if batch_size is not None else bag_settings["batch_size"],
+        seed=seed,
+        accelerator=accelerator,
+        devices=devices,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+    )
     L.seed_everything(seed, verbose=False)
 
     td = training_data(
@@ -156,25 +166,10 @@ def fit(
     module.feature_std.copy_(torch.as_tensor(f_std))
     module.heads[target].target_mean.copy_(torch.as_tensor(y_mean))
     module.heads[target].target_std.copy_(torch.as_tensor(y_std))
-    batch = int(batch_size or bag_settings["batch_size"])
-    identity = {
-        "kind": "fit",
-        "target": target,
-        "genes": td.genes,
-        **td.split_record(),
-        "architecture": arch.to_dict(),
-        "data": bag_settings,
-        "preprocessing": prep,
-        "seed": int(seed),
-        "lr": float(lr),
-        "weight_decay": float(weight_decay),
-        "batch_size": batch,
-    }
+    identity = {"kind": "fit", "target": target, "genes": td.genes, **td.split_record()}
+    identity.update(architecture=arch.to_dict(), data=bag_settings, preprocessing=prep)
 
     def build(hist, history, interrupted: bool = False) -> BiTro:
-        training = training_record(td, hist, history, target=target, seed=seed, lr=lr, weight_decay=weight_decay)
-        if interrupted:
-            training["interrupted"] = True
         config = model_config(
             architecture=arch,
             genes={target: td.genes},
@@ -184,36 +179,17 @@ def fit(
             data=bag_settings,
             mpp=median_mpp(sdatas),
             spots=spot_geometry(sdatas) if target == "spot" else None,
-            training=training,
+            training=training_record(td, hist, history, options, target=target, interrupted=interrupted),
         )
         return BiTro(module, config, hist)
 
-    try:
-        hist, history = run_training(
-            module,
-            target,
-            td,
-            lr=lr,
-            weight_decay=weight_decay,
-            batch_size=batch,
-            max_epochs=max_epochs,
-            patience=patience,
-            accelerator=accelerator,
-            devices=devices,
-            progress=progress,
-            seed=seed,
-            checkpoint_dir=checkpoint_dir,
-            identity=identity,
-        )
-    except TrainingInterrupted as err:
-        err.model = build(*err.result, interrupted=True)
-        raise
-    model = build(hist, history)
+    model = train(module, target, td, options, identity=identity, build=build)
+    hist = model.history
     logger.info(
         "trained %s: %d epochs, best epoch %s (validation loss %s)",
         target,
         len(hist),
-        history.best_epoch,
-        None if history.best_epoch is None else f"{history.best_loss:.4f}",
+        model.best_epoch,
+        model.config["training"]["best_val_loss"],
     )
     return model

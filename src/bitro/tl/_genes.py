@@ -43,6 +43,11 @@ def select_genes(tables: list, *, n_genes: int, batch: list[str] | None = None) 
         log_cp10k(x, where="training table")  # refuses NaN / negative counts
         counts.append(x[lib > 0])
         labels += [str(batch[i] if batch else i)] * int((lib > 0).sum())
+    if not sum(c.shape[0] for c in counts):
+        raise ValueError(
+            "the training samples have no counts: every spot's (or slide's) library size is 0 over the "
+            f"{len(common)} shared genes; check the expression tables."
+        )
     adata = ad.AnnData(sparse.vstack(counts).tocsr(), var=pd.DataFrame(index=common.astype(str)))
     adata.obs["batch"] = pd.Categorical(labels)
     detected = np.asarray((adata.X > 0).mean(axis=0)).ravel()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from bitro._docs import inject_docs
+
 
 def _check_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y_true = np.asarray(y_true, dtype=np.float64)
@@ -50,15 +52,13 @@ def _pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return r
 
 
+@inject_docs()
 def pearson_per_gene(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """Pearson correlation across rows (spots or samples), one per gene.
 
     Parameters
     ----------
-    y_true
-        Measured values, ``(n_obs, n_genes)``.
-    y_pred
-        Predicted values, same shape.
+    {doc_y_pair}
 
     Returns
     -------
@@ -72,15 +72,13 @@ def pearson_per_gene(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     return _pearson_columns(y_true[keep], y_pred[keep])
 
 
+@inject_docs()
 def pearson_per_row(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """Pearson correlation across genes, one per row (spot or sample).
 
     Parameters
     ----------
-    y_true
-        Measured values, ``(n_obs, n_genes)``.
-    y_pred
-        Predicted values, same shape.
+    {doc_y_pair}
 
     Returns
     -------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -24,7 +25,7 @@ PSEUDO_SPOTS_SUFFIX = "_pseudo_spots"
 
 def predict(
     sdata: SpatialData,
-    model: BiTro | None = None,
+    model: BiTro | str | os.PathLike | None = None,
     *,
     target: Literal["spot", "bulk"] | None = None,
     key_added: str = K.PRED_KEY,
@@ -46,7 +47,8 @@ def predict(
     sdata
         Spatial data of one section or slide (see :func:`bitro.tl.fit`).
     model
-        A trained model; ``None`` uses the bundled default (:func:`bitro.models.default_model`).
+        A trained model, the folder of a saved one, or ``None`` for the bundled default
+        (:func:`bitro.models.default_model`).
     target
         ``"spot"`` or ``"bulk"`` head; defaults to the head the model was trained with.
     key_added
@@ -79,15 +81,13 @@ def predict(
     >>> sdata["table"].obsm["bitro_pred"].shape  # doctest: +SKIP
     """
     from bitro._validate import check_float, check_int, check_name
-    from bitro.models import default_model
     from bitro.models._config import data_settings
     from bitro.models._data import slide_bags, spot_bags
 
     key_added = check_name(key_added, "key_added")
     batch_size = check_int(batch_size, "batch_size", min_value=1)
     max_mpp_ratio = check_float(max_mpp_ratio, "max_mpp_ratio", min_value=1)
-    if model is None:
-        model = default_model()
+    model = resolve_model(model)
     head = target or model.head
     if head not in model.config["genes"]:
         raise ValueError(f"`target`: the model has no {head!r} head (heads: {list(model.config['genes'])}).")
@@ -161,6 +161,22 @@ def predict(
         key_added,
     )
     return sdata if copy else None
+
+
+def resolve_model(model) -> BiTro:
+    """``model`` as a :class:`~bitro.models.BiTro`: itself, loaded from a folder, or the bundled default for ``None``."""
+    from bitro.models import BiTro, default_model
+
+    if model is None:
+        return default_model()
+    if isinstance(model, str | os.PathLike):
+        return BiTro.load(model)
+    if not isinstance(model, BiTro):
+        raise TypeError(
+            f"`model` must be a bitro.models.BiTro, the folder of a saved model, or None (the bundled default); "
+            f"got {type(model).__name__}."
+        )
+    return model
 
 
 def _check_mpp(info: dict, model: BiTro, max_ratio: float) -> None:

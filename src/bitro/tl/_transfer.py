@@ -99,16 +99,9 @@ def transfer(
     import torch
 
     from bitro.models._adapters import check_lora
-    from bitro.models._config import (
-        Architecture,
-        check_training,
-        data_settings,
-        model_config,
-        spot_geometry,
-        training_record,
-    )
+    from bitro.models._config import Architecture, data_settings, model_config, spot_geometry, training_record
     from bitro.models._lora import backbone_identity, mapped_head
-    from bitro.models._training import TrainingInterrupted, run_training
+    from bitro.models._training import TrainingOptions, train
 
     from ._genes import shared_genes
     from ._preprocess import ensure_preprocessed
@@ -117,7 +110,6 @@ def transfer(
 
     target = check_choice(target, "target", ("spot", "bulk"))
     mode = check_choice(mode, "mode", ("lora", "full", "head"))
-    check_training(lr=lr, weight_decay=weight_decay, max_epochs=max_epochs, patience=patience, batch_size=batch_size)
     if mode == "lora":
         check_lora(r, alpha, dropout, model.config["architecture"]["hidden"])
         if adapter_name in model.adapters:
@@ -131,6 +123,18 @@ def transfer(
     prep = model.config["preprocessing"]
     # bag settings: the target kind's defaults, the model's own when it was trained on that kind, then `data`
     bag_settings = data_settings(target, model.config.get("data") if target == model.head else None, data)
+    options = TrainingOptions(
+        lr=lr,
+        weight_decay=weight_decay,
+        max_epochs=max_epochs,
+        patience=patience,
+        batch_size=batch_size if batch_size is not None else bag_settings["batch_size"],
+        seed=seed,
+        accelerator=accelerator,
+        devices=devices,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+    )
 
     for sdata in sdatas:
         ensure_preprocessed(sdata, prep, kind=target, features=model.config["features"])
@@ -163,21 +167,8 @@ def transfer(
     new.use_head(target, head)
     n_trainable, n_total = new.set_trainable(mode, head=target, adapter_name=adapter_name)
     logger.info("transfer %s -> %s (%s): %d of %d parameters train", source_kind, target, mode, n_trainable, n_total)
-    batch = int(batch_size or bag_settings["batch_size"])
-    identity = {
-        "kind": "transfer",
-        "mode": mode,
-        "target": target,
-        "genes": td.genes,
-        **td.split_record(),
-        "base_identity": base_identity,
-        "lora": lora,
-        "data": bag_settings,
-        "seed": int(seed),
-        "lr": float(lr),
-        "weight_decay": float(weight_decay),
-        "batch_size": batch,
-    }
+    identity = {"kind": "transfer", "target": target, "genes": td.genes, **td.split_record()}
+    identity.update(mode=mode, base_identity=base_identity, lora=lora, data=bag_settings)
 
     def finish(hist, history, interrupted: bool = False):
         new.set_trainable("none", head=target)
@@ -198,10 +189,8 @@ def transfer(
             "data": {k: v for k, v in bag_settings.items() if k != "batch_size"},
             "spots": new.config.get("spots") or (spot_geometry(sdatas) if target == "spot" else None),
         }
-        training = training_record(td, hist, history, target=target, seed=seed, lr=lr, weight_decay=weight_decay)
+        training = training_record(td, hist, history, options, target=target, interrupted=interrupted)
         training["source"] = model.config["training"]
-        if interrupted:
-            training["interrupted"] = True
         if mode == "lora":
             new.register_adapter(adapter_name, kind=target, genes=td.genes, hvg=td.hvg, head=head, meta=record)
         else:
@@ -222,33 +211,13 @@ def transfer(
         new.module.eval()
         return new
 
-    try:
-        hist, history = run_training(
-            new.module,
-            target,
-            td,
-            lr=lr,
-            weight_decay=weight_decay,
-            batch_size=batch,
-            max_epochs=max_epochs,
-            patience=patience,
-            accelerator=accelerator,
-            devices=devices,
-            progress=progress,
-            seed=seed,
-            checkpoint_dir=checkpoint_dir,
-            identity=identity,
-        )
-    except TrainingInterrupted as err:
-        err.model = finish(*err.result, interrupted=True)
-        raise
-    finish(hist, history)
+    train(new.module, target, td, options, identity=identity, build=finish)
     logger.info(
         "transferred to %s (%s): %d epochs, best epoch %s; %d genes (%d from the source head)",
         target,
         mode,
-        len(hist),
-        history.best_epoch,
+        len(new.history),
+        new.best_epoch,
         len(td.genes),
         n_shared,
     )
