@@ -73,6 +73,21 @@ def _cells(sdata, settings: dict) -> tuple[str, np.ndarray, np.ndarray, sparse.c
     return table_key, x, xy.astype(np.float32), graph
 
 
+def _groups(codes: np.ndarray, n: int) -> list[np.ndarray]:
+    """Indices of the items of each group ``0..n-1`` (ascending); a code outside that range belongs to none."""
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n + 1))
+    return [order[bounds[g] : bounds[g + 1]] for g in range(n)]
+
+
+def _bags(sample: str, group: str | None, kind: str, x, xy, graph, y, **sequences) -> Bags:
+    """:class:`Bags` of all the cells ``x`` / ``xy`` / ``graph`` of a sample, with its sequences and bags."""
+    return Bags(
+        sample_id=sample, group=group or sample, kind=kind, x=x, xy=xy, graph=graph, y=y,
+        cell_index=np.arange(len(x)), **sequences,
+    )  # fmt: skip
+
+
 def _context(xy: np.ndarray, centres: np.ndarray, members: list[np.ndarray], radius_um: float, max_cells: int):
     """For each centre, the cells within ``radius_um`` that are not its members, nearest first, at most ``max_cells``."""
     from scipy.spatial import cKDTree
@@ -117,32 +132,18 @@ def spot_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: s
     bag_xy = centres[spot_row].astype(np.float32)
 
     cell_spot = cells.obs[assign_key].astype("string").fillna("").to_numpy(dtype=str)
-    cell_bag = pd.Index(spot_ids).get_indexer(cell_spot)
-    order = np.argsort(cell_bag, kind="stable")
-    bounds = np.searchsorted(cell_bag[order], np.arange(len(spot_ids) + 1))
-    members = [np.sort(order[bounds[b] : bounds[b + 1]]) for b in range(len(spot_ids))]
+    members = _groups(pd.Index(spot_ids).get_indexer(cell_spot), len(spot_ids))
     context = _context(xy, bag_xy, members, float(settings["context_um"]), int(settings["max_context"]))
 
     y = None
     if genes is not None:
         cols = gene_columns(table, genes, where=f"section {sample!r} table {table_key!r}")
         y = log_cp10k(table.X, where=f"section {sample!r} table {table_key!r}", columns=cols)
-    return Bags(
-        sample_id=sample,
-        group=group or sample,
-        kind="spot",
-        x=x,
-        xy=xy,
-        graph=graph,
-        seq_cells=members,
-        seq_context=context,
-        seq_centre=bag_xy,
-        seq_bag=np.arange(len(spot_ids)),
-        bag_names=table.obs_names.to_numpy().astype(str),
-        bag_xy=bag_xy,
-        y=y,
-        cell_index=np.arange(len(x)),
-    )
+    return _bags(
+        sample, group, "spot", x, xy, graph, y,
+        seq_cells=members, seq_context=context, seq_centre=bag_xy, seq_bag=np.arange(len(spot_ids)),
+        bag_names=table.obs_names.to_numpy().astype(str), bag_xy=bag_xy,
+    )  # fmt: skip
 
 
 def slide_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: str | None = None) -> Bags:
@@ -175,26 +176,14 @@ def tiled_bag(
     """One bag of all cells, cut into square tiles of ``tile_um`` (aligned to the origin) as sequences."""
     codes = np.floor(xy / tile_um).astype(np.int64)
     inverse = np.unique(codes, axis=0, return_inverse=True)[1].reshape(-1) if len(xy) else np.zeros(0, np.int64)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(inverse.max(initial=-1) + 2))
-    seqs = [order[bounds[t] : bounds[t + 1]] for t in range(len(bounds) - 1)]
+    seqs = _groups(inverse, int(inverse.max(initial=-1)) + 1)
     centres = np.array([xy[s].mean(axis=0) for s in seqs], dtype=np.float32) if seqs else np.zeros((0, 2), np.float32)
-    return Bags(
-        sample_id=sample,
-        group=group or sample,
-        kind="bulk",
-        x=x,
-        xy=xy,
-        graph=graph,
-        seq_cells=seqs,
-        seq_context=[np.zeros(0, np.int64) for _ in seqs],
-        seq_centre=centres,
-        seq_bag=np.zeros(len(seqs), dtype=np.int64),
-        bag_names=np.array([sample]),
+    return _bags(
+        sample, group, "bulk", x, xy, graph, y,
+        seq_cells=seqs, seq_context=[np.zeros(0, np.int64) for _ in seqs], seq_centre=centres,
+        seq_bag=np.zeros(len(seqs), dtype=np.int64), bag_names=np.array([sample]),
         bag_xy=xy.mean(axis=0, keepdims=True) if len(xy) else np.zeros((1, 2), np.float32),
-        y=y,
-        cell_index=np.arange(len(x)),
-    )
+    )  # fmt: skip
 
 
 # --- batches -------------------------------------------------------------------------------------

@@ -95,6 +95,16 @@ class TrainingOptions:
             batch_size=self.batch_size,
         )
 
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any], *, default_batch_size: int) -> TrainingOptions:
+        """The options among a caller's arguments (its ``locals()``); ``batch_size=None`` means the bag default."""
+        from dataclasses import fields
+
+        picked = {f.name: arguments[f.name] for f in fields(cls) if f.name in arguments}
+        if picked.get("batch_size") is None:
+            picked["batch_size"] = default_batch_size
+        return cls(**picked)
+
     def identity(self) -> dict[str, Any]:
         """The options a resumed run must share with the run it continues (epochs and patience may grow)."""
         return {

@@ -14,21 +14,7 @@ from bitro._docs import inject_docs
 from bitro._logging import logger
 
 from ._prediction import predicted_values
-from ._utils import (
-    NAN_COLOR,
-    background,
-    check_region,
-    draw_background,
-    finish,
-    frame,
-    geometry_um,
-    image_choice,
-    missing_legend,
-    new_axes,
-    norm,
-    outlines_in,
-    square,
-)
+from ._utils import NAN_COLOR, cells_canvas, finish, frame, geometry_um, image_choice, missing_legend, norm
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -83,7 +69,6 @@ def cell_expression(
     >>> ax = bt.pl.cell_expression(sdata, "IGKC", crop=(1500, 800, 1800, 1100))
     """
     import matplotlib as mpl
-    import shapely
     from matplotlib.collections import PolyCollection
 
     if not isinstance(gene, str):
@@ -94,22 +79,13 @@ def cell_expression(
     geometry = geometry_um(sdata, shapes_key, geometry)
     finite = np.isfinite(values)
 
-    if crop is None:
-        if len(geometry):
-            centroids = shapely.get_coordinates(shapely.centroid(geometry))
-            centre = np.median(centroids[finite] if finite.any() else centroids, axis=0)
-        else:
-            centre = np.zeros(2)
-        crop = square(centre, DEFAULT_CELL_CROP_UM)
-    region = check_region(crop, "crop")
     image_key = image_choice(sdata, image, prefer=_sdata.info(sdata).get(K.ATTR_CELLS_IMAGE))
-    rgb, extent = background(sdata, image_key, region) if image_key is not None else (None, None)
-    in_region, outlines = outlines_in(geometry, region)
-    outline_of = dict(zip(np.flatnonzero(in_region), outlines, strict=True))
-
     own_figure = ax is None
-    fig, ax = new_axes(ax, figsize, default=(6.5, 5.5))
-    draw_background(ax, rgb, extent)
+    fig, ax, region, in_region, outlines = cells_canvas(
+        sdata, geometry, crop, image_key, name="crop", side_um=DEFAULT_CELL_CROP_UM, ax=ax, figsize=figsize,
+        size=(6.5, 5.5), focus=finite,
+    )  # fmt: skip
+    outline_of = dict(zip(np.flatnonzero(in_region), outlines, strict=True))
     shown = in_region & finite
     colormap = mpl.colormaps[cmap]
     scale = norm(values[shown] if shown.any() else values)

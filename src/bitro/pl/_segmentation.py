@@ -14,18 +14,7 @@ from bitro import _sdata
 from bitro._docs import inject_docs
 from bitro._logging import logger
 
-from ._utils import (
-    background,
-    check_region,
-    draw_background,
-    finish,
-    frame,
-    geometry_um,
-    new_axes,
-    norm,
-    outlines_in,
-    square,
-)
+from ._utils import cells_canvas, finish, frame, geometry_um, norm
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -103,7 +92,6 @@ def segmentation(
     >>> bt.pp.segment_cells(sdata, method="watershed")
     >>> ax = bt.pl.segmentation(sdata, region=(1500, 800, 1650, 950))
     """
-    import shapely
     from matplotlib.collections import PolyCollection
 
     info = _sdata.info(sdata)
@@ -120,21 +108,10 @@ def segmentation(
     shapes = sdata.shapes[shapes_key]
     geometry = geometry_um(sdata, shapes_key, shapes.geometry.to_numpy())
 
-    if region is None:
-        if len(geometry):
-            centre = np.median(shapely.get_coordinates(shapely.centroid(geometry)), axis=0)
-        else:
-            level = _sdata.level0(sdata.images[image_key])
-            middle = np.array([[level.sizes["x"] / 2, level.sizes["y"] / 2]])
-            centre = _sdata.apply_affine(_sdata.affine_xy(level, cs), middle)[0]
-        region = square(centre, DEFAULT_CROP_UM)
-    region = check_region(region, "region")
-    rgb, extent = background(sdata, image_key, region)
-    in_region, outlines = outlines_in(geometry, region)
-
     own_figure = ax is None
-    fig, ax = new_axes(ax, None, default=(6.0, 6.0))
-    draw_background(ax, rgb, extent)
+    fig, ax, region, in_region, outlines = cells_canvas(
+        sdata, geometry, region, image_key, name="region", side_um=DEFAULT_CROP_UM, ax=ax, figsize=None, size=(6, 6)
+    )
     edgecolors: object = "yellow"
     if color is not None:
         table_key = _sdata.recorded(sdata, K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY)

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 def training_history(
     model: object,
     *,
-    figsize: tuple[float, float] | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
@@ -31,13 +30,13 @@ def training_history(
 
     Reads ``model.history`` (a DataFrame with columns ``epoch``, ``train_loss`` and ``val_loss``;
     the validation loss may be NaN, e.g. without a validation split) and ``model.best_epoch``
-    (the epoch whose weights were kept, or ``None``), drawn as a dashed vertical line.
+    (the epoch whose weights were kept, or ``None``), drawn as a dashed vertical line. A new figure
+    is 6 x 4 inches; for another size pass ``ax`` from ``plt.subplots(figsize=...)``.
 
     Parameters
     ----------
     model
         A trained model with a ``history`` DataFrame, e.g. from :func:`bitro.tl.fit`.
-    {doc_figsize}
     {doc_plot_end}
 
     Examples
@@ -64,7 +63,7 @@ def training_history(
     marker = "o" if len(history) <= 30 else None
 
     own_figure = ax is None
-    fig, ax = new_axes(ax, figsize, default=(6.0, 4.0))
+    fig, ax = new_axes(ax, None, default=(6.0, 4.0))
     ax.plot(epochs, history["train_loss"].to_numpy(dtype=float), marker=marker, markersize=3, label="train")
     if "val_loss" in history.columns:
         val = history["val_loss"].to_numpy(dtype=float)

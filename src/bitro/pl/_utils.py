@@ -258,3 +258,45 @@ def draw_background(axes: Axes | Sequence[Axes], rgb: np.ndarray | None, extent)
         return
     for ax in [axes] if not isinstance(axes, Sequence) else axes:
         ax.imshow(rgb, extent=extent, origin="upper", interpolation="nearest")
+
+
+def cells_canvas(
+    sdata: SpatialData,
+    geometry: np.ndarray,
+    region: Sequence[float] | None,
+    image_key: str | None,
+    *,
+    name: str,
+    side_um: float,
+    ax: Axes | None,
+    figsize: tuple[float, float] | None,
+    size: tuple[float, float],
+    focus: np.ndarray | None = None,
+):
+    """Start a plot of cell outlines (µm) over the image: the crop, the image under it, the outlines in it.
+
+    ``region`` (``name`` in errors) defaults to a square of ``side_um`` around the median centroid of
+    the cells ``focus`` selects (all cells when it selects none), or the image's centre without cells.
+    Returns ``(fig, ax, region, in_region, outlines)``: ``in_region`` marks the cells drawn and
+    ``outlines`` holds their vertices in that order.
+    """
+    import shapely
+
+    if region is None:
+        if len(geometry):
+            centroids = shapely.get_coordinates(shapely.centroid(geometry))
+            chosen = centroids[focus] if focus is not None and focus.any() else centroids
+            centre = np.median(chosen, axis=0)
+        elif image_key is not None:
+            level = _sdata.level0(sdata.images[image_key])
+            middle = np.array([[level.sizes["x"] / 2, level.sizes["y"] / 2]])
+            centre = _sdata.apply_affine(_sdata.affine_xy(level, _sdata.coordinate_system(sdata)), middle)[0]
+        else:
+            centre = np.zeros(2)
+        region = square(centre, side_um)
+    region = check_region(region, name)
+    rgb, extent = background(sdata, image_key, region) if image_key is not None else (None, None)
+    in_region, outlines = outlines_in(geometry, region)
+    fig, ax = new_axes(ax, figsize, default=size)
+    draw_background(ax, rgb, extent)
+    return fig, ax, region, in_region, outlines

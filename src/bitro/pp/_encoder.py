@@ -203,3 +203,51 @@ def crop_batch(
     grid[..., 0] = ux[:, None, :]
     grid[..., 1] = uy[:, :, None]
     return F.grid_sample(patches, torch.from_numpy(grid), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def encode_cells(image, geometry, mpp, tile_size, encoder, crop_um, batch_size, device):
+    """Encoder features of cell-centred crops of ``crop_um`` µm, tile by tile; returns ``(values, names, params)``."""
+    import shapely
+    import torch
+
+    from ._windows import read_rgb, tiles
+
+    model, config = load_encoder(encoder)
+    dev = resolve_device(device)
+    model = model.to(dev)
+    size = int(config["input_size"])
+    mean = torch.tensor(config["mean"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(config["std"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    n = len(geometry)
+    _, height, width = image.shape
+    out_dim = int(model.out_dim)
+    values = np.full((n, out_dim), np.nan, dtype=np.float32)
+    side_px = crop_um / mpp
+    pad = int(np.ceil(side_px / 2)) + 3
+    centroids = shapely.get_coordinates(shapely.centroid(geometry)) if n else np.zeros((0, 2))
+    with torch.inference_mode():
+        for cells in tiles(centroids, width, height, tile_size) if n else []:
+            c = centroids[cells]
+            wx0 = int(np.floor(c[:, 0].min())) - pad
+            wy0 = int(np.floor(c[:, 1].min())) - pad
+            wx1 = int(np.ceil(c[:, 0].max())) + pad + 1
+            wy1 = int(np.ceil(c[:, 1].max())) + pad + 1
+            window = np.ones((wy1 - wy0, wx1 - wx0, 3), dtype=np.float32)  # white beyond the image
+            rx0, ry0, rx1, ry1 = max(wx0, 0), max(wy0, 0), min(wx1, width), min(wy1, height)
+            if rx1 > rx0 and ry1 > ry0:
+                window[ry0 - wy0 : ry1 - wy0, rx0 - wx0 : rx1 - wx0] = read_rgb(image, rx0, ry0, rx1, ry1)
+            for b in range(0, len(cells), batch_size):
+                sel = slice(b, b + batch_size)
+                crops = crop_batch(window, (wx0, wy0), c[sel], side_px, size).to(dev)
+                feats = model((crops - mean) / std)
+                values[cells[sel]] = feats.float().cpu().numpy()
+    names = [f"enc_{i}" for i in range(out_dim)]
+    params = {
+        "encoder": os.fspath(encoder),
+        "architecture": config["architecture"],
+        "input_size": size,
+        "crop_um": crop_um,
+        "batch_size": batch_size,
+        "device": str(dev),
+    }
+    return values, names, params

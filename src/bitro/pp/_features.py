@@ -13,6 +13,8 @@ from bitro import _sdata
 from bitro._logging import logger
 from bitro._validate import check_choice, check_float, check_int, check_name
 
+from ._windows import tiles
+
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
@@ -170,7 +172,9 @@ def cell_features(
             "glcm_levels": GLCM_LEVELS,
         }
     else:
-        values, names, params = _encode(
+        from ._encoder import encode_cells
+
+        values, names, params = encode_cells(
             image, geometry, mpp, int(tile_size), encoder, float(crop_um), int(batch_size), device
         )
         params = {"image_key": img_key, "tile_size": int(tile_size), "mpp": mpp, **params}
@@ -214,27 +218,6 @@ def _cell_geometry(shapes, cell_ids: np.ndarray) -> np.ndarray:
         else:
             raise TypeError(f"cell {cell_ids[i]!r} is a {geom.geom_type}, not a polygon.")
     return geometry
-
-
-def _read(image, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """RGB float32 window (h, w, 3) in [0, 1] of the level-0 image, clipped to it by the caller."""
-    from skimage.util import img_as_float32
-
-    block = np.asarray(image[:3, y0:y1, x0:x1])
-    if block.shape[0] < 3:
-        raise ValueError(f"the image has {block.shape[0]} channel(s); cell features need RGB.")
-    return img_as_float32(np.moveaxis(block, 0, -1))
-
-
-def _tiles(centroids: np.ndarray, width: int, height: int, tile_size: int):
-    """Indices of the cells whose centroid lies in each tile (cells off the image go to the nearest tile)."""
-    tx = np.clip(np.floor(centroids[:, 0] / tile_size), 0, max((width - 1) // tile_size, 0)).astype(int)
-    ty = np.clip(np.floor(centroids[:, 1] / tile_size), 0, max((height - 1) // tile_size, 0)).astype(int)
-    n_tx = max((width - 1) // tile_size, 0) + 1
-    tile = ty * n_tx + tx
-    order = np.argsort(tile, kind="stable")
-    bounds = np.flatnonzero(np.diff(tile[order])) + 1
-    return [grp for grp in np.split(order, bounds) if len(grp)]
 
 
 # --- morphology ----------------------------------------------------------------------------------
@@ -459,55 +442,10 @@ def _morphology(image, geometry: np.ndarray, mpp: float, tile_size: int) -> tupl
     values[:, :7] = _shape_features(geometry, mpp)
     tree = shapely.STRtree(geometry)
     ring_px = RING_UM / mpp
-    for cells in _tiles(centroids, width, height, tile_size):
+    for cells in tiles(centroids, width, height, tile_size):
         values[cells, 7:19] = _tile_intensity(image, geometry, tree, centroids, cells, (height, width), ring_px)
     values[:, 19:21] = _context_features(centroids * mpp)
     return values, list(MORPHOLOGY_FEATURES)
 
 
 # --- encoder -------------------------------------------------------------------------------------
-def _encode(image, geometry, mpp, tile_size, encoder, crop_um, batch_size, device):
-    import shapely
-    import torch
-
-    from bitro.pp._encoder import crop_batch, load_encoder, resolve_device
-
-    model, config = load_encoder(encoder)
-    dev = resolve_device(device)
-    model = model.to(dev)
-    size = int(config["input_size"])
-    mean = torch.tensor(config["mean"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(config["std"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    n = len(geometry)
-    _, height, width = image.shape
-    out_dim = int(model.out_dim)
-    values = np.full((n, out_dim), np.nan, dtype=np.float32)
-    side_px = crop_um / mpp
-    pad = int(np.ceil(side_px / 2)) + 3
-    centroids = shapely.get_coordinates(shapely.centroid(geometry)) if n else np.zeros((0, 2))
-    with torch.inference_mode():
-        for cells in _tiles(centroids, width, height, tile_size) if n else []:
-            c = centroids[cells]
-            wx0 = int(np.floor(c[:, 0].min())) - pad
-            wy0 = int(np.floor(c[:, 1].min())) - pad
-            wx1 = int(np.ceil(c[:, 0].max())) + pad + 1
-            wy1 = int(np.ceil(c[:, 1].max())) + pad + 1
-            window = np.ones((wy1 - wy0, wx1 - wx0, 3), dtype=np.float32)  # white beyond the image
-            rx0, ry0, rx1, ry1 = max(wx0, 0), max(wy0, 0), min(wx1, width), min(wy1, height)
-            if rx1 > rx0 and ry1 > ry0:
-                window[ry0 - wy0 : ry1 - wy0, rx0 - wx0 : rx1 - wx0] = _read(image, rx0, ry0, rx1, ry1)
-            for b in range(0, len(cells), batch_size):
-                sel = slice(b, b + batch_size)
-                crops = crop_batch(window, (wx0, wy0), c[sel], side_px, size).to(dev)
-                feats = model((crops - mean) / std)
-                values[cells[sel]] = feats.float().cpu().numpy()
-    names = [f"enc_{i}" for i in range(out_dim)]
-    params = {
-        "encoder": os.fspath(encoder),
-        "architecture": config["architecture"],
-        "input_size": size,
-        "crop_um": crop_um,
-        "batch_size": batch_size,
-        "device": str(dev),
-    }
-    return values, names, params

@@ -131,31 +131,11 @@ def fit(
     sdatas = as_list(sdatas)
     prep = preprocessing_settings(preprocessing)
     bag_settings = data_settings(target, data)
-    options = TrainingOptions(
-        lr=lr,
-        weight_decay=weight_decay,
-        max_epochs=max_epochs,
-        patience=patience,
-        batch_size=batch_size if batch_size is not None else bag_settings["batch_size"],
-        seed=seed,
-        accelerator=accelerator,
-        devices=devices,
-        progress=progress,
-        checkpoint_dir=checkpoint_dir,
-    )
+    options = TrainingOptions.from_arguments(locals(), default_batch_size=bag_settings["batch_size"])
     L.seed_everything(seed, verbose=False)
 
     td = training_data(
-        sdatas,
-        target=target,
-        genes=genes,
-        n_genes=n_genes,
-        val=val,
-        groups=groups,
-        prep=prep,
-        data_settings=bag_settings,
-        seed=seed,
-        max_epochs=max_epochs,
+        sdatas, target, prep, bag_settings, options, genes=genes, n_genes=n_genes, val=val, groups=groups
     )
     arch = Architecture.from_settings(int(td.sections[0].x.shape[1]), architecture)
     module = arch.build({target: len(td.genes)})

@@ -72,18 +72,11 @@ def pearson_per_gene(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     return _pearson_columns(y_true[keep], y_pred[keep])
 
 
-@inject_docs()
 def pearson_per_row(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """Pearson correlation across genes, one per row (spot or sample).
+    """Pearson correlation across genes, one per row (spot or sample), of two ``(n_obs, n_genes)`` arrays.
 
-    Parameters
-    ----------
-    {doc_y_pair}
-
-    Returns
-    -------
-    ``(n_obs,)`` float array. A row with a NaN in ``y_true`` or ``y_pred`` gets NaN, as does a row whose
-    truth is constant across genes; a row whose prediction is constant while the truth varies gets ``0.0``.
+    A row with a NaN in either array gets NaN, as does a row whose truth is constant across genes;
+    a row whose prediction is constant while the truth varies gets ``0.0``.
     """
     y_true, y_pred = _check_pair(y_true, y_pred)
     keep = _complete_rows(y_true, y_pred)

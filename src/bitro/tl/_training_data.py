@@ -10,7 +10,7 @@ from bitro import _constants as K
 from bitro import _sdata
 from bitro._logging import logger
 from bitro.models._config import feature_config
-from bitro.models._training import TrainingData
+from bitro.models._training import TrainingData, TrainingOptions
 
 from ._genes import check_genes, select_genes
 from ._preprocess import ensure_preprocessed
@@ -19,19 +19,24 @@ from ._samples import sample_groups, sample_ids, spatial_blocks, split
 
 def training_data(
     sdatas: list,
-    *,
     target: str,
-    genes: Sequence[str] | None,
-    n_genes: int,
-    val,
-    groups: Sequence[str] | None,
     prep: dict,
     data_settings: dict,
-    seed: int,
-    max_epochs: int,
+    options: TrainingOptions,
+    *,
+    genes: Sequence[str] | None,
+    n_genes: int | None = None,
+    val=None,
+    groups: Sequence[str] | None = None,
     features: dict | None = None,
 ) -> TrainingData:
-    """Preprocess, split by group, choose genes (on training samples only) and extract the bags."""
+    """Preprocess, split by group, choose genes (on training samples only) and extract the bags.
+
+    ``prep`` are the preprocessing settings, ``data_settings`` the bag settings; ``options`` gives
+    the seed of the split. ``genes`` (checked) or the ``n_genes`` most variable training genes.
+    ``features`` (a model's) makes samples with other cell features an error.
+    """
+    seed, max_epochs = options.seed, options.max_epochs
     from bitro.models._data import slide_bags, spot_bags
 
     ids = sample_ids(sdatas)

@@ -123,34 +123,14 @@ def transfer(
     prep = model.config["preprocessing"]
     # bag settings: the target kind's defaults, the model's own when it was trained on that kind, then `data`
     bag_settings = data_settings(target, model.config.get("data") if target == model.head else None, data)
-    options = TrainingOptions(
-        lr=lr,
-        weight_decay=weight_decay,
-        max_epochs=max_epochs,
-        patience=patience,
-        batch_size=batch_size if batch_size is not None else bag_settings["batch_size"],
-        seed=seed,
-        accelerator=accelerator,
-        devices=devices,
-        progress=progress,
-        checkpoint_dir=checkpoint_dir,
-    )
+    options = TrainingOptions.from_arguments(locals(), default_batch_size=bag_settings["batch_size"])
 
     for sdata in sdatas:
         ensure_preprocessed(sdata, prep, kind=target, features=model.config["features"])
     chosen = [str(g) for g in genes] if genes is not None else shared_genes(sdatas, source.genes)
+    features = model.config["features"]
     td = training_data(
-        sdatas,
-        target=target,
-        genes=chosen,
-        n_genes=len(chosen),
-        val=val,
-        groups=groups,
-        prep=prep,
-        data_settings=bag_settings,
-        seed=seed,
-        max_epochs=max_epochs,
-        features=model.config["features"],
+        sdatas, target, prep, bag_settings, options, genes=chosen, val=val, groups=groups, features=features
     )
 
     new = copy.deepcopy(model)
