@@ -145,15 +145,11 @@ def _train(kind: str, sdatas, source, args, *, target: str, genes, seed: int, **
     """``bt.tl.fit`` (``kind="scratch"``) or ``bt.tl.transfer`` of ``source`` in mode ``kind``; returns (model, seconds)."""
     import bitro as bt
 
+    # every method gets the same learning rate, epoch cap and patience: a fair comparison
     common = {"target": target, "genes": genes, "max_epochs": args.max_epochs, "patience": args.patience}
-    common.update(seed=seed, progress=False, **kw)
+    common.update(lr=args.lr, seed=seed, progress=False, **kw)
     if kind == "scratch":
         return _timed(bt.tl.fit, sdatas, **common)
-    import lightning
-
-    # bt.tl.transfer does not seed torch itself (bt.tl.fit does): new head rows, LoRA matrices and
-    # dropout would follow the global RNG, so the same seed would not give the same model.
-    lightning.seed_everything(seed, verbose=False)
     lora = {"r": args.r, "alpha": args.alpha} if kind == "lora" else {}
     return _timed(bt.tl.transfer, sdatas, source, mode=kind, **lora, **common)
 
@@ -247,7 +243,7 @@ def toy_bulk_to_spot(args) -> dict:
         f"(seeds 100..), validation = spatial blocks of the target sections; test = {args.n_test} held-out sections "
         f"of {args.n_test_spots} spots (seeds 200..). Per-gene Pearson across test spots (bt.tl.evaluate "
         f"pearson_mean, mean over test sections); mean ± sd over seeds {args.seeds}; max_epochs {args.max_epochs}, "
-        f"patience {args.patience}; LoRA r={args.r}, alpha={args.alpha}; lr: transfer 1e-3, fit 5e-4 (defaults)."
+        f"patience {args.patience}; LoRA r={args.r}, alpha={args.alpha}; lr {args.lr} for every method."
     )
     print(f"{'method':<10}" + "".join(f"{f'{n} section(s)':>22}" for n in args.n_targets) + f"{'time (s)':>10}")
     for m in methods:
@@ -542,6 +538,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="modes compared, bulk -> spots")
     parser.add_argument("--s2b-modes", nargs="+", choices=MODES, default=["lora"], help="modes compared, spots -> bulk")
     parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of every method (transfer and scratch)")
     parser.add_argument("--patience", type=int, default=8)
     parser.add_argument("--r", type=int, default=8, help="LoRA rank")
     parser.add_argument("--alpha", type=float, default=16, help="LoRA alpha")

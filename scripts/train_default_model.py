@@ -1,4 +1,4 @@
-"""Train the bundled default model on the four HER2ST sections and write it into the package.
+"""Train the bundled default model on HER2ST sections C2-C4 (C5 validates) and write it into the package.
 
 Recipe (reproduces ``src/bitro/models/default``): sections C2-C5 of Andersson et al. 2021
 (CC BY 4.0), each preprocessed with bitro's offline defaults (watershed nuclei, morphology features,
@@ -41,8 +41,11 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     sections = [prepare(s, args.data, args.cache) for s in SECTIONS]
     model = bt.tl.fit(sections, n_genes=50, val=["C5"], max_epochs=args.max_epochs, seed=0, progress=False)
-    model.save(args.out, overwrite=True)
-    (args.out / "ATTRIBUTION.txt").write_text(ATTRIBUTION)
+    from bitro._store import replace_folder
+
+    with replace_folder(args.out, overwrite=True) as folder:  # model and attribution swapped in together
+        model.save(folder, overwrite=True)
+        (folder / "ATTRIBUTION.txt").write_text(ATTRIBUTION)
     print(model)
     print(model.history.to_string())
     sizes = {p.name: p.stat().st_size for p in args.out.iterdir()}

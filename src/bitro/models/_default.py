@@ -1,4 +1,4 @@
-"""The bundled default model: BiTro trained on the four HER2ST sections (see ``scripts/train_default_model.py``)."""
+"""The bundled default model: BiTro trained on HER2ST sections C2-C4, C5 for early stopping (``scripts/train_default_model.py``)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def _load() -> BiTro:
 def default_model() -> BiTro:
     """The bundled default model, loaded once per session.
 
-    Trained on the four HER2+ breast cancer legacy ST sections C2-C5 (Andersson et al., Nature
+    Trained on the HER2+ breast cancer legacy ST sections C2-C4, with C5 as the validation section
+    (early stopping and the choice of weights) (Andersson et al., Nature
     Communications 12, 6012 (2021), CC BY 4.0) with the offline pipeline: watershed nuclei and
     morphology features; 50 highly variable genes. Spot-level targets, about 0.69 µm per pixel.
     ``scripts/train_default_model.py`` reproduces it.
