@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch>=2.5,<2.14"
-	$(BIN)/python -m pip install --quiet -e ".[test,doc]"
+	$(BIN)/python -m pip install --quiet -e ".[test,doc,cellpose]"
 	touch $@
 
 demo: $(STAMP)

@@ -5,13 +5,13 @@ stopping, so toy2 is validation and toy0, toy1 are trained on), ``bt.tl.predict`
 (seed 3) that training never sees. All sections share ``program_seed=0`` (same cell types and
 expression programs); the default watershed + morphology preprocessing runs on each.
 
-- Spot level, on the test section: per-gene Pearson across spots between ``table.obsm["bitro_pred"]``
+- Spot level, on the test section: per-gene Pearson across spots between ``bt.get.predictions(test).X``
   and log1p(CP10k) of the noise-free expected counts (``layers["true_rate"]``), and of the observed
   Poisson counts. The mean baseline scores 0 by construction; the ridge baseline (spot-aggregated
   cell features -> scaler, PCA, ridge) is fitted on the spots of the three fit sections.
 - Cell level: each true cell is matched to the nearest segmented cell whose centroid lies within
   ``--match-um`` µm (one segment per true cell, the closest); per-gene Pearson across matched cells
-  that lie in a spot, between ``bitro_cells.obsm["bitro_pred"]`` and log1p(CP10k) of the true cell's
+  that lie in a spot, between the cell predictions (``bt.get.predictions(test, level="cells")``) and log1p(CP10k) of the true cell's
   expression. References: "spot-constant" gives each cell its spot's predicted value (what the
   per-cell output must beat to carry within-spot information), "oracle spot-constant" gives each
   cell its spot's true expected expression (the ceiling of any spot-constant predictor), and
@@ -112,7 +112,7 @@ def main() -> None:
     cols = gene_columns(table, genes, where="test table")
     y_rate = log_cp10k(table.layers[K.TRUE_RATE_LAYER], where="true_rate")[:, cols]
     y_obs = log_cp10k(table.X, where="counts")[:, cols]
-    spot_pred = np.asarray(table.obsm[K.PRED_KEY])
+    spot_pred = np.asarray(bt.get.predictions(test).X)  # rows in the order of the spots table
 
     data = data_settings("spot", model.config["data"])
     train_xy = [_aggregate(spot_bags(s, data, genes=genes)) for s in train]
@@ -141,7 +141,7 @@ def main() -> None:
     true_idx, seg_idx = true_idx[keep], seg_idx[keep]
     n_matched = len(true_idx)
 
-    cell_pred = np.asarray(cells.obsm[K.PRED_KEY])[seg_idx]
+    cell_pred = np.asarray(bt.get.predictions(test, level="cells").X)[seg_idx]
     spot_of_cell = cells.obs[info.get(K.ATTR_SPOT_ASSIGNMENT, K.SPOT_ID_KEY)].astype("string").fillna("")
     instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key", K.SPOT_ID_KEY)
     spot_row = pd.Index(table.obs[instance_key].astype(str)).get_indexer(spot_of_cell.to_numpy(dtype=str)[seg_idx])

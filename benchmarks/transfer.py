@@ -87,8 +87,8 @@ def _spot_scores(model, sections) -> dict:
     """Mean over ``sections`` of ``bt.tl.evaluate``'s per-section spot metrics (predictions on copies)."""
     import bitro as bt
 
-    preds = [bt.tl.predict(s, model, copy=True) for s in sections]
-    df = bt.tl.evaluate(preds)
+    preds = [bt.tl.predict(s, model, uncertainty=False, copy=True) for s in sections]
+    df = bt.tl.evaluate(preds, spatial=False)
     return {k: float(df[k].mean()) for k in ("pearson_mean", "pearson_hvg_mean")}
 
 
@@ -103,21 +103,17 @@ def _bulk_truth(sdata, genes) -> np.ndarray:
 def _bulk_prediction(model, sdata) -> np.ndarray:
     """``(1, genes)`` log1p(CP10k) prediction of a slide by a bulk head (on a copy)."""
     import bitro as bt
-    from bitro import _constants as K
 
-    out = bt.tl.predict(sdata, model, target="bulk", copy=True)
-    table = out.tables[out.attrs[K.ATTRS_KEY].get(K.ATTR_TABLE, K.TABLE_KEY)]
-    return np.asarray(table.obsm[K.PRED_KEY], dtype=np.float64)
+    out = bt.tl.predict(sdata, model, target="bulk", uncertainty=False, copy=True)
+    return np.asarray(bt.get.predictions(out, level="slide").X, dtype=np.float64)
 
 
 def _bulk_from_spots(model, sdata) -> np.ndarray:
     """A spot model's slide profile with no transfer: its pseudo-spot predictions averaged in CP10k space."""
     import bitro as bt
-    from bitro import _constants as K
 
-    out = bt.tl.predict(sdata, model, target="spot", copy=True)
-    table = out.tables[out.attrs[K.ATTRS_KEY][K.ATTR_TABLE]]
-    pred = np.asarray(table.obsm[K.PRED_KEY], dtype=np.float64)
+    out = bt.tl.predict(sdata, model, target="spot", uncertainty=False, copy=True)
+    pred = np.asarray(bt.get.predictions(out).X, dtype=np.float64)
     pred = pred[np.isfinite(pred).all(axis=1)]
     return np.log1p(np.expm1(pred).mean(axis=0, keepdims=True))
 

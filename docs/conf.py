@@ -68,6 +68,17 @@ intersphinx_mapping = {
     "spatialdata": ("https://spatialdata.scverse.org/en/stable/", None),
     "torch": ("https://docs.pytorch.org/docs/stable/", None),
     "lightning": ("https://lightning.ai/docs/pytorch/stable/", None),
+    "squidpy": ("https://squidpy.readthedocs.io/en/stable/", None),
+    "matplotlib": ("https://matplotlib.org/stable/", None),
+    "dask": ("https://docs.dask.org/en/stable/", None),
+    "xarray": ("https://docs.xarray.dev/en/stable/", None),
+    "geopandas": ("https://geopandas.org/en/stable/", None),
+    "shapely": ("https://shapely.readthedocs.io/en/stable/", None),
+    "scipy": ("https://docs.scipy.org/doc/scipy/", None),
+    "skimage": ("https://scikit-image.org/docs/stable/", None),
+    "sklearn": ("https://scikit-learn.org/stable/", None),
+    "PIL": ("https://pillow.readthedocs.io/en/stable/", None),
+    "tifffile": ("https://tifffile.readthedocs.io/en/latest/", None),
 }
 _ONLINE = bool(os.environ.get("READTHEDOCS") or os.environ.get("BITRO_DOCS_INTERSPHINX"))
 if not _ONLINE:
@@ -86,6 +97,7 @@ nitpick_ignore = [
     ("py:class", "bitro.models._data.Bags"),  # private bag container in a type hint
     ("py:class", "bitro.models._module.BagHead"),  # a head module, in type hints of the adapter methods
     ("py:class", "bitro.models._adapters.Head"),
+    ("py:class", "bitro.models._model.Prediction"),  # what BiTro.predict_bags returns (a NamedTuple)
     ("py:data", "Ellipsis"),  # tuple[str, ...] in type hints
 ]
 

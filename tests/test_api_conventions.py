@@ -19,7 +19,7 @@ import pytest
 import bitro as bt
 
 STEP_MODULES = ("pp", "tl", "pl")
-ALL_MODULES = ("datasets", "io", "pp", "tl", "pl", "models")
+ALL_MODULES = ("datasets", "io", "pp", "tl", "pl", "get", "models")
 
 
 def convention_problems(func: Callable, *, step: bool) -> list[str]:
@@ -71,7 +71,7 @@ def test_step_functions_follow_conventions(name, func):
     assert convention_problems(func, step=True) == [], name
 
 
-@pytest.mark.parametrize(("name", "func"), _public_functions(("datasets", "io", "models")))
+@pytest.mark.parametrize(("name", "func"), _public_functions(("datasets", "io", "get", "models")))
 def test_other_functions_follow_conventions(name, func):
     assert convention_problems(func, step=False) == [], name
 

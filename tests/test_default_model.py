@@ -35,12 +35,12 @@ def test_bundled_model_predicts_on_a_her2st_crop():
     sdata = crop_section(bt.datasets.her2st("C3", data_dir=HER2ST), CROP_UM)
     bt.tl.predict(sdata)  # no model: the bundled one; segmentation etc. run with its settings
     table, cells = sdata["table"], sdata["bitro_cells"]
-    pred = table.obsm["bitro_pred"]
+    pred = bt.get.predictions(sdata).X
     assert pred.shape == (table.n_obs, 50)
     assert table.n_obs == 35
     assert np.isfinite(pred).all()
     assert (pred.std(axis=0) > 0).all()
-    assert cells.obsm["bitro_pred"].shape == (cells.n_obs, 50)
+    assert bt.get.predictions(sdata, level="cells").shape == (cells.n_obs, 50)
     assert cells.n_obs > 1000
     scores = bt.tl.evaluate(sdata)
     # C3 is one of the training sections: this checks the pipeline end to end, not held-out accuracy
@@ -63,4 +63,4 @@ def test_predict_her2st_command(tmp_path):
     import spatialdata as sd
 
     back = sd.read_zarr(tmp_path / "C3.zarr")
-    assert back["table"].obsm["bitro_pred"].shape == (35, 50)
+    assert back["bitro_pred_spots"].shape == (35, 50)

@@ -16,7 +16,9 @@ DOCS = Path(__file__).parents[1] / "docs"
 
 def test_api_page_lists_every_public_function():
     listed = set(re.findall(r"^\s+(\w+\.\w+)\s*$", (DOCS / "api.md").read_text(), flags=re.M))
-    public = {f"{m}.{name}" for m in ("datasets", "io", "pp", "tl", "pl", "models") for name in getattr(bt, m).__all__}
+    public = {
+        f"{m}.{name}" for m in ("datasets", "io", "pp", "tl", "pl", "get", "models") for name in getattr(bt, m).__all__
+    }
     assert public - listed == set(), "add these to docs/api.md"
     assert listed - public == set(), "docs/api.md lists names that are not public"
 

@@ -10,7 +10,6 @@ import pytest
 from bitro import _constants as K
 from bitro._docs import inject_docs
 from bitro.pl import cell_expression, gene_scores, segmentation, spatial_prediction, training_history
-from bitro.pl._prediction import prediction_genes
 
 PRED_GENES = ["gene0007", "gene0002", "gene0011", "gene0005"]
 """Predicted genes, deliberately not in ``var`` order."""
@@ -33,10 +32,23 @@ def _log_cp10k(table, genes) -> np.ndarray:
     return np.log1p(scaled[:, table.var_names.get_indexer(genes)])
 
 
-def _write_predictions(adata, values: np.ndarray, genes) -> None:
-    """As ``bt.tl.predict`` writes them: a dense obsm array and ``uns[key]["var_names"]`` as {gene: column}."""
-    adata.obsm[K.PRED_KEY] = values
-    adata.uns[K.PRED_KEY] = {"var_names": {g: i for i, g in reversed(list(enumerate(genes)))}}
+SPOTS, CELLS = f"{K.PRED_KEY}_spots", f"{K.PRED_KEY}_cells"
+
+
+def _write_predictions(sdata, level: str, values: np.ndarray, genes) -> None:
+    """As ``bt.tl.predict`` writes them: a table annotating the spots (or cells), genes as var_names."""
+    import anndata as ad
+    from spatialdata.models import TableModel
+
+    source = sdata.tables[K.TABLE_KEY if level == "spots" else K.CELLS_TABLE_KEY]
+    attrs = source.uns["spatialdata_attrs"]
+    obs = source.obs[[attrs["region_key"], attrs["instance_key"]]].copy()
+    table = ad.AnnData(np.asarray(values, dtype=np.float32), obs=obs, var=pd.DataFrame(index=list(genes)))
+    name = SPOTS if level == "spots" else CELLS
+    sdata.tables[name] = TableModel.parse(
+        table, region=attrs["region"], region_key=attrs["region_key"], instance_key=attrs["instance_key"]
+    )
+    sdata.attrs[K.ATTRS_KEY][K.ATTR_PRED_SPOTS if level == "spots" else K.ATTR_PRED_CELLS] = name
 
 
 @pytest.fixture
@@ -46,11 +58,11 @@ def predicted(toy_cells):
     spots = toy_cells.tables[K.TABLE_KEY]
     spot_pred = _log_cp10k(spots, PRED_GENES) + rng.normal(0, 0.3, (spots.n_obs, len(PRED_GENES)))
     spot_pred[NAN_SPOTS] = np.nan
-    _write_predictions(spots, spot_pred, PRED_GENES)
+    _write_predictions(toy_cells, "spots", spot_pred, PRED_GENES)
     cells = toy_cells.tables[K.CELLS_TABLE_KEY]
     cell_pred = rng.gamma(2.0, 1.0, (cells.n_obs, len(PRED_GENES)))
     cell_pred[rng.random(cells.n_obs) < 0.2] = np.nan
-    _write_predictions(cells, cell_pred, PRED_GENES)
+    _write_predictions(toy_cells, "cells", cell_pred, PRED_GENES)
     return toy_cells
 
 
@@ -68,34 +80,19 @@ def _is_hollow(collection) -> bool:
 # --- helper --------------------------------------------------------------------------------------
 
 
-def test_prediction_genes_orders_by_column():
-    import anndata as ad
-
-    adata = ad.AnnData(np.zeros((3, 2), dtype=np.float32))
-    _write_predictions(adata, np.zeros((3, 3)), ["b", "a", "c"])
-    assert prediction_genes(adata, K.PRED_KEY) == ["b", "a", "c"]
-    adata.uns[K.PRED_KEY] = {"var_names": ["b", "a", "c"]}  # a plain list is read too
-    assert prediction_genes(adata, K.PRED_KEY) == ["b", "a", "c"]
-    adata.uns[K.PRED_KEY] = {"var_names": {"b": 0, "a": 1}}
-    with pytest.raises(ValueError, match="3 columns"):
-        prediction_genes(adata, K.PRED_KEY)
-    with pytest.raises(KeyError, match="obsm keys"):
-        prediction_genes(adata, "nope")
-
-
 def test_plots_after_a_zarr_round_trip(predicted, tmp_path):
     import spatialdata as sd
 
     info = predicted.attrs[K.ATTRS_KEY]
     shapes = {key: predicted.shapes[key] for key in (info[K.ATTR_SPOTS], info[K.ATTR_CELLS_SHAPES])}
-    tables = {key: predicted.tables[key] for key in (K.TABLE_KEY, K.CELLS_TABLE_KEY)}
+    tables = {key: predicted.tables[key] for key in (K.TABLE_KEY, K.CELLS_TABLE_KEY, SPOTS, CELLS)}
     small = sd.SpatialData(shapes=shapes, tables=tables)  # no image: a quick write
     small.attrs[K.ATTRS_KEY] = dict(info)
     small.write(tmp_path / "s.zarr")
     back = sd.read_zarr(tmp_path / "s.zarr")
     assert back.attrs[K.ATTRS_KEY][K.ATTR_SPOTS] == info[K.ATTR_SPOTS]
-    assert prediction_genes(back.tables[K.TABLE_KEY], K.PRED_KEY) == PRED_GENES
-    assert prediction_genes(back.tables[K.CELLS_TABLE_KEY], K.PRED_KEY) == PRED_GENES
+    assert list(back.tables[SPOTS].var_names) == PRED_GENES
+    assert list(back.tables[CELLS].var_names) == PRED_GENES
     _, pred_ax = spatial_prediction(back, "gene0005", image=False)
     assert len(_collections(pred_ax)) == 2
     ax = cell_expression(back, "gene0005", crop=REGION)
@@ -122,7 +119,7 @@ def test_spatial_prediction_panels_r_and_nan(predicted, tmp_path):
 
     table = predicted.tables[K.TABLE_KEY]
     observed = _log_cp10k(table, genes)
-    pred = table.obsm[K.PRED_KEY][:, [PRED_GENES.index(g) for g in genes]]
+    pred = predicted.tables[SPOTS].X[:, [PRED_GENES.index(g) for g in genes]]
     finite = np.isfinite(pred[:, 0])
     for g, gene in enumerate(genes):
         obs_ax, pred_ax = panels[2 * g], panels[2 * g + 1]
@@ -163,7 +160,7 @@ def test_spatial_prediction_without_counts_and_grid(predicted):
     table = predicted.tables[K.TABLE_KEY]
     genes = ["NOTMEASURED", *PRED_GENES]
     values = np.random.default_rng(1).random((table.n_obs, len(genes)))
-    _write_predictions(table, values, genes)
+    _write_predictions(predicted, "spots", values, genes)
     # H&E only: no gene has counts -> one panel per gene, wrapped in rows of ncols
     panels = spatial_prediction(predicted, ["NOTMEASURED"], crop=REGION)
     assert len(panels) == 1
@@ -192,17 +189,16 @@ def test_spatial_prediction_into_given_axes(predicted):
 
 def test_spatial_prediction_r_is_the_metrics_pearson(predicted):
     """The title's r is bt.tl's Pearson: 0.00 for a constant prediction of varying counts (not n/a)."""
-    table = predicted.tables[K.TABLE_KEY]
-    values = np.array(table.obsm[K.PRED_KEY])
+    values = np.array(predicted.tables[SPOTS].X)
     values[:, PRED_GENES.index("gene0002")] = 1.5
     values[NAN_SPOTS] = np.nan
-    _write_predictions(table, values, PRED_GENES)
+    _write_predictions(predicted, "spots", values, PRED_GENES)
     _, pred_ax = spatial_prediction(predicted, "gene0002", image=False)
     assert pred_ax.get_title() == "gene0002 predicted (r = 0.00)"
 
 
 def test_spatial_prediction_errors(predicted):
-    with pytest.raises(KeyError, match=r"'nope'.*obsm keys.*bitro_pred"):
+    with pytest.raises(KeyError, match=r"`key`: no prediction table 'nope'.*bt.tl.predict"):
         spatial_prediction(predicted, "gene0002", key="nope")
     with pytest.raises(KeyError, match=r"gene0003.*not predicted.*gene0007"):
         spatial_prediction(predicted, ["gene0002", "gene0003"])
@@ -210,8 +206,8 @@ def test_spatial_prediction_errors(predicted):
         spatial_prediction(predicted, "gene0002", table_key="nope")
     with pytest.raises(ValueError, match="crop"):
         spatial_prediction(predicted, "gene0002", crop=(10, 10, 0, 0))
-    del predicted.tables[K.TABLE_KEY].uns[K.PRED_KEY]
-    with pytest.raises(KeyError, match="var_names"):
+    del predicted.tables[SPOTS]
+    with pytest.raises(KeyError, match="run bt.tl.predict first"):
         spatial_prediction(predicted, "gene0002")
 
 
@@ -235,7 +231,7 @@ def test_cell_expression(predicted, tmp_path):
     geometry = shapes.geometry.loc[cells.obs[K.CELL_ID_KEY].to_numpy()].to_numpy()
     geometry_um = shapely.transform(geometry, lambda xy: xy * 0.5 + [1500, 800])
     inside = shapely.intersects(geometry_um, shapely.box(*REGION))
-    values = cells.obsm[K.PRED_KEY][:, PRED_GENES.index("gene0011")]
+    values = predicted.tables[CELLS].X[:, PRED_GENES.index("gene0011")]
     finite = np.isfinite(values)
     filled, hollow = _collections(ax)
     assert len(filled.get_paths()) == (inside & finite).sum() > 10
@@ -255,7 +251,7 @@ def test_cell_expression_default_crop_and_errors(predicted):
     assert x1 - x0 == pytest.approx(300.0)
     with pytest.raises(KeyError, match=r"not predicted.*gene0007"):
         cell_expression(predicted, "gene0003")
-    with pytest.raises(KeyError, match=r"'nope'.*obsm keys"):
+    with pytest.raises(KeyError, match=r"no prediction table 'nope'"):
         cell_expression(predicted, "gene0002", key="nope")
     with pytest.raises(TypeError, match="one gene"):
         cell_expression(predicted, ["gene0002"])
@@ -401,8 +397,8 @@ def one_panel(predicted):
     """``predicted`` plus a gene without counts, so that spatial_prediction draws one panel."""
     table = predicted.tables[K.TABLE_KEY]
     genes = [*PRED_GENES, "NOTMEASURED"]
-    values = np.column_stack([table.obsm[K.PRED_KEY], np.linspace(0, 1, table.n_obs)])
-    _write_predictions(table, values, genes)
+    values = np.column_stack([predicted.tables[SPOTS].X, np.linspace(0, 1, table.n_obs)])
+    _write_predictions(predicted, "spots", values, genes)
     return predicted
 
 

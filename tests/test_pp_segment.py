@@ -129,7 +129,7 @@ def test_no_tissue_warns_writes_nothing_and_keeps_previous_cells(toy_st, bitro_l
     assert toy_st[K.CELLS_TABLE_KEY].n_obs == n_before
     assert len(toy_st["watershed_boundaries"]) == n_before
     assert toy_st.attrs[K.ATTRS_KEY][K.ATTR_CELLS_TABLE] == K.CELLS_TABLE_KEY
-    assert "9 tiles: 9 skipped" in bitro_log.text
+    assert "9 tiles of level 0 (0.5 µm/px): 9 skipped" in bitro_log.text
 
 
 def test_bad_input(toy_st):

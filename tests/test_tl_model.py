@@ -49,7 +49,7 @@ def test_fit_learns_and_beats_the_mean_baseline(trained, sections):
         return log_cp10k(table.X, where="toy", columns=gene_columns(table, trained.genes, where="toy"))
 
     mean = np.nanmean(np.vstack([observed(s) for s in sections[:2]]), axis=0)
-    truth, pred = observed(test), test["table"].obsm["bitro_pred"]
+    truth, pred = observed(test), bt.get.predictions(test).X
     ok = np.isfinite(pred).all(axis=1)
     mse_model = np.mean((pred[ok] - truth[ok]) ** 2)
     mse_mean = np.mean((mean - truth[ok]) ** 2)
@@ -69,40 +69,62 @@ def test_early_stopping_keeps_the_best_validation_weights(sections):
     assert len(hist) < 80  # stopped early
     best = int(hist["val_loss"].idxmin())
     assert model.best_epoch == best < len(hist) - 1  # later epochs were worse, and were not kept
-    # the returned weights reproduce the best epoch's validation loss, not the last epoch's
-    bags = spot_bags(sections[2], data_settings("spot", model.config["data"]), genes=model.genes)
-    pred, _, _ = model.predict_bags(bags)
+    # the returned weights reproduce the best epoch's validation loss, not the last epoch's (computed
+    # as the training plan does: pooled standardised output against standardised targets)
+    import torch
+
+    from bitro.models._data import BagDataset, collate_bags
+
+    data = data_settings("spot", model.config["data"])
+    bags = spot_bags(sections[2], data, genes=model.genes)
     head = model.module.heads["spot"]
     mean, std = head.target_mean.numpy(), head.target_std.numpy()
-    ok = np.isfinite(pred).all(axis=1) & np.isfinite(bags.y).all(axis=1)
-    loss = np.mean(((pred[ok] - mean) / std - (bags.y[ok] - mean) / std) ** 2)
+    items = [(0, b) for b in range(bags.n_bags) if len(bags.seq_cells[b]) and np.isfinite(bags.y[b]).all()]
+    targets = [((bags.y[b] - mean) / std).astype(np.float32) for _, b in items]
+    dataset = BagDataset([bags], items, targets, max_cells=data["max_cells"], max_tiles=1, train=False, seed=0)
+    batch = collate_bags([dataset[i] for i in range(len(dataset))])
+    model.module.eval()
+    with torch.no_grad():
+        loss = float(torch.nn.functional.mse_loss(model.module(batch, "spot"), batch["y"]))
     assert loss == pytest.approx(hist["val_loss"].iloc[best], rel=2e-5)
     assert abs(loss - hist["val_loss"].iloc[best]) < 0.1 * abs(loss - hist["val_loss"].iloc[-1])
 
 
-def test_predictions_land_in_the_documented_keys(trained, sections):
+def test_predictions_land_in_the_documented_tables(trained, sections):
     import bitro as bt
-    from bitro.pl._prediction import prediction_genes
 
     test = sections[3]
     bt.tl.predict(test, trained, key_added="pred")
-    table, cells = test["table"], test["bitro_cells"]
-    assert table.obsm["pred"].shape == (36, N_GENES)
-    assert table.obsm["pred"].dtype == np.float32
-    assert cells.obsm["pred"].shape == (cells.n_obs, N_GENES)
-    assert prediction_genes(table, "pred") == trained.genes == prediction_genes(cells, "pred")
-    assert table.uns["pred"]["params"]["target"] == "spot"
+    spots, cells = test["pred_spots"], test["pred_cells"]
+    assert test.attrs["bitro"]["pred_spots_key"] == "pred_spots"
+    assert test.attrs["bitro"]["pred_cells_key"] == "pred_cells"
+    assert spots.shape == (36, N_GENES)
+    assert spots.X.dtype == np.float32
+    assert list(spots.var_names) == trained.genes == list(cells.var_names)
+    # the tables annotate the spots and the cells, linked by region / instance ids
+    assert spots.uns["spatialdata_attrs"]["region"] == test.attrs["bitro"]["spots_key"]
+    assert (spots.obs["spot_id"].to_numpy() == test["table"].obs["spot_id"].to_numpy()).all()
+    assert cells.uns["spatialdata_attrs"]["region"] == test.attrs["bitro"]["cells_shapes_key"]
+    assert (cells.obs["cell_id"].to_numpy() == test["bitro_cells"].obs["cell_id"].to_numpy()).all()
+    np.testing.assert_allclose(spots.obsm["spatial"], test["table"].obsm["spatial"] * 0.5 + [1500, 800], atol=1e-6)
+    assert spots.uns["bitro_pred"]["params"]["target"] == "spot"
+    # every cell is predicted: those outside the spots from pseudo-spots; every value is >= 0
+    assert np.isfinite(cells.X).all()
+    assigned = test["bitro_cells"].obs["spot_id"].notna().to_numpy()
+    assert (cells.obs["in_spot"].to_numpy() == assigned).all()
+    assert (~assigned).sum() > 0
+    assert (spots.X >= 0).all()
+    assert (cells.X >= 0).all()
+    assert spots.layers["std"].shape == spots.shape
+    assert (cells.layers["std"] >= 0).all()
     # a spot's prediction is the weighted mean of its cells' predictions; weights sum to one per spot
-    spot = cells.obs["spot_id"].astype("string")
-    weight = cells.obs["pred_weight"].to_numpy()
-    assigned = spot.notna().to_numpy()
-    assert np.isnan(cells.obsm["pred"][~assigned]).all()
-    assert np.isfinite(cells.obsm["pred"][assigned]).all()
-    for row, sid in enumerate(table.obs["spot_id"].astype(str)[:10]):
-        members = (spot == sid).fillna(False).to_numpy()
+    weight = cells.obs["weight"].to_numpy()
+    bag = cells.obs["bag"].astype(str).to_numpy()
+    for row, name in enumerate(spots.obs_names[:10]):
+        members = bag == name
         np.testing.assert_allclose(weight[members].sum(), 1.0, rtol=1e-5)
-        manual = (weight[members, None] * cells.obsm["pred"][members]).sum(0)
-        np.testing.assert_allclose(manual, table.obsm["pred"][row], rtol=1e-4, atol=1e-4)
+        manual = (weight[members, None] * cells.X[members]).sum(0)
+        np.testing.assert_allclose(manual, spots.X[row], rtol=1e-4, atol=1e-4)
 
 
 def test_save_load_round_trip_gives_identical_predictions(trained, sections, tmp_path):
@@ -118,8 +140,8 @@ def test_save_load_round_trip_gives_identical_predictions(trained, sections, tmp
     a, b = copy.deepcopy(sections[3]), sections[3]
     bt.tl.predict(a, trained)
     bt.tl.predict(b, loaded)
-    np.testing.assert_array_equal(a["table"].obsm["bitro_pred"], b["table"].obsm["bitro_pred"])
-    np.testing.assert_array_equal(a["bitro_cells"].obsm["bitro_pred"], b["bitro_cells"].obsm["bitro_pred"])
+    for level in ("spots", "cells"):
+        np.testing.assert_array_equal(bt.get.predictions(a, level=level).X, bt.get.predictions(b, level=level).X)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         trained.save(tmp_path / "m")
 
@@ -153,15 +175,14 @@ def test_evaluate_writes_per_gene_pearson(trained, sections):
     test = sections[3]
     bt.tl.predict(test, trained)
     bt.tl.evaluate(test, genes=trained.genes[:5])
-    var = test["table"].var
+    pred = bt.get.predictions(test)
+    var = pred.var
     assert np.isfinite(var.loc[trained.genes[:5], "bitro_pearson"]).all()
     assert var["bitro_pearson"].isna().sum() == var.shape[0] - 5
-    from bitro._expression import log_cp10k
-
-    truth = log_cp10k(test["table"].X, where="t")[:, test["table"].var_names.get_loc(trained.genes[0])]
-    r = np.corrcoef(truth, test["table"].obsm["bitro_pred"][:, 0])[0, 1]
+    truth = bt.get.observed_df(test, trained.genes[0]).to_numpy()[:, 0]
+    r = np.corrcoef(truth, pred.X[:, 0])[0, 1]
     assert var.loc[trained.genes[0], "bitro_pearson"] == pytest.approx(r, abs=1e-6)
-    assert test["table"].uns["bitro_eval"]["n_obs"] == 36
+    assert pred.uns["bitro_eval"]["n_obs"] == 36
     with pytest.raises(KeyError, match="were not predicted"):
         bt.tl.evaluate(test, genes=["nope"])
     with pytest.raises(KeyError, match="run bt.tl.predict first"):
@@ -208,19 +229,21 @@ def test_spot_without_cells_is_nan_and_reported(trained, sections, bitro_log):
     cells.obs["spot_id"] = cells.obs["spot_id"].astype("string").where(~gone)
     with bitro_log.at_level(logging.WARNING, logger="bitro"):
         bt.tl.predict(test, trained)
-    pred = test["table"].obsm["bitro_pred"]
-    assert np.isnan(pred[0]).all()
-    assert np.isfinite(pred[1:]).all()
+    pred = bt.get.predictions(test)
+    assert np.isnan(pred.X[0]).all()
+    assert np.isfinite(pred.X[1:]).all()
     assert "1 of 36 spots have no cell" in bitro_log.text
-    assert test["table"].uns["bitro_pred"]["params"]["n_bags_without_cells"] == 1
+    assert pred.uns["bitro_pred"]["params"]["n_bags_without_cells"] == 1
+    # the spot's former cells are still predicted (from pseudo-spots)
+    assert np.isfinite(bt.get.predictions(test, level="cells").X[gone]).all()
 
 
 def test_other_pixel_size_is_refused(trained, sections):
     import bitro as bt
 
     test = sections[3]
-    test.attrs["bitro"]["mpp"] = 2.0  # trained at 0.5 µm/px
-    with pytest.raises(ValueError, match=r"2 µm/px but the model was trained at 0.5 µm/px"):
+    test["bitro_cells"].uns["bitro_features"]["params"]["mpp"] = 2.0  # trained at 0.5 µm/px
+    with pytest.raises(ValueError, match=r"measured at 2 µm/px but the model was trained at 0.5 µm/px"):
         bt.tl.predict(test, trained)
 
 
@@ -244,9 +267,10 @@ def test_he_only_image_gets_pseudo_spots(trained, toy_cohort):
     table = slide[info["table_key"]]
     assert info["spots_key"].endswith("_pseudo_spots")
     assert table.n_vars == 0
-    assert table.obsm["bitro_pred"].shape == (table.n_obs, N_GENES)
+    pred = bt.get.predictions(slide)
+    assert pred.shape == (table.n_obs, N_GENES)
     assert table.n_obs > 5
-    assert np.isfinite(table.obsm["bitro_pred"]).all()  # pseudo-spots are only laid where cells are
+    assert np.isfinite(pred.X).all()  # pseudo-spots are only laid where cells are
     radius = slide[info["spots_key"]]["radius"].iloc[0]
     assert radius == pytest.approx(trained.config["spots"]["radius_um"])
 
@@ -260,10 +284,13 @@ def test_bulk_fit_and_slide_prediction(toy_cohort):
     assert model.config["training"]["validation"] == []
     for s in slides:
         bt.tl.predict(s, model)
-    assert slides[3]["table"].obsm["bitro_pred"].shape == (1, 20)
-    cells = slides[3]["bitro_cells"]
-    assert np.isfinite(cells.obsm["bitro_pred"]).all()  # every cell of a slide is in its bag
-    assert cells.obs["bitro_pred_weight"].sum() == pytest.approx(1.0, rel=1e-5)
+    slide = bt.get.predictions(slides[3], level="slide")
+    assert slide.shape == (1, 20)
+    assert slides[3].attrs["bitro"]["pred_spots_key"] == "bitro_pred_slide"
+    assert slide.uns["spatialdata_attrs"]["region"] == slides[3].attrs["bitro"]["tissue_key"]
+    cells = bt.get.predictions(slides[3], level="cells")
+    assert np.isfinite(cells.X).all()  # every cell of a slide is in its bag
+    assert cells.obs["weight"].sum() == pytest.approx(1.0, rel=1e-5)
     scores = bt.tl.evaluate(slides)
     assert scores.index.tolist() == ["cohort"]
     assert scores.loc["cohort", "n_obs"] == 4

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+import bitro as bt
+
 
 @pytest.fixture(scope="session")
 def bulk_model(toy_cohort):
     """A bulk model trained on the four toy cohort slides."""
-    import bitro as bt
 
     slides = [copy.deepcopy(s) for s in toy_cohort[0]]
     return bt.tl.fit(slides, target="bulk", n_genes=20, val=None, max_epochs=3, seed=0, progress=False)
@@ -21,7 +22,6 @@ def bulk_model(toy_cohort):
 @pytest.fixture(scope="session")
 def lora_model(bulk_model, _toy_sections):
     """bulk -> spot with LoRA on toy0/toy1 (validation toy1)."""
-    import bitro as bt
 
     sections = copy.deepcopy(_toy_sections[:2])
     return bt.tl.transfer(sections, bulk_model, target="spot", val=["toy1"], max_epochs=3, seed=0, progress=False)
@@ -72,7 +72,6 @@ def test_lora_trains_adapters_and_head_only(bulk_model, lora_model):
 
 @pytest.mark.parametrize("mode", ["head", "full"])
 def test_head_and_full_modes_train_what_they_say(bulk_model, toy_sections, mode):
-    import bitro as bt
 
     new = bt.tl.transfer(toy_sections[:1], bulk_model, target="spot", mode=mode, max_epochs=2, progress=False)
     before, after = _backbone(bulk_model.module.state_dict()), _backbone(new.module.state_dict())
@@ -92,7 +91,6 @@ def test_head_and_full_modes_train_what_they_say(bulk_model, toy_sections, mode)
 
 
 def test_adapter_save_load_gives_identical_predictions(bulk_model, lora_model, toy_sections, tmp_path):
-    import bitro as bt
     from bitro.models import BiTro
 
     bulk_model.save(tmp_path / "base")
@@ -107,13 +105,12 @@ def test_adapter_save_load_gives_identical_predictions(bulk_model, lora_model, t
     a, b = toy_sections[3], copy.deepcopy(toy_sections[3])
     bt.tl.predict(a, lora_model)
     bt.tl.predict(b, loaded)
-    np.testing.assert_array_equal(a["table"].obsm["bitro_pred"], b["table"].obsm["bitro_pred"])
+    np.testing.assert_array_equal(bt.get.predictions(a).X, bt.get.predictions(b).X)
     with pytest.raises(ValueError, match="save_adapter"):
         lora_model.save(tmp_path / "nope")
 
 
 def test_adapter_refuses_another_base(lora_model, toy_cohort, tmp_path):
-    import bitro as bt
     from bitro.models import BiTro
 
     lora_model.save_adapter(tmp_path / "adapter")
@@ -132,7 +129,6 @@ def test_adapter_refuses_another_base(lora_model, toy_cohort, tmp_path):
 
 
 def test_named_adapters_switch(lora_model, toy_sections):
-    import bitro as bt
 
     sections = toy_sections
     two = bt.tl.transfer(
@@ -145,15 +141,13 @@ def test_named_adapters_switch(lora_model, toy_sections):
     two.set_adapter("default")
     bt.tl.predict(test, two, key_added="first")
     bt.tl.predict(test, lora_model, key_added="original")
-    table = test["table"]
-    np.testing.assert_allclose(table.obsm["first"], table.obsm["original"], atol=1e-5)
-    assert not np.allclose(table.obsm["first"], table.obsm["second"])
+    np.testing.assert_allclose(test["first_spots"].X, test["original_spots"].X, atol=1e-5)
+    assert not np.allclose(test["first_spots"].X, test["second_spots"].X)
     with pytest.raises(KeyError, match="no adapter 'nope'"):
         two.set_adapter("nope")
 
 
 def test_merge_adapter_keeps_predictions(lora_model, toy_sections, tmp_path):
-    import bitro as bt
     from bitro.models import BiTro
 
     merged = copy.deepcopy(lora_model)
@@ -163,14 +157,13 @@ def test_merge_adapter_keeps_predictions(lora_model, toy_sections, tmp_path):
     test = toy_sections[3]
     bt.tl.predict(test, lora_model, key_added="lora")
     bt.tl.predict(test, merged, key_added="merged")
-    np.testing.assert_allclose(test["table"].obsm["lora"], test["table"].obsm["merged"], atol=1e-4)
+    np.testing.assert_allclose(test["lora_spots"].X, test["merged_spots"].X, atol=1e-4)
     merged.save(tmp_path / "merged")
     bt.tl.predict(test, BiTro.load(tmp_path / "merged"), key_added="reloaded")
-    np.testing.assert_array_equal(test["table"].obsm["merged"], test["table"].obsm["reloaded"])
+    np.testing.assert_array_equal(test["merged_spots"].X, test["reloaded_spots"].X)
 
 
 def test_spot_to_bulk_direction(toy_sections, toy_cohort):
-    import bitro as bt
 
     spot = bt.tl.fit(toy_sections[:2], n_genes=15, val=None, max_epochs=2, progress=False)
     slides = [copy.deepcopy(s) for s in toy_cohort[0]]
@@ -179,7 +172,7 @@ def test_spot_to_bulk_direction(toy_sections, toy_cohort):
     assert bulk.config["transfer"]["source_kind"] == "spot"
     assert bulk.genes == spot.genes  # the cohort has every gene of the sections
     bt.tl.predict(slides[3], bulk)
-    assert slides[3]["table"].obsm["bitro_pred"].shape == (1, 15)
+    assert bt.get.predictions(slides[3], level="slide").shape == (1, 15)
 
 
 def test_gene_panel_is_remapped_by_name(bulk_model):
@@ -197,7 +190,6 @@ def test_gene_panel_is_remapped_by_name(bulk_model):
 
 
 def test_transfer_to_a_new_panel_reports_shared_and_new_genes(bulk_model, toy_sections):
-    import bitro as bt
 
     have = list(toy_sections[0]["table"].var_names)
     genes = [g for g in bulk_model.genes if g in have][:5] + [g for g in have if g not in bulk_model.genes][:3]
@@ -210,7 +202,6 @@ def test_transfer_to_a_new_panel_reports_shared_and_new_genes(bulk_model, toy_se
 
 
 def test_bad_transfer_inputs(bulk_model, toy_sections):
-    import bitro as bt
 
     with pytest.raises(ValueError, match=r"'attention' names no linear layer.*q_proj"):
         bt.tl.transfer(toy_sections[:1], bulk_model, target_modules=["attention"], max_epochs=1, progress=False)
@@ -225,19 +216,17 @@ def test_bad_transfer_inputs(bulk_model, toy_sections):
 
 
 def test_transfer_is_reproducible_with_a_seed(bulk_model, toy_sections):
-    import bitro as bt
 
     runs = []
     for _ in range(2):
         new = bt.tl.transfer(toy_sections[:1], bulk_model, target="spot", max_epochs=1, seed=3, progress=False)
         test = copy.deepcopy(toy_sections[3])
         bt.tl.predict(test, new)
-        runs.append(test["table"].obsm["bitro_pred"])
+        runs.append(bt.get.predictions(test).X)
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
 def test_adapter_keeps_its_bag_settings_and_other_heads_skip_it(bulk_model, toy_sections, toy_cohort, tmp_path):
-    import bitro as bt
     from bitro.models import BiTro
 
     new = bt.tl.transfer(toy_sections[:1], bulk_model, data={"context_um": 0.0}, max_epochs=1, progress=False)
@@ -250,13 +239,12 @@ def test_adapter_keeps_its_bag_settings_and_other_heads_skip_it(bulk_model, toy_
     a, b = copy.deepcopy(toy_cohort[0][0]), copy.deepcopy(toy_cohort[0][0])
     bt.tl.predict(a, loaded, target="bulk")
     bt.tl.predict(b, bulk_model)
-    np.testing.assert_allclose(a["table"].obsm["bitro_pred"], b["table"].obsm["bitro_pred"], atol=1e-6)
+    np.testing.assert_allclose(bt.get.predictions(a).X, bt.get.predictions(b).X, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["lora", "head"])
 def test_transfer_learns_the_target_labels(bulk_model, toy_sections, mode):
     """Trained long enough, the transferred model predicts held-out spots, and training lowered its loss."""
-    import bitro as bt
 
     new = bt.tl.transfer(
         toy_sections[:2],

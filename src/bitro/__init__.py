@@ -1,6 +1,6 @@
 """bitro: gene expression from H&E histology at spot, slide and single-cell resolution.
 
-Submodules (``io``, ``pp``, ``tl``, ``pl``, ``datasets``, ``models``) load on first access, so
+Submodules (``io``, ``pp``, ``tl``, ``pl``, ``get``, ``datasets``, ``models``) load on first access, so
 ``import bitro`` stays light: the science stack (torch, lightning, peft, cellpose,
 spatialdata-io) is imported only by the functions that need it.
 """
@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 from ._logging import logger
 from ._settings import settings
 
-_SUBMODULES = ("datasets", "io", "models", "pl", "pp", "tl")
+_SUBMODULES = ("datasets", "get", "io", "models", "pl", "pp", "tl")
 
-__all__ = ["__version__", "datasets", "io", "logger", "models", "pl", "pp", "settings", "tl"]
+__all__ = ["__version__", "datasets", "get", "io", "logger", "models", "pl", "pp", "settings", "tl"]
 
 if TYPE_CHECKING:
-    from . import datasets, io, models, pl, pp, tl
+    from . import datasets, get, io, models, pl, pp, tl
 
 
 def __getattr__(name: str):

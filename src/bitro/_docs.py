@@ -35,8 +35,8 @@ y_pred
 
 doc_key = """\
 key
-    ``obsm`` key of the predictions written by :func:`bitro.tl.predict` (``uns[key]["var_names"]``
-    names their columns)."""
+    The prediction table :func:`bitro.tl.predict` wrote (default: the one it recorded in
+    ``sdata.attrs["bitro"]``; see :func:`bitro.get.predictions`)."""
 
 doc_image = """\
 image

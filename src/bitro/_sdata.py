@@ -87,7 +87,7 @@ def write(
     """
     from bitro._store import commit
 
-    elements = dict(elements or {})
+    elements = {name: _tidy(element) for name, element in (elements or {}).items()}
     new_info = _with_version(attrs or {}, sdata.attrs.get(K.ATTRS_KEY, {})) if attrs is not None else None
     if sdata.is_backed():
         commit(sdata.path, elements, {K.ATTRS_KEY: new_info} if new_info is not None else None)
@@ -95,6 +95,26 @@ def write(
         sdata[name] = element
     if new_info is not None:
         sdata.attrs[K.ATTRS_KEY] = new_info
+
+
+def _tidy(element):
+    """A table annotating one region names it as a string, not a one-element list.
+
+    spatialdata's queries leave ``["region"]``; after a zarr round trip such a list of strings comes
+    back as an array that ``AnnData.copy`` crashes on with numpy < 2.1 (numpy #28609).
+    """
+    attrs = getattr(element, "uns", {}).get("spatialdata_attrs") if hasattr(element, "uns") else None
+    region = attrs.get("region") if isinstance(attrs, dict) else None
+    if isinstance(region, list | tuple | np.ndarray) and len(region) == 1:
+        attrs["region"] = str(region[0])
+    return element
+
+
+def tidy_tables(sdata: SpatialData) -> SpatialData:
+    """Every table of ``sdata`` that annotates one region names it as a string (see :func:`write`); returns ``sdata``."""
+    for table in sdata.tables.values():
+        _tidy(table)
+    return sdata
 
 
 def record(sdata: SpatialData, **entries: Any) -> None:

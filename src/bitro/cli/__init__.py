@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from ._common import STATE, errors
 
 app = typer.Typer(
     name="bitro",
@@ -16,39 +17,41 @@ app = typer.Typer(
 )
 
 
-_STATE = {"debug": False}
-
-
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback when a command fails.")] = False,
 ) -> None:
-    """Gene expression from H&E histology (spots, slides, single cells)."""
-    _STATE["debug"] = debug
+    """Gene expression from H&E histology (spots, slides, single cells).
+
+    A pipeline over zarr stores: `bitro read` an input into a store, then `segment`, `features`,
+    `predict` (which runs what is missing), `evaluate`; `fit` and `transfer` train models; `run`
+    does read -> predict -> figure for one input.
+    """
+    STATE["debug"] = debug
 
 
-def _errors(func):
-    """A failing command prints one line with the cause and exits with status 1 (``--debug``: the traceback)."""
+def _register() -> None:
+    """The pipeline commands (their modules load the science stack only when a command runs)."""
+    from . import _pipeline as p
 
-    @functools.wraps(func)
-    def run(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
-        except Exception as err:
-            if _STATE["debug"]:
-                raise
-            message = " ".join(str(err).split()) or type(err).__name__
-            typer.echo(f"error: {message} ({type(err).__name__}; --debug shows the traceback)", err=True)
-            raise typer.Exit(1) from None
+    for name, func in (
+        ("read", p.read),
+        ("segment", p.segment),
+        ("features", p.features),
+        ("fit", p.fit),
+        ("predict", p.predict),
+        ("transfer", p.transfer),
+        ("evaluate", p.evaluate),
+        ("run", p.run),
+    ):
+        app.command(name)(errors(func))
 
-    return run
+
+_register()
 
 
 @app.command()
-@_errors
+@errors
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("bitro_demo"),
     n_spots: Annotated[int, typer.Option(help="Spots of the synthetic section.")] = 64,
@@ -61,7 +64,7 @@ def demo(
 
 
 @app.command("predict-her2st")
-@_errors
+@errors
 def predict_her2st(
     data: Annotated[
         Path, typer.Argument(help="Folder laid out like the her2st repository's data/ (tests/data/her2st).")

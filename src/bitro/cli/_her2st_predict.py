@@ -65,7 +65,8 @@ def run_her2st(
         write_store(sdata, store, overwrite=True)  # the previous store stays until the new one is whole
         t = step("write zarr", t)
         table = sdata[_sdata.recorded(sdata, K.ATTR_TABLE)]
-        best = table.var[K.PEARSON_KEY].dropna().sort_values(ascending=False).index[:n_genes_plot].tolist()
+        scored = bt.get.predictions(sdata).var[K.PEARSON_KEY]
+        best = scored.dropna().sort_values(ascending=False).index[:n_genes_plot].tolist()
         figure = out / f"{section}_predicted_vs_observed.png"
         fig = bt.pl.spatial_prediction(sdata, best, return_fig=True)
         with replace_file(figure) as tmp:
@@ -84,7 +85,7 @@ def run_her2st(
         "genes": len(model.genes),
         "pearson_mean": round(float(row["pearson_mean"]), 3),
         "pearson_median": round(float(row["pearson_median"]), 3),
-        "best_genes": {g: round(float(table.var.loc[g, K.PEARSON_KEY]), 3) for g in best},
+        "best_genes": {g: round(float(scored[g]), 3) for g in best},
         "seconds": times,
         "zarr": str(store),
         "figure": str(figure),
@@ -107,4 +108,4 @@ def crop_section(sdata, box: tuple[float, float, float, float]):
     if out is None or K.TABLE_KEY not in out.tables or out.tables[K.TABLE_KEY].n_obs == 0:
         raise ValueError(f"`crop` {box} (µm, coordinate system {cs!r}) holds no spot of the section.")
     out.attrs = {k: (dict(v) if isinstance(v, dict) else v) for k, v in sdata.attrs.items()}
-    return out
+    return _sdata.tidy_tables(out)  # the query leaves regions as one-element lists

@@ -175,6 +175,12 @@ class AdapterMixin:
         for key in ("data", "spots"):  # bag settings and spot geometry the adapter was trained with
             if entry.meta.get(key):
                 self.config[key] = entry.meta[key]
+        calibrations = dict(self.config.get("calibration") or {})
+        if entry.meta.get("calibration"):
+            calibrations[kind] = entry.meta["calibration"]
+        else:
+            calibrations.pop(kind, None)  # the base head's calibration does not describe the adapter
+        self.config["calibration"] = calibrations
         self.active_adapter = name
         self.module.eval()
 

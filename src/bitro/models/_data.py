@@ -39,6 +39,8 @@ class Bags:
     y: np.ndarray | None = None
     cell_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     """Row of each cell in the cells table (``x`` rows are those rows, in that order)."""
+    n_spots: int | None = None
+    """The first ``n_spots`` bags are real spots; the others cover the cells outside every spot."""
 
     @property
     def n_bags(self) -> int:
@@ -104,8 +106,16 @@ def _context(xy: np.ndarray, centres: np.ndarray, members: list[np.ndarray], rad
     return out
 
 
-def spot_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: str | None = None) -> Bags:
-    """Bags of the spots of a section: each spot's assigned cells, plus ring context cells if configured."""
+def spot_bags(
+    sdata, settings: dict, *, genes: list[str] | None = None, group: str | None = None, cover: float | None = None
+) -> Bags:
+    """Bags of the spots of a section: each spot's assigned cells, plus ring context cells if configured.
+
+    With ``cover`` (the assignment's reach as a multiple of the spot radius, e.g. 1.5), the cells
+    outside every spot get bags of their own after the spots': pseudo-spots on a hexagonal grid whose
+    cells (Voronoi regions) have the area of a spot's reach, so a pseudo-bag holds about as many cells
+    as a spot; each such cell joins its nearest pseudo-spot. Their context follows the same rule.
+    """
     info = _sdata.info(sdata)
     sample = _sdata.sample_id(sdata)
     spots_key = info.get(K.ATTR_SPOTS)
@@ -132,18 +142,52 @@ def spot_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: s
     bag_xy = centres[spot_row].astype(np.float32)
 
     cell_spot = cells.obs[assign_key].astype("string").fillna("").to_numpy(dtype=str)
-    members = _groups(pd.Index(spot_ids).get_indexer(cell_spot), len(spot_ids))
+    cell_bag = pd.Index(spot_ids).get_indexer(cell_spot)
+    names = table.obs_names.to_numpy().astype(str)
+    if cover is not None and (cell_bag < 0).any():
+        _, radius = _sdata.spots_um(sdata, spots_key, ids=sdata.shapes[spots_key].index[spot_row])
+        extra_xy, extra_bag = _pseudo_bags(xy[cell_bag < 0], float(np.median(radius)) * float(cover))
+        cell_bag[cell_bag < 0] = extra_bag + len(spot_ids)
+        bag_xy = np.vstack([bag_xy, extra_xy]).astype(np.float32)
+        names = np.concatenate([names, [f"pseudo{i}" for i in range(len(extra_xy))]])
+    members = _groups(cell_bag, len(names))
     context = _context(xy, bag_xy, members, float(settings["context_um"]), int(settings["max_context"]))
 
     y = None
     if genes is not None:
         cols = gene_columns(table, genes, where=f"section {sample!r} table {table_key!r}")
         y = log_cp10k(table.X, where=f"section {sample!r} table {table_key!r}", columns=cols)
+        y = np.vstack([y, np.full((len(names) - len(y), y.shape[1]), np.nan, np.float32)])
     return _bags(
         sample, group, "spot", x, xy, graph, y,
-        seq_cells=members, seq_context=context, seq_centre=bag_xy, seq_bag=np.arange(len(spot_ids)),
-        bag_names=table.obs_names.to_numpy().astype(str), bag_xy=bag_xy,
+        seq_cells=members, seq_context=context, seq_centre=bag_xy, seq_bag=np.arange(len(names)),
+        bag_names=names, bag_xy=bag_xy, n_spots=len(spot_ids),
     )  # fmt: skip
+
+
+def hex_grid(lo: np.ndarray, hi: np.ndarray, pitch: float) -> np.ndarray:
+    """Centres ``(n, 2)`` of a hexagonal grid of ``pitch`` covering the box ``lo``-``hi`` (odd rows shifted by half)."""
+    dy = pitch * np.sqrt(3) / 2
+    rows = []
+    for i, y in enumerate(np.arange(lo[1], hi[1] + dy, dy)):
+        xs = np.arange(lo[0] + (i % 2) * pitch / 2, hi[0] + pitch, pitch)
+        rows.append(np.column_stack([xs, np.full(len(xs), y)]))
+    return np.concatenate(rows)
+
+
+def _pseudo_bags(xy: np.ndarray, reach_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of the pseudo-spots that cover cells ``xy`` and each cell's pseudo-spot (its nearest centre).
+
+    A hexagonal grid whose Voronoi cells have the area of a disc of radius ``reach_um``; centres
+    without a cell are dropped (the others renumbered).
+    """
+    from scipy.spatial import cKDTree
+
+    pitch = float(np.sqrt(np.pi * reach_um**2 / (np.sqrt(3) / 2)))
+    grid = hex_grid(xy.min(axis=0) - pitch, xy.max(axis=0) + pitch, pitch)
+    _, nearest = cKDTree(grid).query(xy)
+    used, bag = np.unique(nearest, return_inverse=True)
+    return grid[used], bag.reshape(-1)
 
 
 def slide_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: str | None = None) -> Bags:

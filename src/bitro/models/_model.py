@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,16 @@ if TYPE_CHECKING:
 FORMAT = 1
 """Version of the saved layout (``config.json`` + ``model.safetensors``); bumped when it changes."""
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+class Prediction(NamedTuple):
+    """What :meth:`BiTro.predict_bags` returns (log1p(CP10k), clipped at 0)."""
+
+    bags: np.ndarray
+    cells: np.ndarray
+    weight: np.ndarray
+    bags_std: np.ndarray | None = None
+    cells_std: np.ndarray | None = None
 
 
 class BiTro(AdapterMixin):
@@ -92,11 +102,22 @@ class BiTro(AdapterMixin):
         )
 
     # --- application -----------------------------------------------------------------------------
-    def predict_bags(self, bags: Bags, *, head: str | None = None, batch_size: int = 64, _base: bool = False):
+    def predict_bags(
+        self, bags: Bags, *, head: str | None = None, batch_size: int = 64, n_samples: int = 0, _base: bool = False
+    ) -> Prediction:
         """Bag and cell predictions (log1p CP10k) of one section or slide, streamed by chunks of sequences.
 
-        Returns ``(bag_pred, cell_pred, cell_weight)``: ``(n_bags, G)`` (NaN for a bag without a
-        cell), ``(n_cells, G)`` and ``(n_cells,)`` pooling weights (NaN for cells in no bag).
+        A cell's prediction is the head's output, unscaled and clipped at 0 (a linear head can
+        extrapolate below the smallest possible log1p(CP10k)); a bag's prediction is the
+        attention-weighted mean of its cells' predictions. With ``n_samples > 0`` the network also
+        runs ``n_samples`` times with dropout on (Monte Carlo dropout, seeded) and the standard
+        deviation of those predictions is the model's uncertainty of each cell and bag.
+
+        Returns
+        -------
+        :class:`Prediction`: ``bags`` ``(n_bags, G)`` (NaN for a bag without a cell), ``cells``
+        ``(n_cells, G)``, ``weight`` ``(n_cells,)`` (pooling weight within the cell's bag, NaN for
+        cells in no bag), and ``bags_std`` / ``cells_std`` (``None`` without samples).
         """
         import torch
 
@@ -104,45 +125,77 @@ class BiTro(AdapterMixin):
         from ._module import merge_pool_state, pool_state
 
         head = head or self.head
-        if not _base and self.peft is not None and head != self.adapters[self.active_adapter].kind:
+        active = self.adapters.get(self.active_adapter) if self.active_adapter is not None else None
+        if not _base and active is not None and head != active.kind:
             # another label kind's head belongs to the base backbone: run it without the active adapter
             with self.peft.disable_adapter():
-                return self.predict_bags(bags, head=head, batch_size=batch_size, _base=True)
+                return self.predict_bags(bags, head=head, batch_size=batch_size, n_samples=n_samples, _base=True)
         module = self.module
-        module.eval()
         device = next(module.parameters()).device
         mod_head = module.heads[head]
-        mean, std = mod_head.target_mean.cpu().numpy(), mod_head.target_std.cpu().numpy()
+        mean, std = mod_head.target_mean.double(), mod_head.target_std.double()
         n_cells, g = len(bags.x), len(mean)
         cell_pred = np.full((n_cells, g), np.nan, np.float32)
         cell_logit = np.full(n_cells, -np.inf, np.float64)
+        cell_sum = np.zeros((n_cells, g)) if n_samples else None
+        cell_sq = np.zeros((n_cells, g)) if n_samples else None
         seqs = [s for s in range(len(bags.seq_cells)) if len(bags.seq_cells[s])]
-        state = None
-        with torch.inference_mode():
+        state, sample_states = None, [None] * n_samples
+
+        def values(batch):
+            expression, logits = module.cells(batch, head)
+            unscaled = (expression.double() * std.to(device) + mean.to(device)).clamp(min=0.0)
+            return unscaled, logits.double()
+
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the dropout masks of the samples: the same uncertainty on every run
             for start in range(0, len(seqs), batch_size):
                 chunk = seqs[start : start + batch_size]
                 batch = collate([sequence_arrays(bags, s) for s in chunk], bags.seq_bag[chunk], bags.n_bags)
                 batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
-                expression, logits = module.cells(batch, head)
-                part = pool_state(expression.double(), logits.double(), batch["bag"], bags.n_bags)
+                module.eval()
+                unscaled, logits = values(batch)
+                part = pool_state(unscaled, logits, batch["bag"], bags.n_bags)
                 state = part if state is None else merge_pool_state(state, part)
-                expression, logits = expression.cpu().numpy(), logits.cpu().numpy()
+                cells_np, logits_np = unscaled.cpu().numpy(), logits.cpu().numpy()
                 for i, s in enumerate(chunk):
                     m = len(bags.seq_cells[s])
-                    cell_pred[bags.seq_cells[s]] = expression[i, :m] * std + mean
-                    cell_logit[bags.seq_cells[s]] = logits[i, :m]
+                    cell_pred[bags.seq_cells[s]] = cells_np[i, :m]
+                    cell_logit[bags.seq_cells[s]] = logits_np[i, :m]
+                if n_samples:
+                    module.train()  # dropout on (the network has no batch norm)
+                    for t in range(n_samples):
+                        sampled, sampled_logits = values(batch)
+                        part = pool_state(sampled, sampled_logits, batch["bag"], bags.n_bags)
+                        sample_states[t] = (
+                            part if sample_states[t] is None else merge_pool_state(sample_states[t], part)
+                        )
+                        sampled = sampled.cpu().numpy()
+                        for i, s in enumerate(chunk):
+                            m = len(bags.seq_cells[s])
+                            cell_sum[bags.seq_cells[s]] += sampled[i, :m]
+                            cell_sq[bags.seq_cells[s]] += sampled[i, :m] ** 2
+            module.eval()
         bag_pred = np.full((bags.n_bags, g), np.nan, np.float32)
         weight = np.full(n_cells, np.nan, np.float32)
+        bag_std = cell_std = None
         if state is not None:
             denom, num, bag_max = (t.cpu().numpy() for t in state)
             with np.errstate(invalid="ignore", divide="ignore"):
-                bag_pred = (num / denom[:, None] * std + mean).astype(np.float32)
+                bag_pred = (num / denom[:, None]).astype(np.float32)
             cell_bag = np.full(n_cells, -1, np.int64)
             for s in seqs:
                 cell_bag[bags.seq_cells[s]] = bags.seq_bag[s]
             ok = cell_bag >= 0
             weight[ok] = np.exp(cell_logit[ok] - bag_max[cell_bag[ok]]) / denom[cell_bag[ok]]
-        return bag_pred, cell_pred, weight
+        if n_samples and state is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                samples = np.stack([(st[1] / st[0][:, None]).cpu().numpy() for st in sample_states])
+                bag_std = samples.std(axis=0).astype(np.float32)
+                var = cell_sq / n_samples - (cell_sum / n_samples) ** 2
+            cell_std = np.sqrt(np.maximum(var, 0)).astype(np.float32)
+            cell_std[~np.isfinite(cell_pred).all(axis=1)] = np.nan
+        return Prediction(bag_pred, cell_pred, weight, bag_std, cell_std)
 
     # --- persistence -----------------------------------------------------------------------------
     def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False) -> None:

@@ -30,7 +30,7 @@ def cell_expression(
     sdata: SpatialData,
     gene: str,
     *,
-    key: str = K.PRED_KEY,
+    key: str | None = None,
     image: bool | str = True,
     crop: Sequence[float] | None = None,
     cmap: str = "viridis",
@@ -43,7 +43,7 @@ def cell_expression(
     """Plot the predicted expression of each cell on its outline over a crop of the H&E.
 
     Cell polygons of ``attrs["bitro"]["cells_shapes_key"]`` are matched to the rows of the cells
-    table by its instance key and filled with the prediction in ``obsm[key]`` of the cells table
+    table by its instance key and filled with the prediction of the cells' prediction table
     (one :class:`~matplotlib.collections.PolyCollection`); cells without a prediction (NaN: outside
     every bag) are drawn hollow and grey.
 
@@ -52,7 +52,7 @@ def cell_expression(
     sdata
         {doc_sdata} Needs a cells layer and per-cell predictions written by :func:`bitro.tl.predict`.
     gene
-        A predicted gene (``uns[key]["var_names"]`` of the cells table).
+        A predicted gene (the ``var_names`` of the cells' prediction table).
     {doc_key}
     {doc_image}
     crop
@@ -75,7 +75,7 @@ def cell_expression(
         raise TypeError(f"`gene` must be one gene name, got {gene!r}.")
     cs = _sdata.coordinate_system(sdata)
     table_key, shapes_key, geometry = _sdata.cell_boundaries(sdata)
-    values = predicted_values(sdata.tables[table_key], key, [gene])[:, 0]
+    values = predicted_values(sdata, [gene], level="cells", key=key, align_to=sdata.tables[table_key])[0][:, 0]
     geometry = geometry_um(sdata, shapes_key, geometry)
     finite = np.isfinite(values)
 

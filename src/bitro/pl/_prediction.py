@@ -1,4 +1,4 @@
-"""Data the prediction plots read: predicted genes and values (``bt.tl.predict``), observed values and their r."""
+"""Data the prediction plots read: predicted values (:mod:`bitro.get`), observed values and their r."""
 
 from __future__ import annotations
 
@@ -6,58 +6,27 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from bitro import _constants as K
+import pandas as pd
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-N_LISTED = 10
-"""How many available genes an error message lists."""
 
+def predicted_values(sdata, genes: Sequence[str], *, level: str, key: str | None, align_to) -> tuple[np.ndarray, str]:
+    """``(n_rows, len(genes))`` predictions (float, NaN kept) ordered like the rows of table ``align_to``, and the table's key.
 
-def prediction_genes(adata: AnnData, key: str = K.PRED_KEY) -> list[str]:
-    """Gene names of the columns of ``adata.obsm[key]``, in column order.
-
-    ``uns[key]["var_names"]`` maps each gene to its column (a dict survives a zarr round trip where a
-    list of strings does not); a plain list or array is accepted too.
+    Rows are matched on the instance ids of the shapes both tables annotate.
     """
-    if key not in adata.obsm:
-        raise KeyError(
-            f"`key`: {key!r} is not in obsm (obsm keys: {list(adata.obsm)}); run bt.tl.predict first or pass its key."
-        )
-    meta = adata.uns.get(key)
-    names = meta.get("var_names") if hasattr(meta, "get") else None
-    if names is None:
-        raise KeyError(
-            f"`key`: uns[{key!r}]['var_names'] is missing, so the columns of obsm[{key!r}] have no gene names; "
-            "was it written by bt.tl.predict?"
-        )
-    if hasattr(names, "items"):
-        genes = [str(g) for g, _ in sorted(names.items(), key=lambda item: int(np.asarray(item[1])))]
-        index = sorted(int(np.asarray(i)) for i in names.values())
-        if index != list(range(len(genes))):
-            raise ValueError(f"uns[{key!r}]['var_names'] must map genes to the columns 0..{len(genes) - 1}.")
-    else:
-        genes = [str(g) for g in np.asarray(names).ravel()]
-    n_cols = np.asarray(adata.obsm[key]).shape[1]
-    if len(genes) != n_cols:
-        raise ValueError(f"uns[{key!r}]['var_names'] names {len(genes)} genes but obsm[{key!r}] has {n_cols} columns.")
-    return genes
+    from bitro.get import prediction_df, predictions
 
-
-def predicted_values(adata: AnnData, key: str, genes: Sequence[str]) -> np.ndarray:
-    """``(n_obs, len(genes))`` predictions of ``genes`` (float, NaN kept), with a clear error for unknown genes."""
-    names = prediction_genes(adata, key)
-    lookup = {g: i for i, g in enumerate(names)}
-    unknown = [g for g in genes if g not in lookup]
-    if unknown:
-        listed = ", ".join(names[:N_LISTED]) + (", ..." if len(names) > N_LISTED else "")
-        raise KeyError(
-            f"gene(s) {unknown} were not predicted in obsm[{key!r}] ({len(names)} predicted genes: {listed})."
-        )
-    values = np.asarray(adata.obsm[key])
-    return np.asarray(values[:, [lookup[g] for g in genes]], dtype=float)
+    table = predictions(sdata, level=level, key=key)
+    name = next(k for k, v in sdata.tables.items() if v is table)
+    df = prediction_df(sdata, list(genes), level=level, key=name)
+    instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key")
+    rows = pd.Index(table.obs[instance_key].to_numpy()).get_indexer(align_to.obs[instance_key].to_numpy())
+    values = np.full((align_to.n_obs, len(genes)), np.nan)
+    values[rows >= 0] = df.to_numpy(dtype=float)[rows[rows >= 0]]
+    return values, name
 
 
 def observed_values(adata: AnnData, genes: Sequence[str], *, where: str) -> dict[str, np.ndarray]:

@@ -82,8 +82,8 @@ def spatial_prediction(
     sdata: SpatialData,
     genes: str | Sequence[str],
     *,
-    key: str = K.PRED_KEY,
-    table_key: str = K.TABLE_KEY,
+    key: str | None = None,
+    table_key: str | None = None,
     image: bool | str = True,
     crop: Sequence[float] | None = None,
     cmap: str = "viridis",
@@ -98,8 +98,8 @@ def spatial_prediction(
     """Plot observed and predicted expression of each spot over the H&E.
 
     For each gene, two panels side by side: the observed log1p(CP10k) of the spot counts (each spot
-    scaled to 10,000 counts over all genes of ``X``) and the prediction in ``obsm[key]`` (same
-    units), as circles of the spots' real radii, over a downscaled crop of the image. Both panels
+    scaled to 10,000 counts over all genes of ``X``) and the prediction of the spots' prediction
+    table (same units; :func:`bitro.get.predictions`), as circles of the spots' real radii, over a downscaled crop of the image. Both panels
     share one colour scale (one colour bar per gene); the predicted panel's title gives the Pearson
     r over the spots with a finite prediction (0 for a constant prediction, ``n/a`` when the
     observed values are constant). Spots without a prediction (NaN, e.g. no cell in the spot) are
@@ -112,10 +112,10 @@ def spatial_prediction(
         {doc_sdata} Needs the spot table, its spot circles and predictions written by
         :func:`bitro.tl.predict`.
     genes
-        One gene or a list of genes among the predicted ones (``uns[key]["var_names"]``).
+        One gene or a list of genes among the predicted ones (the prediction table's ``var_names``).
     {doc_key}
     table_key
-        Spot table holding the counts in ``X`` and the predictions.
+        Spot table holding the counts in ``X`` (default: the one the reader recorded).
     {doc_image}
     crop
         {doc_region} ``None`` shows all spots.
@@ -152,10 +152,11 @@ def spatial_prediction(
     genes = [genes] if isinstance(genes, str) else list(genes)
     if not genes:
         raise ValueError("`genes`: give at least one gene.")
+    table_key = table_key if table_key is not None else _sdata.recorded(sdata, K.ATTR_TABLE)
     if table_key not in sdata.tables:
         raise KeyError(f"`table_key`: {table_key!r} is not a table of `sdata` (tables: {list(sdata.tables)}).")
     table = sdata.tables[table_key]
-    predicted = predicted_values(table, key, genes)
+    predicted, pred_key = predicted_values(sdata, genes, level="spots", key=key, align_to=table)
     observed = observed_values(table, genes, where=f"table {table_key!r}")
     cs = _sdata.coordinate_system(sdata)
     centres, radii = _spot_circles(sdata, table_key)
@@ -211,5 +212,5 @@ def spatial_prediction(
             missing_legend(panels[-1], n_nan, "no prediction")
         mappable = mpl.cm.ScalarMappable(norm=scale, cmap=colormap)
         fig.colorbar(mappable, ax=panels, label=f"{gene}, log1p(CP10k)", shrink=0.8)
-    logger.info("plotted %d genes of %s.obsm[%r] over %d spots", len(genes), table_key, key, len(centres))
+    logger.info("plotted %d genes of %s over %d spots", len(genes), pred_key, len(centres))
     return finish(fig, axes, own_figure=ax is None, show=show, save=save, return_fig=return_fig)

@@ -28,7 +28,13 @@ def _import_cellpose():
     """``cellpose.models``; torch's mkldnn shim warns that ``torch.jit.script_method`` is deprecated on import."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method.*", category=DeprecationWarning)
-        from cellpose import models
+        try:
+            from cellpose import models
+        except ImportError as err:
+            raise ImportError(
+                '`method="cellpose"` needs cellpose 3: pip install "bitro[cellpose]" (bitro\'s own offline '
+                'segmenter is method="unet").'
+            ) from err
 
     return models
 

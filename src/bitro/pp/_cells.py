@@ -17,11 +17,15 @@ from bitro import _sdata
 from bitro._logging import logger
 
 
-def write_cells(sdata, polygons, *, image: str, method: str, key_added: str | None = None) -> tuple[str, str]:
+def write_cells(
+    sdata, polygons, *, image: str, method: str, key_added: str | None = None, segmentation_mpp: float | None = None
+) -> tuple[str, str]:
     """Add nucleus ``polygons`` (level-0 pixels of ``image``) as ``{method}_boundaries`` and the ``bitro_cells`` table.
 
     Replaces a previous cells layer of the same names (on a backed object the new layer is complete
-    on disk before the old one goes); returns ``(shapes_key, table_key)``.
+    on disk before the old one goes); ``segmentation_mpp`` (the pixel size segmented at) is recorded
+    in attrs.
+    Returns ``(shapes_key, table_key)``.
     """
     import anndata as ad
     import geopandas as gpd
@@ -54,7 +58,12 @@ def write_cells(sdata, polygons, *, image: str, method: str, key_added: str | No
     _sdata.write(
         sdata,
         {shapes_key: shapes, K.CELLS_TABLE_KEY: table},
-        attrs={K.ATTR_CELLS_SHAPES: shapes_key, K.ATTR_CELLS_TABLE: K.CELLS_TABLE_KEY, K.ATTR_CELLS_IMAGE: image},
+        attrs={
+            K.ATTR_CELLS_SHAPES: shapes_key,
+            K.ATTR_CELLS_TABLE: K.CELLS_TABLE_KEY,
+            K.ATTR_CELLS_IMAGE: image,
+            K.ATTR_SEGMENTATION_MPP: float(segmentation_mpp) if segmentation_mpp is not None else None,
+        },
     )
     logger.info("%d cells written to %s and table %s", len(geometry), shapes_key, K.CELLS_TABLE_KEY)
     return shapes_key, K.CELLS_TABLE_KEY

@@ -11,7 +11,7 @@ import numpy as np
 from bitro import _constants as K
 from bitro import _sdata
 from bitro._logging import logger
-from bitro._validate import check_choice, check_float, check_int, check_name
+from bitro._validate import check_choice, check_float, check_int, check_mpp, check_name
 
 from ._windows import tiles
 
@@ -66,6 +66,7 @@ def cell_features(
     crop_um: float = 32.0,
     batch_size: int = 256,
     device: str | None = None,
+    mpp: float | None = None,
     copy: bool = False,
 ) -> SpatialData | None:
     """Compute a feature vector for every segmented cell.
@@ -117,6 +118,10 @@ def cell_features(
         ``method="encoder"`` only: crops per forward pass.
     device
         ``method="encoder"`` only: the torch device; by default ``bt.settings.device``.
+    mpp
+        Measure at this pixel size (µm per pixel): windows are read from the pyramid level closest to
+        it and resampled, so intensity and texture match those of a model trained at that size
+        (:func:`bitro.tl.predict` passes its model's). ``None``: at the image's own pixel size.
     copy
         Return a modified copy instead of writing into ``sdata``.
 
@@ -153,10 +158,24 @@ def cell_features(
             "bt.pp.segment_cells first."
         )
     img_key = _sdata.image_key(sdata, image_key if image_key is not None else info.get(K.ATTR_CELLS_IMAGE))
-    mpp = _sdata.image_mpp(sdata, img_key)
+    target_mpp, mpp = mpp, _sdata.image_mpp(sdata, img_key)
     table = _sdata.editable_table(sdata, table_key)
     geometry = _cell_geometry(sdata[shapes_key], table.obs[K.CELL_ID_KEY].to_numpy())
     image = _sdata.level0(sdata.images[img_key]).data
+    if target_mpp is not None:
+        target = check_mpp(target_mpp, "mpp")
+        if abs(target / mpp - 1) > 0.02:  # at another pixel size: a resampled view, polygons scaled alike
+            import shapely
+
+            from ._windows import ResampledImage
+
+            image = ResampledImage(
+                sdata.images[img_key], level0_mpp=mpp, target_mpp=target, cs=_sdata.coordinate_system(sdata)
+            )
+            scale = mpp / target
+            geometry = shapely.transform(geometry, lambda xy: xy * scale)
+            logger.info("cell features measured at %.3g µm/px (the image has %.3g)", target, mpp)
+            mpp = target
 
     start = time.perf_counter()
     if method == "morphology":
@@ -185,7 +204,7 @@ def cell_features(
     n_bad = int((~np.isfinite(values).all(axis=1)).sum()) if len(values) else 0
     if n_bad:
         logger.warning("%d of %d cells have non-finite features (outside the image?)", n_bad, len(values))
-    _sdata.write(sdata, {table_key: table}, attrs={K.ATTR_FEATURES: key_added})
+    _sdata.write(sdata, {table_key: table}, attrs={K.ATTR_FEATURES: key_added, K.ATTR_FEATURES_MPP: float(mpp)})
     logger.info(
         "%s features (%d) of %d cells written to %s.obsm[%r] in %.1f s",
         method,

@@ -28,7 +28,10 @@ def read_segmentation(path: str | os.PathLike, *, sdata, image_key: str):
     Parameters
     ----------
     path
-        One of: GeoJSON (``.geojson`` / ``.json``; a FeatureCollection or a bare list of features,
+        The name of a shapes element of ``sdata`` (polygons, or circles: points with a ``radius``;
+        e.g. ``cellpose_boundaries`` from sopa, or cells drawn in another tool), mapped into
+        level-0 pixels of the image through both elements' transformations; or a file, one of:
+        GeoJSON (``.geojson`` / ``.json``; a FeatureCollection or a bare list of features,
         as QuPath and CellViT export; Polygon / MultiPolygon; a ``classification`` name or a
         ``class`` property becomes ``cell_type``), HEST's CellViT GeoParquet (``.parquet``),
         HoVer-Net JSON (``{"nuc": {id: {"contour": [[x, y], ...], "type": int}}}``; ``type``
@@ -45,11 +48,16 @@ def read_segmentation(path: str | os.PathLike, *, sdata, image_key: str):
     index ``0..n-1``, and a categorical ``cell_type`` column when the file has classes.
     Shapes that are not valid polygons are skipped and counted in a warning.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"`path`: segmentation file {os.fspath(path)!r} does not exist.")
     if image_key not in sdata.images:
         raise KeyError(f"`image_key`: {image_key!r} is not an image of `sdata` (images: {list(sdata.images)}).")
+    if isinstance(path, str) and path in sdata.shapes and not Path(path).expanduser().is_file():
+        return _from_element(sdata, path, image_key)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"`path`: {os.fspath(path)!r} is neither a segmentation file nor a shapes element of `sdata` "
+            f"(shapes: {list(sdata.shapes)})."
+        )
     suffix = path.suffix.lower()
     if suffix in LABEL_SUFFIXES:
         return _from_labels(path, _level0_shape(sdata, image_key))
@@ -71,6 +79,46 @@ def read_segmentation(path: str | os.PathLike, *, sdata, image_key: str):
         f"{path}: unknown segmentation format {suffix!r}; expected GeoJSON (.geojson/.json), CellViT parquet, "
         f"HoVer-Net JSON or a label image ({', '.join(LABEL_SUFFIXES)})."
     )
+
+
+def _from_element(sdata, name: str, image_key: str):
+    """The polygons (circles buffered) of shapes element ``name`` in level-0 pixels of ``image_key``."""
+    import geopandas as gpd
+    import shapely
+
+    cs = _sdata.coordinate_system(sdata)
+    shapes = sdata.shapes[name]
+    geometry = shapes.geometry.to_numpy()
+    points = shapely.get_type_id(geometry) == 0
+    if points.any():
+        if "radius" not in shapes.columns:
+            raise ValueError(f"`path`: shapes element {name!r} holds points without a `radius`; cells need outlines.")
+        geometry = geometry.copy()
+        geometry[points] = shapely.buffer(geometry[points], shapes["radius"].to_numpy(dtype=float)[points])
+    to_um = _sdata.affine_xy(shapes, cs)
+    from_um = np.linalg.inv(_sdata.affine_xy(_sdata.level0(sdata.images[image_key]), cs))
+    matrix = from_um @ to_um
+    geometry = shapely.transform(geometry, lambda xy: _sdata.apply_affine(matrix, xy))
+    polygons, skipped = [], 0
+    for geom in geometry:
+        parts = [p for p in getattr(geom, "geoms", [geom]) if p.geom_type == "Polygon" and p.area > 0]
+        if parts:
+            polygons.append(max(parts, key=lambda p: p.area))
+        else:
+            skipped += 1
+    if skipped:
+        logger.warning(
+            "shapes %s: %d of %d shapes are not areal polygons and are skipped", name, skipped, len(geometry)
+        )
+    if not polygons:
+        raise ValueError(f"`path`: shapes element {name!r} holds no polygon.")
+    out = gpd.GeoDataFrame(geometry=polygons)
+    for column in ("cell_type", "classification", "class"):
+        if column in shapes.columns and not skipped:
+            out[K.CELL_TYPE_KEY] = pd.Categorical(shapes[column].astype(str).to_numpy())
+            break
+    logger.info("%d cells taken from shapes element %s", len(out), name)
+    return out
 
 
 def _level0_shape(sdata, image_key: str) -> tuple[int, int]:

@@ -19,12 +19,13 @@ import numpy as np
 from bitro import _constants as K
 from bitro import _sdata
 from bitro._logging import logger
-from bitro._validate import check_choice, check_float, check_int
+from bitro._validate import check_choice, check_float, check_int, check_mpp
 
 from ._cells import write_cells
 from ._watershed import DEFAULT_DIAMETER_UM, tissue_fraction, watershed_tile
+from ._windows import level_for
 
-METHODS = ("cellpose", "watershed", "import")
+METHODS = ("unet", "cellpose", "watershed", "import")
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
@@ -36,7 +37,7 @@ def segment_cells(
     sdata: SpatialData,
     *,
     image_key: str | None = None,
-    method: Literal["cellpose", "watershed", "import"] = "cellpose",
+    method: Literal["unet", "cellpose", "watershed", "import"] = "cellpose",
     key_added: str | None = None,
     tile_size: int = 1024,
     overlap: int | None = None,
@@ -46,6 +47,7 @@ def segment_cells(
     path: str | None = None,
     min_area_um2: float | None = None,
     max_area_um2: float | None = None,
+    mpp: float | None = None,
     progress: bool | None = None,
     copy: bool = False,
     **method_kwargs: Any,
@@ -64,9 +66,11 @@ def segment_cells(
     image_key
         The RGB image to segment. Default: the one recorded in ``sdata.attrs["bitro"]``.
     method
-        ``"cellpose"`` (deep model, the default; needs ``cellpose``), ``"watershed"`` (offline:
-        hematoxylin deconvolution, adaptive threshold, distance-transform watershed) or
-        ``"import"`` (read polygons from ``path``).
+        ``"unet"`` (bitro's own nucleus network, bundled and offline: a U-Net trained on labelled
+        H&E nuclei that predicts nuclei and their distance maps, split by a watershed; tiles are
+        resampled to its 0.5 µm/px), ``"cellpose"`` (a cellpose 3 model; needs local weights),
+        ``"watershed"`` (no network: hematoxylin deconvolution, adaptive threshold,
+        distance-transform watershed) or ``"import"`` (read polygons from ``path``).
     key_added
         Name of the shapes element. Default: ``"{method}_boundaries"``.
     tile_size
@@ -79,18 +83,24 @@ def segment_cells(
         Threads of the local scheduler (default ``bt.settings.n_jobs``, ``-1`` all cores); ignored
         when a ``dask.distributed`` client is active.
     model
-        Cellpose model (name or object), for ``method="cellpose"``.
+        ``method="unet"``: a weights folder (default: the bundled weights); ``method="cellpose"``: a
+        cellpose model name or weights file.
     path
-        Segmentation file to read, for ``method="import"``.
+        For ``method="import"``: a segmentation file (GeoJSON, CellViT parquet, HoVer-Net JSON, label
+        image) or the name of a shapes element of ``sdata`` (e.g. sopa's ``cellpose_boundaries``).
     min_area_um2, max_area_um2
         Cells outside this area range (µm²) are dropped (watershed defaults 8 and 400; no limit otherwise).
+    mpp
+        Read the coarsest pyramid level whose pixels are at most this size (µm); ``None``: the
+        U-Net's working scale (0.5 µm/px) for ``"unet"``, level 0 otherwise. Polygons are stored in
+        level-0 pixels whatever level was read; ``tile_size`` and ``overlap`` count pixels of it.
     progress
         Show a progress bar (default: when there are more than 16 tiles and ``bt.settings.verbosity > 0``).
     copy
         Return a segmented copy instead of writing into ``sdata``.
     **method_kwargs
-        Passed to the tile segmenter (e.g. ``offset=``, ``floor_factor=`` of the watershed, see
-        ``bitro.pp._watershed.watershed_tile``).
+        Passed to the tile segmenter (e.g. ``fg_threshold=`` / ``marker_threshold=`` of the U-Net,
+        ``offset=`` / ``floor_factor=`` of the watershed, see ``bitro.pp._watershed.watershed_tile``).
 
     Returns
     -------
@@ -113,7 +123,14 @@ def segment_cells(
 
     method = check_choice(method, "method", METHODS)
     key = _sdata.image_key(sdata, image_key)
-    mpp = _sdata.image_mpp(sdata, key)
+    target_mpp, level0_mpp = mpp, _sdata.image_mpp(sdata, key)
+    if target_mpp is not None:
+        target_mpp = check_mpp(target_mpp, "mpp")
+    elif method == "unet":
+        from ._unet import working_mpp
+
+        target_mpp = working_mpp(model)
+    level, mpp = level_for(sdata.images[key], level0_mpp, target_mpp, _sdata.coordinate_system(sdata))
     tile_size = check_int(tile_size, "tile_size", min_value=64)
     if diameter_um is not None:
         diameter_um = check_float(diameter_um, "diameter_um", min_value=0, strict_min=True)
@@ -147,11 +164,11 @@ def segment_cells(
         from ._import import read_segmentation
 
         if path is None:
-            raise ValueError('`method="import"` needs `path=`, the segmentation file to read.')
+            raise ValueError('`method="import"` needs `path=`: a segmentation file, or a shapes element of `sdata`.')
         gdf = read_segmentation(path, sdata=sdata, image_key=key)
         polygons = np.asarray(gdf.geometry.values, dtype=object)
     else:
-        data = _level0_rgb(sdata, key)
+        data = _level_rgb(sdata, key, level)
         if method == "watershed":
             segmenter = functools.partial(
                 watershed_tile,
@@ -161,6 +178,10 @@ def segment_cells(
                 max_area_um2=max_area_um2,
                 **method_kwargs,
             )
+        elif method == "unet":
+            from ._unet import unet_segmenter
+
+            segmenter = unet_segmenter(model, mpp=mpp, **method_kwargs)
         else:
             from ._cellpose import cellpose_segmenter
 
@@ -171,7 +192,19 @@ def segment_cells(
         polygons, n_skipped, n_tiles = segment_tiled(
             data, segmenter, tile_size=tile_size, overlap=overlap, n_jobs=n_jobs, progress=bool(progress)
         )
-        logger.info("%d tiles: %d skipped without tissue; %d cells found", n_tiles, n_skipped, len(polygons))
+        logger.info(
+            "%d tiles of level %d (%.3g µm/px): %d skipped without tissue; %d cells found",
+            n_tiles,
+            level,
+            mpp,
+            n_skipped,
+            len(polygons),
+        )
+        if level and len(polygons):  # polygons in level-0 pixels, as every other step expects
+            import shapely
+
+            scale = mpp / level0_mpp
+            polygons = shapely.transform(polygons, lambda xy: xy * scale)
         if n_skipped == n_tiles:
             warnings.warn(
                 f"No tissue found in image {key!r} (every tile is background): no cells; nothing written"
@@ -179,13 +212,13 @@ def segment_cells(
                 UserWarning,
                 stacklevel=2,
             )
-    polygons = _filter_area(polygons, mpp, min_area_um2, max_area_um2)
+    polygons = _filter_area(polygons, level0_mpp, min_area_um2, max_area_um2)
     if not len(polygons):
         # spatialdata cannot hold an empty shapes element, and a step that finds nothing never deletes
         if method == "import" or n_skipped < n_tiles:
             warnings.warn(f"No cells found in image {key!r}: nothing written{_kept(sdata)}.", UserWarning, stacklevel=2)
         return sdata if copy else None
-    write_cells(sdata, polygons, image=key, method=method, key_added=key_added)
+    write_cells(sdata, polygons, image=key, method=method, key_added=key_added, segmentation_mpp=mpp)
     return sdata if copy else None
 
 
@@ -195,16 +228,18 @@ def _kept(sdata) -> str:
     return f"; the existing cells layer {key!r} is kept" if key is not None and key in sdata.shapes else ""
 
 
-def _level0_rgb(sdata, key: str):
-    """Level 0 of image ``key`` as a ``(3, y, x)`` (dask) array, or a clear error if it is not RGB."""
-    level0 = _sdata.level0(sdata.images[key])
+def _level_rgb(sdata, key: str, index: int = 0):
+    """Level ``index`` of image ``key`` as a ``(3, y, x)`` (dask) array (an alpha channel dropped), or a clear error."""
+    level0 = _sdata.levels(sdata.images[key])[index]
     dims = tuple(level0.dims)
-    if dims != ("c", "y", "x") or level0.shape[0] != 3:
+    if dims != ("c", "y", "x") or level0.shape[0] not in (3, 4):
         raise ValueError(
-            f"Image {key!r} must be RGB with dims ('c', 'y', 'x') and 3 channels to segment nuclei, "
+            f"Image {key!r} must be RGB (or RGBA) with dims ('c', 'y', 'x') to segment nuclei in H&E, "
             f"got dims {dims} and shape {tuple(level0.shape)}."
         )
-    return level0.data
+    if level0.shape[0] == 4:
+        logger.info("image %s: the alpha channel is ignored", key)
+    return level0.data[:3]
 
 
 def _n_tiles(shape, tile_size: int) -> int:
@@ -227,9 +262,12 @@ def _tiles(shape, tile_size: int, overlap: int):
 
 
 def _to_uint8(tile: np.ndarray) -> np.ndarray:
+    """uint8 RGB of a tile: 16-bit (and wider) integers scaled by their type's range, floats in [0, 1] by 255."""
     tile = np.asarray(tile)
     if tile.dtype == np.uint8:
         return tile
+    if np.issubdtype(tile.dtype, np.integer) and np.iinfo(tile.dtype).max > 255:
+        return (tile.astype(np.float64) * (255.0 / np.iinfo(tile.dtype).max)).round().clip(0, 255).astype(np.uint8)
     if np.issubdtype(tile.dtype, np.floating) and tile.size and np.nanmax(tile) <= 1.0:
         tile = tile * 255.0
     return np.clip(np.nan_to_num(tile), 0, 255).astype(np.uint8)

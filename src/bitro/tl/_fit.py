@@ -112,6 +112,7 @@ def fit(
     import torch
 
     from bitro.models import BiTro
+    from bitro.models._calibration import calibrate
     from bitro.models._config import (
         Architecture,
         data_settings,
@@ -161,7 +162,11 @@ def fit(
             spots=spot_geometry(sdatas) if target == "spot" else None,
             training=training_record(td, hist, history, options, target=target, interrupted=interrupted),
         )
-        return BiTro(module, config, hist)
+        model = BiTro(module, config, hist)
+        calibration = calibrate(model, td, target)
+        if calibration is not None:
+            model.config["calibration"] = {target: calibration}
+        return model
 
     model = train(module, target, td, options, identity=identity, build=build)
     hist = model.history

@@ -29,6 +29,8 @@ def predict(
     *,
     target: Literal["spot", "bulk"] | None = None,
     key_added: str = K.PRED_KEY,
+    uncertainty: bool = True,
+    n_samples: int = 8,
     batch_size: int = 64,
     max_mpp_ratio: float = 2.0,
     copy: bool = False,
@@ -36,11 +38,12 @@ def predict(
     """Predict gene expression of every spot (or the whole slide) and of every cell from the H&E image.
 
     Runs each preprocessing step the model needs that has not run yet (segmentation, cell
-    features, cell-to-spot assignment, cell graph) with the model's own settings. Data without
-    spots (an H&E image alone) get pseudo-spots on a hexagonal grid with the training spots'
-    pitch and radius, kept where cells are (shapes ``{sample_id}_pseudo_spots`` and a spots table
-    without genes). A spot without any cell is predicted as NaN and counted in the log and in
-    ``uns[key_added]``, never as zero.
+    features, cell-to-spot assignment, cell graph) with the model's own settings. Every cell is
+    predicted: cells outside the spots get bags of their own (pseudo-spots covering them, with the
+    spots' size and context), in the same pass; the spots keep their own predictions. Data without
+    spots (an H&E image alone) get pseudo-spots on a hexagonal grid with the training spots' pitch
+    and radius, where cells are (shapes ``{sample_id}_pseudo_spots``). A spot without a cell is NaN
+    (counted in the log and in ``uns``), never zero.
 
     Parameters
     ----------
@@ -52,40 +55,55 @@ def predict(
     target
         ``"spot"`` or ``"bulk"`` head; defaults to the head the model was trained with.
     key_added
-        ``obsm`` and ``uns`` key of the predictions.
+        Prefix of the prediction tables.
+    uncertainty
+        Also estimate each prediction's standard deviation: Monte Carlo dropout (``n_samples`` extra
+        passes with dropout on), plus for spots and slides the per-gene noise the model measured on
+        its validation data (so a nominal 80 % interval, prediction ± 1.28 sd, covers about 80 % of
+        measured values; the model records the coverage it reached).
+    n_samples
+        Monte Carlo samples for ``uncertainty`` (each costs one more pass).
     batch_size
         Sequences (spots or tiles) per forward pass; predictions are streamed, so memory is bounded
         by this, not by the number of cells.
     max_mpp_ratio
-        Refuse data whose pixel size differs from the training data's by more than this factor
-        (features are in µm, but intensity and texture still change with resolution).
+        Refuse cell features measured at a pixel size that differs from the training data's by more
+        than this factor (intensity and texture change with resolution; see ``cell_features(mpp=)``).
     copy
         Return a modified copy instead of writing into ``sdata``.
 
     Returns
     -------
-    ``None``, or the modified copy when ``copy=True``. Writes
+    ``None``, or the modified copy when ``copy=True``. Writes two tables (predicted log1p(CP10k),
+    clipped at 0, genes as ``var_names``, ``obsm["spatial"]`` in µm, ``layers["std"]`` with
+    ``uncertainty``; ``var``: each gene's validation Pearson ``val_pearson`` with its 95 % interval
+    and whether it is ``predictable`` (interval above 0), when the model measured them):
 
-    - ``table.obsm[key_added]``: ``(n_spots, n_genes)`` for spots, ``(1, n_genes)`` for a slide
-      (a 1-row table annotating the tissue is created if the slide has none), log1p(CP10k);
-    - ``bitro_cells.obsm[key_added]``: ``(n_cells, n_genes)`` per-cell predictions (NaN for cells
-      in no bag), ``bitro_cells.obs[f"{key_added}_weight"]``: each cell's pooling weight within its
-      bag (the bag prediction is the weighted mean of its cells' predictions);
-    - ``uns[key_added]`` of both tables: ``{"var_names": {gene: column}, "params": {...}}``.
+    - ``f"{key_added}_spots"`` annotating the spots' shapes (one row per spot, ``n_cells``), or for
+      a slide ``f"{key_added}_slide"`` annotating its tissue polygon;
+    - ``f"{key_added}_cells"`` annotating the cell boundaries: every cell, its ``bag`` (spot or
+      pseudo-spot), ``in_spot`` and its pooling ``weight`` within the bag (a bag's prediction is the
+      weighted mean of its cells' predictions);
+
+    and records both keys in ``sdata.attrs["bitro"]`` (:mod:`bitro.get` reads them).
 
     Examples
     --------
     >>> import bitro as bt
-    >>> sdata = bt.datasets.toy_st()
-    >>> bt.tl.predict(sdata, model)  # doctest: +SKIP
-    >>> sdata["table"].obsm["bitro_pred"].shape  # doctest: +SKIP
+    >>> sdata = bt.datasets.toy_st(n_spots=9)
+    >>> bt.tl.predict(sdata)  # the bundled default model
+    >>> sdata["bitro_pred_cells"].n_obs == sdata["bitro_cells"].n_obs
+    True
     """
     from bitro._validate import check_float, check_int, check_name
     from bitro.models._config import data_settings
     from bitro.models._data import slide_bags, spot_bags
 
+    from ._tables import cell_table, gene_var, slide_table, spot_table
+
     key_added = check_name(key_added, "key_added")
     batch_size = check_int(batch_size, "batch_size", min_value=1)
+    n_samples = check_int(n_samples, "n_samples", min_value=2) if uncertainty else 0
     max_mpp_ratio = check_float(max_mpp_ratio, "max_mpp_ratio", min_value=1)
     model = resolve_model(model)
     head = target or model.head
@@ -94,71 +112,71 @@ def predict(
     sdata = _sdata.copy_or_self(sdata, copy)
     info = _sdata.info(sdata)
     sample = _sdata.sample_id(sdata)
-    _check_mpp(info, model, max_mpp_ratio)
     prep = model.config["preprocessing"]
     if head == "spot" and (info.get(K.ATTR_SPOTS) is None or info.get(K.ATTR_SPOTS) not in sdata.shapes):
         # cells first (no spots yet: "bulk" skips the assignment), then pseudo-spots where they are
         ensure_preprocessed(sdata, prep, kind="bulk", features=model.config["features"])
         _add_pseudo_spots(sdata, model)
     ensure_preprocessed(sdata, prep, kind=head, features=model.config["features"])
-    info = _sdata.info(sdata)
+    _check_mpp(sdata, model, max_mpp_ratio)
 
     data = data_settings(head, model.config.get("data"))
-    bags = (spot_bags if head == "spot" else slide_bags)(sdata, data)
+    factor = float(prep.get("assign", {}).get("factor", 1.5))
+    bags = spot_bags(sdata, data, cover=factor) if head == "spot" else slide_bags(sdata, data)
     if bags.x.shape[1] != model.config["architecture"]["n_features"]:
         raise ValueError(
             f"{sample}: {bags.x.shape[1]} cell features, the model expects {model.config['architecture']['n_features']}."
         )
-    bag_pred, cell_pred, weight = model.predict_bags(bags, head=head, batch_size=batch_size)
+    prediction = model.predict_bags(bags, head=head, batch_size=batch_size, n_samples=n_samples)
 
     genes = list(model.config["genes"][head])
+    calibration = (model.config.get("calibration") or {}).get(head)
+    var = gene_var(genes, calibration)
+    n_bags = bags.n_spots if bags.n_spots is not None else bags.n_bags
+    bag_std = None
+    if prediction.bags_std is not None:
+        noise = var["noise_sd"].to_numpy() if "noise_sd" in var else 0.0
+        bag_std = np.sqrt(prediction.bags_std[:n_bags] ** 2 + np.square(noise))
+    empty = ~np.isfinite(prediction.bags[:n_bags]).all(axis=1)
     params = {
         "target": head,
         "n_genes": len(genes),
-        "model_samples": list(model.config["training"].get("samples", [])),
-        "model_version": str(model.config.get("bitro_version", "unsaved")),
         "units": "log1p(CP10k)",
+        "model_version": str(model.config.get("bitro_version", "unsaved")),
+        "uncertainty": "mc_dropout+validation_noise"
+        if uncertainty and calibration
+        else ("mc_dropout" if uncertainty else "none"),
+        "n_samples": int(n_samples),
+        "n_bags_without_cells": int(empty.sum()),
     }
-    uns = {"var_names": {g: i for i, g in enumerate(genes)}, "params": params}
-
-    cells_key = _sdata.cells_table_key(sdata)
-    cells = _sdata.editable_table(sdata, cells_key)
-    full = np.full((cells.n_obs, len(genes)), np.nan, np.float32)
-    full[bags.cell_index] = cell_pred
-    cells.obsm[key_added] = full
-    w = np.full(cells.n_obs, np.nan, np.float32)
-    w[bags.cell_index] = weight
-    cells.obs[f"{key_added}_weight"] = w
-    cells.uns[key_added] = uns
-
-    table_key = _sdata.recorded(sdata, K.ATTR_TABLE)
-    if head == "bulk" and table_key not in sdata.tables:
-        table_key, table = K.TABLE_KEY, _slide_table(sdata)
-    else:
-        table = _sdata.editable_table(sdata, table_key)
-    if table.n_obs != len(bag_pred):
-        raise ValueError(f"{sample}: table {table_key!r} has {table.n_obs} rows for {len(bag_pred)} predicted bags.")
-    empty = ~np.isfinite(bag_pred).all(axis=1)
-    table.obsm[key_added] = bag_pred
-    table.uns[key_added] = dict(uns, params=dict(params, n_bags_without_cells=int(empty.sum())))
-    _sdata.write(sdata, {cells_key: cells, table_key: table}, attrs={K.ATTR_TABLE: table_key})
-    if empty.any():
-        logger.warning(
-            "%s: %d of %d %s have no cell and are predicted as NaN",
-            sample,
-            int(empty.sum()),
-            len(bag_pred),
-            "spots" if head == "spot" else "slides",
+    if calibration and "coverage_80" in calibration:
+        params["validation_coverage_80"] = float(calibration["coverage_80"])
+    uns = {"params": params}
+    level = K.PRED_LEVELS[head]
+    bag_key, cells_key = f"{key_added}_{level}", f"{key_added}_cells"
+    if head == "spot":
+        bag_table = spot_table(
+            sdata, bags, prediction, observed_key=_sdata.recorded(sdata, K.ATTR_TABLE), var=var, uns=uns, std=bag_std
         )
-    n_cells = int(np.isfinite(full).all(axis=1).sum())
+    else:
+        bag_table = slide_table(sdata, prediction, var=var, uns=uns, std=bag_std)
+    cells = cell_table(sdata, bags, prediction, var=var, uns=uns)
+    _sdata.write(
+        sdata, {bag_key: bag_table, cells_key: cells}, attrs={K.ATTR_PRED_SPOTS: bag_key, K.ATTR_PRED_CELLS: cells_key}
+    )
+    if empty.any():
+        logger.warning("%s: %d of %d %s have no cell and are predicted as NaN", sample, int(empty.sum()), n_bags, level)
+    n_outside = int((~cells.obs["in_spot"]).sum()) if head == "spot" else 0
     logger.info(
-        "%s: predicted %d genes for %d %s and %d cells (obsm[%r])",
+        "%s: predicted %d genes for %d %s and %d cells (%d outside the spots) into %s and %s",
         sample,
         len(genes),
         int((~empty).sum()),
-        "spots" if head == "spot" else "slide",
-        n_cells,
-        key_added,
+        level,
+        int(np.isfinite(cells.X).all(axis=1).sum()),
+        n_outside,
+        bag_key,
+        cells_key,
     )
     return sdata if copy else None
 
@@ -179,24 +197,25 @@ def resolve_model(model) -> BiTro:
     return model
 
 
-def _check_mpp(info: dict, model: BiTro, max_ratio: float) -> None:
-    trained, here = model.config.get("mpp"), info.get(K.ATTR_MPP)
+def _check_mpp(sdata, model: BiTro, max_ratio: float) -> None:
+    """Refuse features measured at a pixel size far from the model's (those of the features, else the image's)."""
+    cells = sdata.tables[_sdata.cells_table_key(sdata)]
+    params = cells.uns.get(_sdata.recorded(sdata, K.ATTR_FEATURES), {}).get("params", {})
+    trained = (model.config.get("features") or {}).get("params", {}).get("mpp", model.config.get("mpp"))
+    here = params.get("mpp", _sdata.info(sdata).get(K.ATTR_MPP))
     if trained is None or here is None or not math.isfinite(float(here)):
         return
     ratio = max(float(here) / trained, trained / float(here))
     if ratio > max_ratio:
         raise ValueError(
-            f"the image has {float(here):.3g} µm/px but the model was trained at {trained:.3g} µm/px "
-            f"(ratio {ratio:.2f} > max_mpp_ratio={max_ratio}). Cell features are measured in µm, but "
-            "intensity and texture change with resolution: resample the image, or raise `max_mpp_ratio` "
-            "to accept the shift."
+            f"the cell features were measured at {float(here):.3g} µm/px but the model was trained at {trained:.3g} "
+            f"µm/px (ratio {ratio:.2f} > max_mpp_ratio={max_ratio}): intensity and texture change with "
+            f"resolution. Measure them at the model's pixel size, bt.pp.cell_features(sdata, mpp={trained:.3g}) "
+            "(bt.tl.predict does so when it computes them), or raise `max_mpp_ratio` to accept the shift."
         )
     if ratio > 1.25:
         logger.warning(
-            "pixel size %.3g µm/px differs from the model's %.3g µm/px (ratio %.2f): features are computed in µm",
-            float(here),
-            trained,
-            ratio,
+            "features measured at %.3g µm/px, the model's at %.3g µm/px (ratio %.2f)", float(here), trained, ratio
         )
 
 
@@ -209,19 +228,15 @@ def _add_pseudo_spots(sdata, model: BiTro) -> None:
     from spatialdata.models import ShapesModel, TableModel
     from spatialdata.transformations import Identity
 
+    from bitro.models._data import hex_grid
+
     geometry = model.config.get("spots")
     if not geometry:
         raise ValueError("the model has no spot geometry to lay pseudo-spots with (it was not trained on spots).")
     sample, cs = _sdata.sample_id(sdata), _sdata.coordinate_system(sdata)
     _, xy = _sdata.cell_centroids_um(sdata)
     pitch, radius = geometry["pitch_um"], geometry["radius_um"]
-    lo, hi = xy.min(axis=0) - pitch, xy.max(axis=0) + pitch
-    dy = pitch * math.sqrt(3) / 2
-    rows = []
-    for i, y in enumerate(np.arange(lo[1], hi[1] + dy, dy)):
-        xs = np.arange(lo[0] + (i % 2) * pitch / 2, hi[0], pitch)  # odd rows shifted by half a pitch
-        rows.append(np.column_stack([xs, np.full_like(xs, y)]))
-    pts = np.concatenate(rows)
+    pts = hex_grid(xy.min(axis=0) - pitch, xy.max(axis=0) + pitch, pitch)
     factor = model.config["preprocessing"]["assign"].get("factor", 1.5)
     near = cKDTree(xy).query_ball_point(pts, factor * radius, return_length=True)
     pts = pts[np.asarray(near) > 0]
@@ -245,20 +260,3 @@ def _add_pseudo_spots(sdata, model: BiTro) -> None:
     logger.info(
         "%s: no spots; %d pseudo-spots (pitch %.0f µm, radius %.0f µm) where cells are", sample, len(ids), pitch, radius
     )
-
-
-def _slide_table(sdata):
-    """A 1-row table (no genes) for a slide's prediction, annotating its tissue polygon when it has one."""
-    import anndata as ad
-    from spatialdata.models import TableModel
-
-    sample = _sdata.sample_id(sdata, "slide")
-    tissue = _sdata.info(sdata).get(K.ATTR_TISSUE)
-    adata = ad.AnnData(np.zeros((1, 0), np.float32), obs=pd.DataFrame({K.SAMPLE_ID_KEY: [sample]}, index=[sample]))
-    if tissue is not None and tissue in sdata.shapes and len(sdata.shapes[tissue]) == 1:
-        adata.obs[K.REGION_KEY] = pd.Categorical([tissue])
-        adata.obs[K.TISSUE_ID_KEY] = sdata.shapes[tissue].index.to_numpy()
-        adata = TableModel.parse(adata, region=tissue, region_key=K.REGION_KEY, instance_key=K.TISSUE_ID_KEY)
-    else:
-        adata = TableModel.parse(adata)
-    return adata

@@ -35,7 +35,8 @@ def ensure_preprocessed(sdata, settings: dict, *, kind: str, features: dict | No
     layer and spot assignment are reused whatever their options.
 
     ``features`` (a model's ``config["features"]``) makes existing features that differ from the
-    model's (method or names) an error instead of silently feeding the network other columns.
+    model's (method or names) an error instead of silently feeding the network other columns, and
+    missing features are measured at the pixel size the model's were.
     """
     from bitro.pp import assign_cells, cell_features, cell_graph, segment_cells
 
@@ -51,7 +52,11 @@ def ensure_preprocessed(sdata, settings: dict, *, kind: str, features: dict | No
     fkey = _sdata.recorded(sdata, K.ATTR_FEATURES)
     if fkey not in cells.obsm:
         logger.info("%s: computing cell features (%s)", sample, settings["features"])
-        cell_features(sdata, **settings["features"])
+        options = dict(settings["features"])
+        model_mpp = ((features or {}).get("params") or {}).get("mpp")
+        if model_mpp is not None and "mpp" not in options:
+            options["mpp"] = model_mpp  # measured at the pixel size the model's features were
+        cell_features(sdata, **options)
         fkey = _sdata.recorded(sdata, K.ATTR_FEATURES)
         cells = sdata.tables[cells_key]
     have = cells.uns.get(fkey, {})

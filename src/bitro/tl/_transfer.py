@@ -99,6 +99,7 @@ def transfer(
     import torch
 
     from bitro.models._adapters import check_lora
+    from bitro.models._calibration import calibrate
     from bitro.models._config import Architecture, data_settings, model_config, spot_geometry, training_record
     from bitro.models._lora import backbone_identity, mapped_head
     from bitro.models._training import TrainingOptions, train
@@ -171,6 +172,10 @@ def transfer(
         }
         training = training_record(td, hist, history, options, target=target, interrupted=interrupted)
         training["source"] = model.config["training"]
+        new.module.eval()
+        calibration = calibrate(new, td, target)
+        if calibration is not None:
+            record["calibration"] = calibration
         if mode == "lora":
             new.register_adapter(adapter_name, kind=target, genes=td.genes, hvg=td.hvg, head=head, meta=record)
         else:
@@ -187,6 +192,10 @@ def transfer(
             training=training,
         )
         new.config = {**new.config, **config, "transfer": record}
+        calibrations = {k: v for k, v in (new.config.get("calibration") or {}).items() if k != target}
+        if calibration is not None:
+            calibrations[target] = calibration
+        new.config["calibration"] = calibrations
         new.history = hist
         new.module.eval()
         return new

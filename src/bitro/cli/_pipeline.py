@@ -1,0 +1,307 @@
+"""The pipeline commands: read data into zarr stores, then segment, featurise, fit, predict, transfer, evaluate.
+
+Each command is a thin layer over the Python API with the same option names; stores are read with
+:func:`bitro.io.read_zarr` and every step writes into them crash-safely (the new elements are complete
+before the old ones go). Heavy modules load inside the commands, so ``bitro --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import echo_json, open_store, set_verbosity
+
+STORE = typer.Argument(help="A SpatialData zarr store written by `bitro read`.", exists=True, file_okay=False)
+
+
+class Kind(StrEnum):
+    visium = "visium"
+    legacy_st = "legacy-st"
+    hest = "hest"
+    wsi = "wsi"
+
+
+class Method(StrEnum):
+    unet = "unet"
+    watershed = "watershed"
+    cellpose = "cellpose"
+    imported = "import"
+
+
+class Target(StrEnum):
+    spot = "spot"
+    bulk = "bulk"
+
+
+class Mode(StrEnum):
+    lora = "lora"
+    full = "full"
+    head = "head"
+
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="Zarr store to write (a folder, e.g. C3.zarr).")]
+Overwrite = Annotated[bool, typer.Option(help="Replace OUT if it exists (swapped in once the new store is whole).")]
+Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log lines (-v info, -vv debug).")]
+
+
+def read(
+    kind: Annotated[Kind, typer.Argument(help="What the input is.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="visium: the Space Ranger folder; legacy-st: COUNTS SPOTS IMAGE; hest: ROOT (and --sample-id); "
+            "wsi: the slide file.",
+            exists=True,
+        ),
+    ],
+    out: Out,
+    sample_id: Annotated[str | None, typer.Option(help="Sample id (element names, coordinate system).")] = None,
+    mpp: Annotated[
+        float | None, typer.Option(help="µm per pixel, when the file does not say (wsi, legacy-st).")
+    ] = None,
+    overwrite: Overwrite = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Read a Visium folder, a legacy ST section, a HEST-1k sample or a whole slide into a zarr store."""
+    import bitro as bt
+    from bitro._store import write_store
+
+    set_verbosity(verbose)
+    expected = {Kind.visium: 1, Kind.legacy_st: 3, Kind.hest: 1, Kind.wsi: 1}[kind]
+    if len(inputs) != expected:
+        raise typer.BadParameter(f"`{kind.value}` takes {expected} input path(s), got {len(inputs)}.")
+    if kind is Kind.visium:
+        sdata = bt.io.visium(inputs[0], dataset_id=sample_id, mpp=mpp)
+    elif kind is Kind.legacy_st:
+        if sample_id is None:
+            raise typer.BadParameter("legacy-st needs --sample-id (the section's name).")
+        sdata = bt.io.legacy_st(*inputs, sample_id=sample_id, pixel_size=mpp)
+    elif kind is Kind.hest:
+        if sample_id is None:
+            raise typer.BadParameter("hest needs --sample-id (the HEST-1k id, e.g. TENX95).")
+        sdata = bt.io.hest(inputs[0], sample_id)
+    else:
+        sdata = bt.io.wsi(inputs[0], sample_id=sample_id, mpp=mpp)
+    write_store(sdata, out, overwrite=overwrite)
+    elements = [*sdata.images, *sdata.shapes, *sdata.tables]
+    echo_json({"store": str(out), "elements": elements, **_summary(sdata)})
+
+
+def segment(
+    store: Annotated[Path, STORE],
+    method: Annotated[
+        Method, typer.Option(help="unet (bitro's, offline), watershed, cellpose or import.")
+    ] = Method.unet,
+    path: Annotated[str | None, typer.Option(help="import: a segmentation file or a shapes element.")] = None,
+    model: Annotated[str | None, typer.Option(help="unet / cellpose weights (default: bundled U-Net).")] = None,
+    tile_size: Annotated[int, typer.Option(help="Tile side in pixels.")] = 1024,
+    mpp: Annotated[float | None, typer.Option(help="Read the pyramid level of this µm/px.")] = None,
+    n_jobs: Annotated[int | None, typer.Option(help="Parallel tiles (-1: all cores).")] = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Segment the nuclei of the store's image into a cells layer."""
+    import bitro as bt
+
+    set_verbosity(verbose, progress=True)
+    sdata = open_store(store)
+    bt.pp.segment_cells(sdata, method=method.value, path=path, model=model, tile_size=tile_size, mpp=mpp, n_jobs=n_jobs)
+    echo_json(_summary(sdata))
+
+
+def features(
+    store: Annotated[Path, STORE],
+    method: Annotated[str, typer.Option(help="morphology, or encoder (with --encoder).")] = "morphology",
+    encoder: Annotated[str | None, typer.Option(help="Encoder folder or hub id (method encoder).")] = None,
+    mpp: Annotated[float | None, typer.Option(help="Measure at this µm/px (a model's).")] = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Compute the cell features of the store's cells layer."""
+    import bitro as bt
+
+    set_verbosity(verbose, progress=True)
+    sdata = open_store(store)
+    bt.pp.cell_features(sdata, method=method, encoder=encoder, mpp=mpp)
+    echo_json(_summary(sdata))
+
+
+def fit(
+    stores: Annotated[list[Path], typer.Argument(help="Training stores (sections or slides).", exists=True)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to save the model to.")],
+    target: Annotated[Target, typer.Option(help="Label kind.")] = Target.spot,
+    n_genes: Annotated[int, typer.Option(help="Most variable genes to predict.")] = 50,
+    val: Annotated[list[str] | None, typer.Option(help="Validation sample ids (default: 25 % of patients).")] = None,
+    max_epochs: Annotated[int, typer.Option(help="Epoch limit.")] = 60,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="Training state per epoch; resumes.")] = None,
+    overwrite: Overwrite = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Train a BiTro model on the stores' spots (or slides) and save it."""
+    import bitro as bt
+
+    set_verbosity(verbose, progress=True)
+    sdatas = [open_store(s) for s in stores]
+    model = bt.tl.fit(
+        sdatas,
+        target=target.value,
+        n_genes=n_genes,
+        val=val if val else 0.25,
+        max_epochs=max_epochs,
+        lr=lr,
+        seed=seed,
+        checkpoint_dir=checkpoint_dir,
+    )
+    model.save(out, overwrite=overwrite)
+    echo_json(
+        {"model": str(out), "genes": len(model.genes), "epochs": len(model.history), "best_epoch": model.best_epoch}
+    )
+
+
+def predict(
+    store: Annotated[Path, STORE],
+    model: Annotated[Path | None, typer.Option(help="A saved model folder; default: the bundled model.")] = None,
+    target: Annotated[Target | None, typer.Option(help="Head (default: the model's).")] = None,
+    uncertainty: Annotated[bool, typer.Option(help="Estimate each prediction's sd (MC dropout).")] = True,
+    figure: Annotated[Path | None, typer.Option(help="PNG of the best-predicted genes over the tissue.")] = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Predict every spot (or the slide) and every cell of the store, written into it as tables."""
+    import bitro as bt
+
+    set_verbosity(verbose, progress=True)
+    sdata = open_store(store)
+    bt.tl.predict(sdata, model, target=target.value if target else None, uncertainty=uncertainty)
+    summary = _summary(sdata)
+    if figure is not None:
+        summary["figure"] = str(_figure(sdata, figure))
+    echo_json(summary)
+
+
+def transfer(
+    stores: Annotated[list[Path], typer.Argument(help="Target stores.", exists=True)],
+    model: Annotated[Path, typer.Option(help="The source model folder.", exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the adapter (lora) or the model.")],
+    target: Annotated[Target, typer.Option(help="Label kind of the target data.")] = Target.spot,
+    mode: Annotated[Mode, typer.Option(help="lora, full or head.")] = Mode.lora,
+    max_epochs: Annotated[int, typer.Option(help="Epoch limit.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    overwrite: Overwrite = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Adapt a model to new labels (bulk -> spots, spots -> bulk) with LoRA, full or head-only training."""
+    import bitro as bt
+
+    set_verbosity(verbose, progress=True)
+    source = bt.models.BiTro.load(model)
+    new = bt.tl.transfer(
+        [open_store(s) for s in stores], source, target=target.value, mode=mode.value, max_epochs=max_epochs, seed=seed
+    )
+    if mode is Mode.lora:
+        new.save_adapter(out, overwrite=overwrite)
+    else:
+        new.save(out, overwrite=overwrite)
+    echo_json({"saved": str(out), "mode": mode.value, "epochs": len(new.history), "genes": len(new.genes)})
+
+
+def evaluate(
+    stores: Annotated[list[Path], typer.Argument(help="Stores with predictions and measured counts.", exists=True)],
+    spatial: Annotated[bool, typer.Option(help="Also Moran's I of predicted and observed maps.")] = True,
+    verbose: Verbose = 0,
+) -> None:
+    """Score the predictions of the stores against their measured counts; prints one JSON row per section."""
+    import bitro as bt
+
+    set_verbosity(verbose)
+    scores = bt.tl.evaluate([open_store(s) for s in stores], spatial=spatial)
+    typer.echo(scores.to_json(orient="index", indent=1))
+
+
+def run(
+    kind: Annotated[Kind, typer.Argument(help="What the input is (as for `bitro read`).")],
+    inputs: Annotated[list[Path], typer.Argument(help="As for `bitro read`.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the store, the figure and summary.json.")],
+    sample_id: Annotated[str | None, typer.Option(help="Sample id.")] = None,
+    mpp: Annotated[float | None, typer.Option(help="µm per pixel, when the file does not say.")] = None,
+    model: Annotated[Path | None, typer.Option(help="A saved model folder; default: the bundled model.")] = None,
+    overwrite: Overwrite = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Read, segment, measure and predict one input end to end: OUT/<sample>.zarr, a figure and summary.json."""
+    import time
+
+    import bitro as bt
+    from bitro._store import replace_file
+
+    times = {}
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / f"{sample_id or inputs[0].stem.split('.')[0]}.zarr"
+    read(kind, inputs, store, sample_id=sample_id, mpp=mpp, overwrite=overwrite, verbose=verbose)
+    times["read"] = round(time.perf_counter() - t0, 1)
+    set_verbosity(verbose, progress=True)
+    sdata = open_store(store)
+    t0 = time.perf_counter()
+    bt.tl.predict(sdata, model)
+    times["predict"] = round(time.perf_counter() - t0, 1)
+    summary = {"store": str(store), **_summary(sdata)}
+    table = bt.get.predictions(sdata)
+    if kind is not Kind.wsi and sdata.attrs["bitro"].get("technology") is not None:
+        try:
+            row = bt.tl.evaluate(sdata, spatial=False).iloc[0]
+            summary["pearson_mean"] = round(float(row["pearson_mean"]), 3)
+        except KeyError:  # the model's genes are not measured here (another species or panel)
+            summary["pearson_mean"] = None
+    summary["figure"] = str(_figure(sdata, out / f"{store.stem}_prediction.png"))
+    summary["seconds"] = times
+    summary["genes"] = int(table.n_vars)
+    with replace_file(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+    echo_json(summary)
+
+
+def _summary(sdata) -> dict:
+    info = sdata.attrs.get("bitro", {})
+    out = {"sample": info.get("sample_id"), "mpp": info.get("mpp")}
+    for key, name in (("cells_table_key", "cells"), ("pred_spots_key", "predicted_bags")):
+        if info.get(key) in sdata.tables:
+            out[name] = int(sdata.tables[info[key]].n_obs)
+    return out
+
+
+def _figure(sdata, path: Path) -> Path:
+    """The four genes the model predicts most reliably (validation r), cell by cell over the tissue."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    import bitro as bt
+    from bitro._store import replace_file
+
+    var = bt.get.predictions(sdata).var
+    order = var["val_pearson"].sort_values(ascending=False).index if "val_pearson" in var else var.index
+    genes = list(order[:4])
+    fig, axes = plt.subplots(1, len(genes), figsize=(4.2 * len(genes), 4))
+    for ax, gene in zip(list(axes) if len(genes) > 1 else [axes], genes, strict=True):
+        bt.pl.cell_expression(sdata, gene, crop=_whole(sdata), ax=ax, show=False)
+    with replace_file(path) as tmp:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _whole(sdata) -> tuple[float, float, float, float]:
+    """The box (µm) around every cell."""
+    import numpy as np
+
+    import bitro as bt
+
+    xy = bt.get.predictions(sdata, level="cells").obsm["spatial"]
+    lo, hi = np.nanmin(xy, axis=0) - 20, np.nanmax(xy, axis=0) + 20
+    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])

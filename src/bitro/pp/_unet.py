@@ -1,0 +1,289 @@
+"""bitro's learned nucleus segmenter: a compact U-Net that predicts nuclei and their distance maps.
+
+The network sees RGB at a fixed physical scale (``mpp`` of its config, 0.5 µm/px: 20x) and predicts,
+per pixel, the probability of being inside a nucleus and the distance to the nucleus boundary
+(normalised per nucleus: 0 at the edge, 1 at the centre), as in Naylor et al. 2019 (IEEE TMI 38(2),
+the paper of the TNBC data it is trained on). Instances are the marker-controlled watershed of the
+distance map (markers: the cores where the distance is high) inside the foreground: touching nuclei
+separate along the valleys of the distance.
+
+Weights are safetensors + JSON (``config.json``: architecture, scale, normalisation and the
+post-processing thresholds chosen on validation patients); nothing is unpickled. The bundled
+weights live in ``bitro/pp/nuclei_unet`` (see ``scripts/train_nucleus_unet.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bitro._logging import logger
+
+BUNDLED = Path(__file__).parent / "nuclei_unet"
+"""Folder of the bundled weights (``config.json`` + ``model.safetensors`` + ``ATTRIBUTION.txt``)."""
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+FORMAT = 1
+MPP_RANGE_TRAINED = (0.2, 1.0)
+"""Pixel sizes (µm/px) the augmentations covered around the working scale; outside it a warning."""
+
+DEFAULT_CONFIG = {
+    "architecture": "unet",
+    "channels": [16, 32, 64, 128, 256],
+    "mpp": 0.5,
+    "fg_threshold": 0.5,
+    "marker_threshold": 0.5,
+    "min_area_um2": 6.0,
+}
+
+
+def _block(n_in: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(n_in, n_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(n_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(n_out, n_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(n_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class NucleusUNet(nn.Module):
+    """U-Net: RGB in [0, 1] -> two logits per pixel (inside a nucleus; normalised distance to its boundary)."""
+
+    def __init__(self, channels=(16, 32, 64, 128, 256)) -> None:
+        super().__init__()
+        channels = [int(c) for c in channels]
+        if len(channels) < 2 or min(channels) < 1:
+            raise ValueError(f"`channels` must list at least 2 positive widths, got {channels}.")
+        self.channels = channels
+        self.encoder = nn.ModuleList([_block(3 if i == 0 else channels[i - 1], c) for i, c in enumerate(channels)])
+        self.decoder = nn.ModuleList(
+            [_block(channels[i] + channels[i + 1], channels[i]) for i in range(len(channels) - 1)]
+        )
+        self.head = nn.Conv2d(channels[0], 2, 1)
+
+    @property
+    def multiple(self) -> int:
+        """Height and width of the input must be multiples of this."""
+        return 2 ** (len(self.channels) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - 0.5) / 0.25
+        skips = []
+        for i, block in enumerate(self.encoder):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for i in reversed(range(len(self.decoder))):
+            x = F.interpolate(x, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
+            x = self.decoder[i](torch.cat([x, skips[i]], dim=1))
+        return self.head(x)
+
+
+# --- weights -----------------------------------------------------------------------------------------
+
+
+def save_unet(net: NucleusUNet, config: dict, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Write ``config.json`` + ``model.safetensors`` (float16 weights: half the size, same masks) to a folder."""
+    from bitro._files import write_json, write_weights
+    from bitro._store import replace_folder
+
+    config = dict(DEFAULT_CONFIG, **config, channels=list(net.channels), format=FORMAT)
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    with replace_folder(path, overwrite=overwrite, owned={CONFIG_NAME, WEIGHTS_NAME, "ATTRIBUTION.txt"}) as out:
+        write_weights(state, out / WEIGHTS_NAME, config=config, fmt=FORMAT)
+        write_json(config, out / CONFIG_NAME)
+
+
+def load_unet(path: str | os.PathLike | None = None) -> tuple[NucleusUNet, dict]:
+    """The network (eval mode, float32, CPU) and config of a weights folder; ``None``: the bundled weights."""
+    from bitro._files import check_digest, read_json, read_weights
+
+    folder = BUNDLED if path is None else Path(path).expanduser()
+    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        what = "the bundled nucleus model is missing; reinstall bitro" if path is None else "not a nucleus U-Net folder"
+        raise FileNotFoundError(f"`model`: {folder} is {what} (expected {CONFIG_NAME} and {WEIGHTS_NAME}).")
+    config = read_json(folder / CONFIG_NAME, what="nucleus model's settings")
+    if config.get("format") != FORMAT or config.get("architecture") != "unet":
+        raise ValueError(
+            f"{folder / CONFIG_NAME}: not a bitro nucleus U-Net config (format {FORMAT}, architecture unet)."
+        )
+    state, metadata = read_weights(folder / WEIGHTS_NAME, what="nucleus model's weights")
+    check_digest(metadata, config, weights=folder / WEIGHTS_NAME, config_path=folder / CONFIG_NAME)
+    net = NucleusUNet(config["channels"])
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as err:
+        raise ValueError(f"{folder / WEIGHTS_NAME} does not match {folder / CONFIG_NAME} ({err}).") from err
+    return net.eval(), config
+
+
+def working_mpp(path: str | os.PathLike | None = None) -> float:
+    """The pixel size (µm) a weights folder's network works at, from its config (cheap: no weights read)."""
+    from bitro._files import read_json
+
+    folder = BUNDLED if path is None else Path(path).expanduser()
+    if not (folder / CONFIG_NAME).is_file():
+        return float(DEFAULT_CONFIG["mpp"])  # load_unet will raise the clear error
+    return float(read_json(folder / CONFIG_NAME, what="nucleus model's settings").get("mpp", DEFAULT_CONFIG["mpp"]))
+
+
+# --- inference ---------------------------------------------------------------------------------------
+
+
+def predict_maps(
+    net: NucleusUNet, rgb: np.ndarray, *, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground probability and normalised distance ``(H, W)`` float32 of a uint8 RGB tile at the net's scale.
+
+    The tile is padded (reflected) to a multiple of the network's stride and cropped back.
+    """
+    h, w = rgb.shape[:2]
+    m = net.multiple
+    ph, pw = (-h) % m, (-w) % m
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1)[None].float() / 255.0
+    if ph or pw:
+        mode = "reflect" if h > ph and w > pw else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    with torch.inference_mode():
+        out = torch.sigmoid(net(x))[0, :, :h, :w].float().cpu().numpy()
+    return out[0], out[1]
+
+
+def instances(
+    prob: np.ndarray, dist: np.ndarray, *, fg_threshold: float, marker_threshold: float, min_area_px: float
+) -> np.ndarray:
+    """Instance labels (int32) from the two maps: watershed of the distance, seeded by its high cores, inside the foreground."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    mask = prob > fg_threshold
+    if not mask.any():
+        return np.zeros(prob.shape, np.int32)
+    markers, _ = ndi.label((dist > marker_threshold) & mask)
+    labels = watershed(-dist, markers, mask=mask).astype(np.int32)
+    # a foreground region without any marker (a small or faint nucleus) becomes one instance itself
+    orphans, n_orphans = ndi.label(mask & (labels == 0))
+    if n_orphans:
+        labels[orphans > 0] = orphans[orphans > 0] + labels.max()
+    if min_area_px > 0 and labels.max():
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_area_px
+        small[0] = False
+        labels[small[labels]] = 0
+    return labels
+
+
+class UNetSegmenter:
+    """Picklable tile segmenter ``rgb (H, W, 3) uint8 -> labels (H, W) int32`` at the tiles' pixel size.
+
+    Tiles are resampled to the network's scale, segmented, and the labels resampled back (nearest).
+    Thread-safe (one lock per model); in another process the weights are reloaded on first use.
+    """
+
+    def __init__(self, path: str | None, *, mpp: float, device: str | None, thresholds: dict) -> None:
+        self.path, self.mpp, self.device, self.thresholds = path, float(mpp), device, dict(thresholds)
+        self._net = self._config = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_net(cls, net: NucleusUNet, config: dict, *, mpp: float, thresholds: dict | None = None) -> UNetSegmenter:
+        """A segmenter around a network in memory (training, evaluation) instead of a weights folder."""
+        segmenter = cls(None, mpp=mpp, device="cpu", thresholds=thresholds or {})
+        segmenter._net, segmenter._config, segmenter._device = net, config, next(net.parameters()).device
+        return segmenter
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("_net", "_config", "_lock")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._net = self._config = None
+        self._lock = threading.Lock()
+
+    def _load(self):
+        if self._net is None:
+            from bitro.pp._encoder import resolve_device
+
+            net, config = load_unet(self.path)
+            self._device = resolve_device(self.device)
+            self._net, self._config = net.to(self._device), config
+        return self._net, self._config
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        from skimage.transform import resize
+
+        with self._lock:
+            net, config = self._load()
+            scale = self.mpp / float(config["mpp"])  # > 1: the tile is upsampled to the net's finer scale
+            h, w = rgb.shape[:2]
+            size = (max(int(round(h * scale)), 1), max(int(round(w * scale)), 1))
+            tile = (
+                rgb
+                if size == (h, w)
+                else (resize(rgb, size, order=1, preserve_range=True, anti_aliasing=scale < 1)).astype(np.uint8)
+            )
+            prob, dist = predict_maps(net, tile, device=self._device)
+        settings = {k: self.thresholds.get(k, config[k]) for k in ("fg_threshold", "marker_threshold", "min_area_um2")}
+        labels = instances(
+            prob,
+            dist,
+            fg_threshold=settings["fg_threshold"],
+            marker_threshold=settings["marker_threshold"],
+            min_area_px=settings["min_area_um2"] / float(config["mpp"]) ** 2,
+        )
+        if labels.shape != (h, w):
+            labels = resize(labels, (h, w), order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+        return labels
+
+
+def unet_segmenter(
+    model: str | os.PathLike | None = None,
+    *,
+    mpp: float,
+    device: str | None = None,
+    fg_threshold: float | None = None,
+    marker_threshold: float | None = None,
+    min_area_um2: float | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A tile segmenter with bitro's nucleus U-Net (the bundled weights, or a folder saved by ``save_unet``).
+
+    Parameters
+    ----------
+    model
+        Weights folder; ``None`` uses the bundled weights.
+    mpp
+        µm per pixel of the tiles the returned function receives.
+    device
+        Torch device (default ``bt.settings.device``: CUDA when present).
+    fg_threshold, marker_threshold, min_area_um2
+        Post-processing overrides (default: the values chosen on validation patients, in the config).
+    """
+    from bitro._validate import check_float
+
+    mpp = check_float(mpp, "mpp", min_value=0, strict_min=True)
+    net, config = load_unet(model)  # fail here, with a clear message, not inside a worker
+    lo, hi = MPP_RANGE_TRAINED
+    if not lo <= mpp <= hi:
+        logger.warning(
+            "the image has %.3g µm/px, outside the %.2g-%.2g µm/px the nucleus model was trained for; tiles are "
+            "resampled to %.2g µm/px, but nuclei may be too blurred or too coarse to segment well",
+            mpp,
+            lo,
+            hi,
+            config["mpp"],
+        )
+    thresholds = {}
+    for name, value in (("fg_threshold", fg_threshold), ("marker_threshold", marker_threshold)):
+        if value is not None:
+            thresholds[name] = check_float(value, name, min_value=0, max_value=1)
+    if min_area_um2 is not None:
+        thresholds["min_area_um2"] = check_float(min_area_um2, "min_area_um2", min_value=0)
+    path = None if model is None else os.fspath(Path(model).expanduser())
+    return UNetSegmenter(path, mpp=mpp, device=device, thresholds=thresholds)
