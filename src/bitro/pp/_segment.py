@@ -431,4 +431,12 @@ def _filter_area(
         keep &= area >= min_area_um2
     if max_area_um2 is not None:
         keep &= area <= max_area_um2
+    if not keep.all():
+        logger.info(
+            "%d of %d cells dropped outside %s-%s µm²",
+            (~keep).sum(),
+            len(keep),
+            min_area_um2 or 0,
+            max_area_um2 or "inf",
+        )
     return polygons[keep]

@@ -94,7 +94,7 @@ def save_unet(net: NucleusUNet, config: dict, path: str | os.PathLike, *, overwr
     from bitro._files import write_json, write_weights
     from bitro._store import replace_folder
 
-    config = dict(DEFAULT_CONFIG, **config, channels=list(net.channels), format=FORMAT)
+    config = {**DEFAULT_CONFIG, **config, "channels": list(net.channels), "format": FORMAT}
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
     with replace_folder(path, overwrite=overwrite, owned={CONFIG_NAME, WEIGHTS_NAME, "ATTRIBUTION.txt"}) as out:
         write_weights(state, out / WEIGHTS_NAME, config=config, fmt=FORMAT)
@@ -183,7 +183,8 @@ def instances(
 class UNetSegmenter:
     """Picklable tile segmenter ``rgb (H, W, 3) uint8 -> labels (H, W) int32`` at the tiles' pixel size.
 
-    Tiles are resampled to the network's scale, segmented, and the labels resampled back (nearest).
+    Tiles are resampled to the network's scale; its two maps are resampled back (bilinear) and the
+    nuclei are drawn at the tile's own pixels, so a 40x tile keeps its finer outlines.
     Thread-safe (one lock per model); in another process the weights are reloaded on first use.
     """
 
@@ -224,23 +225,19 @@ class UNetSegmenter:
             scale = self.mpp / float(config["mpp"])  # > 1: the tile is upsampled to the net's finer scale
             h, w = rgb.shape[:2]
             size = (max(int(round(h * scale)), 1), max(int(round(w * scale)), 1))
-            tile = (
-                rgb
-                if size == (h, w)
-                else (resize(rgb, size, order=1, preserve_range=True, anti_aliasing=scale < 1)).astype(np.uint8)
-            )
-            prob, dist = predict_maps(net, tile, device=self._device)
+            tile = rgb if size == (h, w) else resize(rgb, size, order=1, preserve_range=True, anti_aliasing=scale < 1)
+            prob, dist = predict_maps(net, np.asarray(tile, dtype=np.uint8), device=self._device)
+        if prob.shape != (h, w):  # the maps back at the tile's own pixels (smooth), then the instances there
+            prob = resize(prob, (h, w), order=1, preserve_range=True, anti_aliasing=False)
+            dist = resize(dist, (h, w), order=1, preserve_range=True, anti_aliasing=False)
         settings = {k: self.thresholds.get(k, config[k]) for k in ("fg_threshold", "marker_threshold", "min_area_um2")}
-        labels = instances(
+        return instances(
             prob,
             dist,
             fg_threshold=settings["fg_threshold"],
             marker_threshold=settings["marker_threshold"],
-            min_area_px=settings["min_area_um2"] / float(config["mpp"]) ** 2,
+            min_area_px=settings["min_area_um2"] / self.mpp**2,
         )
-        if labels.shape != (h, w):
-            labels = resize(labels, (h, w), order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
-        return labels
 
 
 def unet_segmenter(

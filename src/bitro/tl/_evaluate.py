@@ -84,17 +84,19 @@ def _coverage(truth: np.ndarray, pred: np.ndarray, sd: np.ndarray | None) -> flo
 
 @contextlib.contextmanager
 def _quiet_squidpy():
-    """Squidpy's docstring helper warns at import (docrep), and its graph builder logs at INFO."""
-    squid = logging.getLogger("squidpy")
-    level = squid.level
-    squid.setLevel(logging.WARNING)
+    """Squidpy's docstring helper warns at import (docrep), and its graph builder logs at INFO (spatialdata's logger)."""
+    loggers = [logging.getLogger(name) for name in ("squidpy", "spatialdata._logging")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(logging.WARNING, lg.getEffectiveLevel()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntaxWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, module="squidpy")
         try:
             yield
         finally:
-            squid.setLevel(level)
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
 
 
 def morans_i(values: np.ndarray, xy: np.ndarray, genes: Sequence[str]) -> np.ndarray:
