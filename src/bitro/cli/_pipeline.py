@@ -24,6 +24,7 @@ class Kind(StrEnum):
     legacy_st = "legacy-st"
     hest = "hest"
     wsi = "wsi"
+    cohort = "cohort"
 
 
 class Method(StrEnum):
@@ -55,7 +56,8 @@ def read(
         list[Path],
         typer.Argument(
             help="visium: the Space Ranger folder; legacy-st: COUNTS SPOTS IMAGE; hest: ROOT (and --sample-id); "
-            "wsi: the slide file.",
+            "wsi: the slide file; cohort: EXPRESSION SLIDES (bulk counts as for bt.io.bulk; a folder of slides "
+            "or a GDC sample sheet), written as OUT/<sample>.zarr per slide and OUT/cohort.h5ad.",
             exists=True,
         ),
     ],
@@ -72,9 +74,12 @@ def read(
     from bitro._store import write_store
 
     set_verbosity(verbose)
-    expected = {Kind.visium: 1, Kind.legacy_st: 3, Kind.hest: 1, Kind.wsi: 1}[kind]
+    expected = {Kind.visium: 1, Kind.legacy_st: 3, Kind.hest: 1, Kind.wsi: 1, Kind.cohort: 2}[kind]
     if len(inputs) != expected:
         raise typer.BadParameter(f"`{kind.value}` takes {expected} input path(s), got {len(inputs)}.")
+    if kind is Kind.cohort:
+        _read_cohort(*inputs, out=out, mpp=mpp, overwrite=overwrite)
+        return
     if kind is Kind.visium:
         sdata = bt.io.visium(inputs[0], dataset_id=sample_id, mpp=mpp)
     elif kind is Kind.legacy_st:
@@ -90,6 +95,24 @@ def read(
     write_store(sdata, out, overwrite=overwrite)
     elements = [*sdata.images, *sdata.shapes, *sdata.tables]
     echo_json({"store": str(out), "elements": elements, **_summary(sdata)})
+
+
+def _read_cohort(expression: Path, slides: Path, *, out: Path, mpp: float | None, overwrite: bool) -> None:
+    """One store per paired slide (``OUT/<sample>.zarr``) and the cohort table (``OUT/cohort.h5ad``)."""
+    import bitro as bt
+    from bitro._store import replace_file, write_store
+
+    sdatas, cohort = bt.io.cohort(str(expression), str(slides), mpp=mpp)
+    out.mkdir(parents=True, exist_ok=True)
+    stores = []
+    for sdata in sdatas:
+        store = out / f"{sdata.attrs['bitro']['sample_id']}.zarr"
+        write_store(sdata, store, overwrite=overwrite)
+        stores.append(str(store))
+    with replace_file(out / "cohort.h5ad") as tmp:
+        cohort.write_h5ad(tmp)
+    unpaired = cohort.uns.get("bitro_cohort", {})
+    echo_json({"stores": stores, "cohort": str(out / "cohort.h5ad"), "samples": cohort.n_obs, **unpaired})
 
 
 def segment(

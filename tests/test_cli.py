@@ -1,0 +1,104 @@
+"""The pipeline CLI on real files: read -> segment -> features -> predict -> evaluate, `run`, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bitro.cli import app
+
+DATA = Path(__file__).parent / "data"
+HER2ST = DATA / "her2st"
+runner = CliRunner()
+
+
+def _ok(args: list[str]) -> dict:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + result.stderr
+    return json.loads(result.stdout[result.stdout.index("{") :])
+
+
+def test_run_on_a_whole_slide_image(tmp_path):
+    summary = _ok(["run", "wsi", DATA / "wsi" / "CMU-1-Small-Region.svs", "--out", tmp_path, "--sample-id", "cmu1"])
+    assert summary["cells"] > 1000
+    assert summary["predicted_bags"] > 5  # pseudo-spots: the default model predicts spots
+    assert Path(summary["figure"]).stat().st_size > 10_000
+    assert json.loads((tmp_path / "summary.json").read_text())["store"] == str(tmp_path / "cmu1.zarr")
+    import bitro as bt
+
+    sdata = bt.io.read_zarr(tmp_path / "cmu1.zarr")
+    cells = bt.get.predictions(sdata, level="cells")
+    assert cells.n_obs == summary["cells"]
+
+
+def test_run_on_a_visium_folder(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the folder has no hires image and 11 duplicated genes
+        summary = _ok(["run", "visium", DATA / "visium" / "sr3_mouse_placenta", "--out", tmp_path, "--sample-id", "pl"])
+    assert summary["predicted_bags"] == 2898  # every spot
+    assert Path(summary["figure"]).is_file()
+    assert summary["pearson_mean"] is None  # a human model on mouse genes: nothing to score, and it says so
+
+
+def test_step_by_step_on_a_her2st_store(tmp_path):
+    store = tmp_path / "C3.zarr"
+    files = [HER2ST / "ST-cnts" / "C3.tsv.gz", HER2ST / "ST-spotfiles" / "C3_selection.tsv"]
+    files.append(next((HER2ST / "ST-imgs").glob("*.jpg")))
+    read = _ok(["read", "legacy-st", *files, "--sample-id", "C3", "--out", store])
+    assert read["mpp"] == pytest.approx(0.69, abs=0.01)
+    _ok(["segment", store, "--method", "watershed"])
+    _ok(["features", store])
+    predicted = _ok(["predict", store, "--no-uncertainty"])
+    assert predicted["predicted_bags"] == 180
+    scores = json.loads(runner.invoke(app, ["evaluate", str(store), "--no-spatial"]).stdout)
+    assert scores["C3"]["n_obs"] == 180
+    # a second write to the store replaces elements crash-safely; the store still reads
+    _ok(["predict", store, "--no-uncertainty"])
+
+
+def test_errors_are_one_line_with_exit_codes(tmp_path):
+    result = runner.invoke(app, ["predict", str(tmp_path)])  # a folder that is not a store
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: `path`:")
+    result = runner.invoke(app, ["read", "legacy-st", str(HER2ST / "SOURCE.txt"), "--out", str(tmp_path / "x.zarr")])
+    assert result.exit_code == 2  # a usage error: typer's message
+    result = runner.invoke(app, ["segment"])
+    assert result.exit_code == 2
+
+
+@pytest.mark.filterwarnings("ignore:.*duplicated gene names made unique:UserWarning")  # CD99 _PAR_Y
+def test_read_a_bulk_cohort_into_one_store_per_slide(tmp_path):
+    import anndata as ad
+
+    import bitro as bt
+
+    profile = bt.io.bulk(DATA / "bulk" / "gdc-rnaseq-tool_test_set_1.final.tsv.gz")
+    expression = profile.to_df().T.rename(columns={profile.obs_names[0]: "TCGA-CR-7395-01A"})
+    expression["TCGA-ZZ-0001-01A"] = expression["TCGA-CR-7395-01A"]  # a sample without a slide
+    expression.to_csv(tmp_path / "counts.csv")
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    (slides / "TCGA-CR-7395-01A-01-TS1.svs").symlink_to(DATA / "wsi" / "TCGA-CR-7395-01A-01-TS1.svs")
+    out = tmp_path / "cohort"
+    summary = _ok(["read", "cohort", tmp_path / "counts.csv", slides, "--mpp", "0.25", "--out", out])
+    assert summary["stores"] == [str(out / "TCGA-CR-7395-01A.zarr")]
+    assert summary["samples"] == 1
+    cohort = ad.read_h5ad(out / "cohort.h5ad")
+    assert list(cohort.obs_names) == ["TCGA-CR-7395-01A"]
+    sdata = bt.io.read_zarr(out / "TCGA-CR-7395-01A.zarr")
+    assert sdata.tables[sdata.attrs["bitro"]["table_key"]].n_vars == profile.n_vars
+
+
+def test_python_dash_m_bitro_runs_the_cli():
+    import subprocess
+    import sys
+
+    import bitro as bt
+
+    out = subprocess.run([sys.executable, "-m", "bitro", "version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == bt.__version__
