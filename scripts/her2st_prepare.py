@@ -1,8 +1,9 @@
 """Read the four HER2ST sections and run bitro's default offline preprocessing, caching each as zarr.
 
-Watershed nuclei + morphology features + cell-to-spot assignment + kNN graph (the settings the
-bundled default model uses). Used by ``scripts/train_default_model.py`` and
-``benchmarks/her2st_cv.py``; a cached section is reused.
+The default segmentation (``DEFAULT_PREPROCESSING``) + morphology features + cell-to-spot
+assignment + kNN graph (the settings the bundled default model uses). Used by
+``scripts/train_default_model.py`` and ``benchmarks/her2st_cv.py``; a cached section is reused, in a
+folder named after the segmentation and feature methods, so changing them never reuses stale cells.
 
     python scripts/her2st_prepare.py --data ../shared/data/her2st --out ~/.cache/bitro/her2st_prepared
 """
@@ -24,17 +25,19 @@ def prepare(section: str, data_dir: Path, out: Path):
     import bitro as bt
     from bitro.tl._preprocess import DEFAULT_PREPROCESSING
 
-    store = out / f"{section}.zarr"
+    prep = DEFAULT_PREPROCESSING
+    folder = out / f"{prep['segmentation']['method']}_{prep['features']['method']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    store = folder / f"{section}.zarr"
     if (store / "zarr.json").exists() or (store / ".zgroup").exists():
         return sd.read_zarr(store)
     t0 = time.perf_counter()
     sdata = bt.datasets.her2st(section, data_dir=data_dir)
-    prep = DEFAULT_PREPROCESSING
     bt.pp.segment_cells(sdata, **prep["segmentation"], progress=False)
     bt.pp.cell_features(sdata, **prep["features"])
     bt.pp.assign_cells(sdata, **prep["assign"])
     bt.pp.cell_graph(sdata, **prep["graph"])
-    tmp = out / f"{section}.tmp.zarr"
+    tmp = folder / f"{section}.tmp.zarr"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sdata.write(tmp, overwrite=True)
