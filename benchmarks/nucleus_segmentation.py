@@ -91,6 +91,7 @@ def speed_and_plausibility(her2st: Path, model, figure: Path | None) -> dict:
         }
         if figure is not None and method == "unet":
             ax = bt.pl.segmentation(s, region=(3000, 3000, 3200, 3200), show=False)
+            figure.parent.mkdir(parents=True, exist_ok=True)
             ax.figure.savefig(figure, dpi=110, bbox_inches="tight")
     return out
 

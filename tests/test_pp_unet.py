@@ -1,0 +1,116 @@
+"""bitro's nucleus U-Net: the bundled weights on held-out real tiles, end to end, the training recipe, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bitro as bt
+from bitro import _constants as K
+from bitro.pp._seg_scores import match_scores, pooled
+from bitro.pp._unet import load_unet, save_unet, unet_segmenter
+from bitro.pp._unet_train import load_tiles, train_unet
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    """Two TNBC tiles of patients the network never saw (10, 11; 0.25 µm/px)."""
+    return load_tiles(DATA / "nuclei", mpp=0.25, group_of=lambda name: name.split("_")[0])
+
+
+def test_bundled_weights_segment_held_out_patients(tiles):
+    from bitro.pp._watershed import watershed_tile
+
+    unet = pooled([match_scores(unet_segmenter(mpp=t.mpp)(t.rgb), t.labels) for t in tiles])
+    ws = pooled([match_scores(watershed_tile(t.rgb, mpp=t.mpp), t.labels) for t in tiles])
+    assert unet["f1"] >= 0.8
+    assert unet["f1"] > ws["f1"] + 0.05  # clearly above the watershed on the same tiles
+    assert 0.8 <= unet["count_ratio"] <= 1.2
+    assert unet["aji"] > ws["aji"]
+
+
+def test_segment_cells_with_the_unet_on_a_real_crop():
+    from bitro.cli._her2st_predict import crop_section
+
+    sdata = crop_section(bt.datasets.her2st("C3", data_dir=DATA / "her2st"), (2000, 1800, 2400, 2200))
+    bt.pp.segment_cells(sdata, method="unet", tile_size=512, n_jobs=2)
+    cells = sdata[K.CELLS_TABLE_KEY]
+    per_mm2 = cells.n_obs / 0.16
+    area = cells.obs[K.AREA_UM2_KEY].to_numpy()
+    # HER2ST C3 at 0.69 µm/px (a scale the network did not train at): a plausible density and nucleus size
+    assert 1500 < per_mm2 < 9000
+    assert 15 < np.median(area) < 80
+    assert sdata.attrs["bitro"]["cells_shapes_key"] == "unet_boundaries"
+    assert sdata.attrs["bitro"]["segmentation_mpp"] == pytest.approx(0.69, abs=0.01)
+
+
+def test_training_recipe_runs_a_few_iterations_and_round_trips(tiles, tmp_path):
+    net, config, history = train_unet(
+        tiles[:1], tiles[1:], iterations=4, batch_size=2, crop=64, val_every=2, seed=0, channels=(4, 8, 16),
+        thresholds={"fg_threshold": (0.5,), "marker_threshold": (0.4, 0.6)},
+    )  # fmt: skip
+    assert [h["iteration"] for h in history] == [2, 4]
+    assert np.isfinite([h["loss"] for h in history]).all()
+    assert config["marker_threshold"] in (0.4, 0.6)
+    save_unet(net, config, tmp_path / "w")
+    loaded, loaded_config = load_unet(tmp_path / "w")
+    assert loaded_config["channels"] == [4, 8, 16]
+    rgb = tiles[0].rgb[:128, :128]
+    a = unet_segmenter(tmp_path / "w", mpp=0.5)(rgb)
+    b = unet_segmenter(tmp_path / "w", mpp=0.5)(rgb)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_unet(net, config, tmp_path / "w")
+
+
+def test_bad_weights_and_images(tmp_path, bitro_log):
+    with pytest.raises(FileNotFoundError, match="not a nucleus U-Net folder"):
+        unet_segmenter(tmp_path / "none", mpp=0.5)
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"format": 1, "architecture": "unet", "channels": [4, 8]}')
+    (folder / "model.safetensors").write_bytes(b"\x00" * 40)
+    with pytest.raises(ValueError, match=r"broken/model.safetensors: not a readable safetensors file"):
+        unet_segmenter(folder, mpp=0.5)
+    unet_segmenter(mpp=4.7)  # far coarser than trained: a warning, the tiles are still resampled
+    assert "4.7 µm/px, outside the 0.2-1 µm/px" in bitro_log.text
+    blank = np.full((256, 256, 3), 240, np.uint8)
+    assert unet_segmenter(mpp=0.5)(blank).max() == 0  # no cells, no crash
+
+
+@pytest.mark.parametrize("kind", ["uint16", "rgba"])
+def test_16_bit_and_rgba_images_segment_like_8_bit(kind, tiles):
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    rgb = tiles[0].rgb
+    if kind == "uint16":
+        pixels = rgb.astype(np.uint16) * 257
+        data = np.moveaxis(pixels, -1, 0)
+    else:
+        data = np.moveaxis(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]), -1, 0)
+    image = Image2DModel.parse(data, dims=("c", "y", "x"), transformations={"s": Scale([0.25, 0.25], axes=("x", "y"))})
+    sdata = sd.SpatialData(images={"img": image})
+    sdata.attrs["bitro"] = {"image_key": "img", "coordinate_system": "s", "mpp": 0.25, "sample_id": "s"}
+    bt.pp.segment_cells(sdata, method="unet")
+    reference = unet_segmenter(mpp=0.25)(rgb)
+    n_ref = len(np.unique(reference)) - 1
+    assert abs(sdata[K.CELLS_TABLE_KEY].n_obs - n_ref) <= max(3, 0.05 * n_ref)
+
+
+def test_segmentation_scores_on_a_hand_example():
+    true = np.zeros((20, 20), int)
+    true[2:8, 2:8], true[10:18, 10:18] = 1, 2
+    pred = np.zeros((20, 20), int)
+    pred[2:8, 2:9], pred[12:14, 12:14], pred[0:2, 15:20] = 5, 7, 9
+    s = match_scores(pred, true)
+    assert (s["tp"], s["fp"], s["fn"]) == (1, 2, 1)
+    assert s["f1"] == pytest.approx(0.4)
+    assert s["sq"] == pytest.approx(36 / 42)
+    assert s["aji"] == pytest.approx((36 + 4) / (42 + 64 + 10))
+    assert match_scores(true, true)["pq"] == 1.0
