@@ -1,7 +1,7 @@
 """Train the bundled default model on HER2ST sections C2-C4 (C5 validates) and write it into the package.
 
 Recipe (reproduces ``src/bitro/models/default``): sections C2-C5 of Andersson et al. 2021
-(CC BY 4.0), each preprocessed with bitro's offline defaults (watershed nuclei, morphology features,
+(CC BY 4.0), each preprocessed with bitro's offline defaults (U-Net nuclei, morphology features,
 assignment within 1.5 x spot radius, kNN graph k=8; cached by ``her2st_prepare.py``); BiTro
 trained on spots with the 50 most variable genes, validation on section C5 (early stopping and the
 choice of weights), seed 0. Accuracy on held-out sections is measured by ``benchmarks/her2st_cv.py``

@@ -10,7 +10,8 @@ Recipe (reproduces ``src/bitro/pp/nuclei_unet``):
   scores them);
 - U-Net (16-256 channels, 2.0 M parameters) at 0.5 µm/px, random zoom x0.75-1.33, flips / quarter
   turns, H&E stain and colour jitter; 3000 iterations of 8 crops of 160 px, AdamW, one-cycle lr 2e-3,
-  seed 0. About 60 minutes on 2 CPU cores.
+  seed 0. 31 minutes on 2 idle CPU cores (best validation F1 0.794, thresholds chosen on validation:
+  F1 0.798).
 
     python scripts/train_nucleus_unet.py --data ../shared/data/nuclei
 """

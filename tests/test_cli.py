@@ -35,13 +35,16 @@ def test_run_on_a_whole_slide_image(tmp_path):
     assert cells.n_obs == summary["cells"]
 
 
-def test_run_on_a_visium_folder(tmp_path):
+def test_run_on_a_visium_folder_without_a_full_resolution_image(tmp_path):
+    # the Visium folders in tests/data hold only the lowres PNG (23 µm/px here): no nucleus can be seen,
+    # and `run` says so in one line instead of predicting from blobs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the folder has no hires image and 11 duplicated genes
-        summary = _ok(["run", "visium", DATA / "visium" / "sr3_mouse_placenta", "--out", tmp_path, "--sample-id", "pl"])
-    assert summary["predicted_bags"] == 2898  # every spot
-    assert Path(summary["figure"]).is_file()
-    assert summary["pearson_mean"] is None  # a human model on mouse genes: nothing to score, and it says so
+        out = runner.invoke(app, ["run", "visium", str(DATA / "visium" / "sr3_mouse_placenta"), "--out", str(tmp_path)])
+    assert out.exit_code == 1
+    assert "23.4 µm/px, too coarse to see nuclei" in out.output
+    assert out.output.count("\n") == 1
+    assert not list(tmp_path.glob("*.png"))  # no figure of nothing
 
 
 def test_step_by_step_on_a_her2st_store(tmp_path):

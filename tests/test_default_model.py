@@ -21,7 +21,7 @@ def test_bundled_model_is_small_attributed_and_safe():
     assert "CC BY 4.0" in (path / "ATTRIBUTION.txt").read_text()
     config = json.loads((path / "config.json").read_text())
     assert config["features"]["method"] == "morphology"
-    assert config["preprocessing"]["segmentation"]["method"] == "watershed"
+    assert config["preprocessing"]["segmentation"]["method"] == "unet"
     model = bt.models.default_model()
     assert model.head == "spot"
     assert len(model.genes) == 50

@@ -107,7 +107,7 @@ def test_tile_segmenter_dispatch_for_cellpose(monkeypatch, toy_st):
         return lambda rgb: watershed_tile(rgb, mpp=mpp)
 
     monkeypatch.setitem(sys.modules, "bitro.pp._cellpose", types.SimpleNamespace(cellpose_segmenter=cellpose_segmenter))
-    segment_cells(toy_st, tile_size=512, model="nuclei", flow_threshold=0.3)
+    segment_cells(toy_st, method="cellpose", tile_size=512, model="nuclei", flow_threshold=0.3)
     assert calls == {"model": "nuclei", "mpp": 0.5, "diameter_um": None, "flow_threshold": 0.3}
     assert toy_st[K.CELLS_TABLE_KEY].n_obs > 900
     assert "cellpose_boundaries" in toy_st.shapes

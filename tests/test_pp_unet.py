@@ -78,6 +78,8 @@ def test_bad_weights_and_images(tmp_path, bitro_log):
         unet_segmenter(folder, mpp=0.5)
     unet_segmenter(mpp=4.7)  # far coarser than trained: a warning, the tiles are still resampled
     assert "4.7 µm/px, outside the 0.2-1 µm/px" in bitro_log.text
+    with pytest.raises(ValueError, match=r"23 µm/px, too coarse to see nuclei"):
+        unet_segmenter(mpp=23)  # a Visium lowres image: refused, not upsampled 46-fold
     blank = np.full((256, 256, 3), 240, np.uint8)
     assert unet_segmenter(mpp=0.5)(blank).max() == 0  # no cells, no crash
 

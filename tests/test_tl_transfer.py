@@ -16,6 +16,8 @@ def bulk_model(toy_cohort):
     """A bulk model trained on the four toy cohort slides."""
 
     slides = [copy.deepcopy(s) for s in toy_cohort[0]]
+    for s in slides:  # the same segmenter as the toy sections it transfers to (conftest)
+        bt.pp.segment_cells(s, method="watershed", progress=False)
     return bt.tl.fit(slides, target="bulk", n_genes=20, val=None, max_epochs=3, seed=0, progress=False)
 
 

@@ -70,16 +70,25 @@ def read(
     verbose: Verbose = 0,
 ) -> None:
     """Read a Visium folder, a legacy ST section, a HEST-1k sample or a whole slide into a zarr store."""
+    set_verbosity(verbose)
+    summary = _read_store(kind, inputs, out, sample_id=sample_id, mpp=mpp, overwrite=overwrite)
+    if summary is not None:
+        echo_json(summary)
+
+
+def _read_store(
+    kind: Kind, inputs: list[Path], out: Path, *, sample_id: str | None, mpp: float | None, overwrite: bool
+) -> dict | None:
+    """Read ``inputs`` into the store ``out``; its summary (``None`` for a cohort, which prints its own)."""
     import bitro as bt
     from bitro._store import write_store
 
-    set_verbosity(verbose)
     expected = {Kind.visium: 1, Kind.legacy_st: 3, Kind.hest: 1, Kind.wsi: 1, Kind.cohort: 2}[kind]
     if len(inputs) != expected:
         raise typer.BadParameter(f"`{kind.value}` takes {expected} input path(s), got {len(inputs)}.")
     if kind is Kind.cohort:
         _read_cohort(*inputs, out=out, mpp=mpp, overwrite=overwrite)
-        return
+        return None
     if kind is Kind.visium:
         sdata = bt.io.visium(inputs[0], dataset_id=sample_id, mpp=mpp)
     elif kind is Kind.legacy_st:
@@ -94,7 +103,7 @@ def read(
         sdata = bt.io.wsi(inputs[0], sample_id=sample_id, mpp=mpp)
     write_store(sdata, out, overwrite=overwrite)
     elements = [*sdata.images, *sdata.shapes, *sdata.tables]
-    echo_json({"store": str(out), "elements": elements, **_summary(sdata)})
+    return {"store": str(out), "elements": elements, **_summary(sdata)}
 
 
 def _read_cohort(expression: Path, slides: Path, *, out: Path, mpp: float | None, overwrite: bool) -> None:
@@ -252,6 +261,9 @@ def run(
     sample_id: Annotated[str | None, typer.Option(help="Sample id.")] = None,
     mpp: Annotated[float | None, typer.Option(help="µm per pixel, when the file does not say.")] = None,
     model: Annotated[Path | None, typer.Option(help="A saved model folder; default: the bundled model.")] = None,
+    segmentation: Annotated[
+        Method | None, typer.Option(help="Nuclei by this method instead of the model's (unet, watershed, cellpose).")
+    ] = None,
     overwrite: Overwrite = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -261,15 +273,21 @@ def run(
     import bitro as bt
     from bitro._store import replace_file
 
+    if kind is Kind.cohort:
+        raise typer.BadParameter("`run` takes one section or slide; read a cohort with `bitro read cohort`.")
+    set_verbosity(verbose, progress=True)
     times = {}
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     store = out / f"{sample_id or inputs[0].stem.split('.')[0]}.zarr"
-    read(kind, inputs, store, sample_id=sample_id, mpp=mpp, overwrite=overwrite, verbose=verbose)
+    _read_store(kind, inputs, store, sample_id=sample_id, mpp=mpp, overwrite=overwrite)
     times["read"] = round(time.perf_counter() - t0, 1)
-    set_verbosity(verbose, progress=True)
     sdata = open_store(store)
     t0 = time.perf_counter()
+    if segmentation is not None:
+        if segmentation is Method.imported:
+            raise typer.BadParameter("`--segmentation import` needs a path: use `bitro segment --method import`.")
+        bt.pp.segment_cells(sdata, method=segmentation.value)
     bt.tl.predict(sdata, model)
     times["predict"] = round(time.perf_counter() - t0, 1)
     summary = {"store": str(store), **_summary(sdata)}

@@ -55,6 +55,12 @@ class Architecture:
         Transformer layers (0 to 32).
     dropout
         Dropout probability, in ``[0, 0.9]``.
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> bt.models.Architecture(n_features=21, hidden=32, n_heads=4).to_dict()["hidden"]
+    32
     """
 
     n_features: int

@@ -19,6 +19,12 @@ def default_model_path() -> Path:
     -------
     pathlib.Path
         The folder inside the installed package.
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> sorted(p.name for p in bt.models.default_model_path().iterdir())
+    ['ATTRIBUTION.txt', 'config.json', 'model.safetensors']
     """
     return DEFAULT_DIR
 
@@ -39,12 +45,19 @@ def default_model() -> BiTro:
 
     Trained on the HER2+ breast cancer legacy ST sections C2-C4, with C5 as the validation section
     (early stopping and the choice of weights) (Andersson et al., Nature
-    Communications 12, 6012 (2021), CC BY 4.0) with the offline pipeline: watershed nuclei and
-    morphology features; 50 highly variable genes. Spot-level targets, about 0.69 µm per pixel.
+    Communications 12, 6012 (2021), CC BY 4.0) with the offline pipeline: nuclei of the bundled
+    U-Net and morphology features; 50 highly variable genes. Spot-level targets, about 0.69 µm per pixel.
     ``scripts/train_default_model.py`` reproduces it.
 
     Returns
     -------
     :class:`bitro.models.BiTro`
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> model = bt.models.default_model()
+    >>> "SCGB2A2" in model.genes, model.config["preprocessing"]["segmentation"]["method"]
+    (True, 'unet')
     """
     return _load()

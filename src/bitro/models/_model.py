@@ -57,6 +57,13 @@ class BiTro(AdapterMixin):
         Loss per epoch; :func:`bitro.pl.training_history` plots it.
     best_epoch
         Epoch whose weights were kept (best validation loss), or ``None``.
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> model = bt.models.default_model()
+    >>> model.head, len(model.genes)
+    ('spot', 50)
     """
 
     def __init__(self, module: BiTroModule, config: dict[str, Any], history: pd.DataFrame | None = None) -> None:

@@ -156,6 +156,13 @@ class BiTroModule(nn.Module):
         Label kinds with a head, e.g. ``("spot",)``, or ``{kind: n_genes}`` when panels differ.
     hidden, n_heads, n_gat, n_layers, dropout
         Width, attention heads, GAT layers, transformer layers and dropout.
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> net = bt.models.BiTroModule(n_features=21, n_genes=50, heads=("spot",), hidden=32)
+    >>> sum(p.numel() for p in net.parameters()) > 0
+    True
     """
 
     def __init__(

@@ -19,6 +19,14 @@ class TrainingPlan(L.LightningModule):
 
     Only parameters with ``requires_grad`` are optimised, so a frozen backbone (LoRA, head-only
     transfer) stays exactly as it was.
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> net = bt.models.BiTroModule(n_features=21, n_genes=10, heads=("spot",), hidden=32)
+    >>> plan = bt.models.TrainingPlan(net, "spot", lr=1e-3)
+    >>> type(plan.configure_optimizers()).__name__
+    'AdamW'
     """
 
     def __init__(self, module: BiTroModule, head: str, *, lr: float = 1e-3, weight_decay: float = 1e-2) -> None:
@@ -99,6 +107,24 @@ class Checkpoint(L.Callback):
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         trainer.save_checkpoint(tmp)
         os.replace(tmp, self.path)
+
+
+class SigIntGate(L.Callback):
+    """Raises a pending Ctrl-C at the next batch, never inside an epoch's end hooks.
+
+    The history and the checkpoint are both written at an epoch's end: an interrupt between them
+    would count an epoch the checkpoint does not hold, and the resumed run would train it again.
+    """
+
+    def __init__(self, error: type[BaseException]) -> None:
+        self.error = error
+        self.pending = False
+
+    def on_train_batch_start(self, *args, **kwargs) -> None:
+        if self.pending:
+            raise self.error
+
+    on_validation_batch_start = on_train_batch_start
 
 
 class Resample(L.Callback):

@@ -134,6 +134,14 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     It is a :class:`KeyboardInterrupt`, so ``except KeyboardInterrupt as err: model = err.model``
     keeps what was trained, and code that does not catch it stops as on any Ctrl-C.
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> try:
+    ...     model = bt.tl.fit(sections)  # doctest: +SKIP
+    ... except bt.models.TrainingInterrupted as err:
+    ...     model = err.model  # the best weights before Ctrl-C
     """
 
     def __init__(self, message: str, *, epochs: int, result: tuple | None = None) -> None:
@@ -150,14 +158,16 @@ class _SigInt(BaseException):
 
 
 @contextlib.contextmanager
-def _catch_sigint():
-    """Turn Ctrl-C into :class:`_SigInt` while training (main thread only; elsewhere signals cannot be set)."""
+def _catch_sigint(gate):
+    """Turn Ctrl-C into a pending interrupt that ``gate`` raises (main thread only; elsewhere signals cannot be set)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise _SigInt
+        if gate.pending:  # a second Ctrl-C: stop now
+            raise _SigInt
+        gate.pending = True
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -201,7 +211,7 @@ def run_training(module, head: str, td: TrainingData, options: TrainingOptions, 
     from bitro._settings import settings
 
     from ._data import BagDataset, collate_bags
-    from ._plan import Checkpoint, History, Resample, TrainingPlan
+    from ._plan import Checkpoint, History, Resample, SigIntGate, TrainingPlan
 
     seed, batch_size, checkpoint_dir = options.seed, options.batch_size, options.checkpoint_dir
     mod_head = module.heads[head]
@@ -232,8 +242,8 @@ def run_training(module, head: str, td: TrainingData, options: TrainingOptions, 
     loaders = {"train_dataloaders": loader(train_ds, True)}
     if td.val_items:
         loaders["val_dataloaders"] = loader(dataset(td.val_items, False), False)
-    history = History()
-    callbacks = [history, Resample(train_ds)]
+    history, gate = History(), SigIntGate(_SigInt)
+    callbacks = [gate, history, Resample(train_ds)]
     if td.val_items:
         callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, mode="min"))
     resume = None
@@ -268,13 +278,14 @@ def run_training(module, head: str, td: TrainingData, options: TrainingOptions, 
             default_root_dir=root,
         )
         try:
-            with _catch_sigint():
+            with _catch_sigint(gate):
                 if resume is not None:
                     trainer.fit(plan, ckpt_path=str(resume), weights_only=True, **loaders)
                 else:
                     trainer.fit(plan, **loaders)
         except _SigInt:
             interrupted = True
+        interrupted = interrupted or gate.pending  # Ctrl-C after the last batch still reaches the caller
     if history.best_state is not None:
         module.load_state_dict(history.best_state)
     module.cpu().eval()

@@ -135,9 +135,10 @@ def cell_features(
     --------
     >>> import bitro as bt
     >>> sdata = bt.datasets.toy_st(n_spots=16, seed=1)
-    >>> bt.pp.segment_cells(sdata)  # doctest: +SKIP
-    >>> bt.pp.cell_features(sdata)  # doctest: +SKIP
-    >>> sdata["bitro_cells"].obsm["bitro_features"].shape  # doctest: +SKIP
+    >>> bt.pp.segment_cells(sdata, method="watershed")
+    >>> bt.pp.cell_features(sdata)
+    >>> sdata["bitro_cells"].obsm["bitro_features"].shape[1]  # 21 morphology features per cell
+    21
     """
     method = check_choice(method, "method", _METHODS)
     tile_size = check_int(tile_size, "tile_size", min_value=16)
@@ -201,9 +202,14 @@ def cell_features(
 
     table.obsm[key_added] = np.ascontiguousarray(values, dtype=np.float32)
     table.uns[key_added] = {"names": {name: i for i, name in enumerate(names)}, "method": method, "params": params}
-    n_bad = int((~np.isfinite(values).all(axis=1)).sum()) if len(values) else 0
-    if n_bad:
-        logger.warning("%d of %d cells have non-finite features (outside the image?)", n_bad, len(values))
+    bad = ~np.isfinite(values) if len(values) else np.zeros((0, len(names)), bool)
+    if bad.any():
+        # e.g. a nucleus packed in by others has no background ring; the model reads NaN as the training mean
+        counts = ", ".join(f"{name} {int(n)}" for name, n in zip(names, bad.sum(axis=0), strict=True) if n)
+        logger.warning(
+            "%d of %d cells have non-finite features (%s); models read them as the training mean",
+            int(bad.any(axis=1).sum()), len(values), counts,
+        )  # fmt: skip
     _sdata.write(sdata, {table_key: table}, attrs={K.ATTR_FEATURES: key_added, K.ATTR_FEATURES_MPP: float(mpp)})
     logger.info(
         "%s features (%d) of %d cells written to %s.obsm[%r] in %.1f s",

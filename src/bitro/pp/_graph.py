@@ -125,11 +125,13 @@ def cell_graph(
     Examples
     --------
     >>> import bitro as bt
-    >>> sdata = bt.datasets.toy_st()
-    >>> bt.pp.segment_cells(sdata)  # doctest: +SKIP
-    >>> bt.pp.assign_cells(sdata)  # doctest: +SKIP
-    >>> bt.pp.cell_graph(sdata, k=8, within="spot")  # doctest: +SKIP
-    >>> sdata["bitro_cells"].obsp["bitro_graph_distances"]  # doctest: +SKIP
+    >>> sdata = bt.datasets.toy_st(n_spots=9, seed=0)
+    >>> bt.pp.segment_cells(sdata, method="watershed")
+    >>> bt.pp.assign_cells(sdata)
+    >>> bt.pp.cell_graph(sdata, k=8, within="spot")
+    >>> graph = sdata["bitro_cells"].obsp["bitro_graph_distances"]
+    >>> graph.shape[0] == sdata["bitro_cells"].n_obs
+    True
     """
     from scipy import sparse
 

@@ -37,7 +37,7 @@ def segment_cells(
     sdata: SpatialData,
     *,
     image_key: str | None = None,
-    method: Literal["unet", "cellpose", "watershed", "import"] = "cellpose",
+    method: Literal["unet", "cellpose", "watershed", "import"] = "unet",
     key_added: str | None = None,
     tile_size: int = 1024,
     overlap: int | None = None,
@@ -66,9 +66,9 @@ def segment_cells(
     image_key
         The RGB image to segment. Default: the one recorded in ``sdata.attrs["bitro"]``.
     method
-        ``"unet"`` (bitro's own nucleus network, bundled and offline: a U-Net trained on labelled
-        H&E nuclei that predicts nuclei and their distance maps, split by a watershed; tiles are
-        resampled to its 0.5 µm/px), ``"cellpose"`` (a cellpose 3 model; needs local weights),
+        ``"unet"`` (the default: bitro's own nucleus network, bundled and offline, a U-Net trained
+        on labelled H&E nuclei that predicts nuclei and their distance maps, split by a watershed;
+        tiles are resampled to its 0.5 µm/px), ``"cellpose"`` (a cellpose 3 model; needs local weights),
         ``"watershed"`` (no network: hematoxylin deconvolution, adaptive threshold,
         distance-transform watershed) or ``"import"`` (read polygons from ``path``).
     key_added
@@ -132,6 +132,11 @@ def segment_cells(
         target_mpp = working_mpp(model)
     level, mpp = level_for(sdata.images[key], level0_mpp, target_mpp, _sdata.coordinate_system(sdata))
     tile_size = check_int(tile_size, "tile_size", min_value=64)
+    if method == "unet" and mpp > 1.5 * target_mpp:
+        # the U-Net upsamples a coarse image to its scale: keep the upsampled tile near tile_size pixels
+        # (an 18 µm/px Visium lowres tile of 1024 px would grow to 36 864 px a side, 16 GB)
+        tile_size = max(64, int(tile_size * target_mpp / mpp))
+        logger.info("image coarser than the U-Net's %.3g µm/px: tiles of %d px", target_mpp, tile_size)
     if diameter_um is not None:
         diameter_um = check_float(diameter_um, "diameter_um", min_value=0, strict_min=True)
     d_px = (diameter_um or DEFAULT_DIAMETER_UM) / mpp

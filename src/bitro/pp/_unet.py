@@ -27,6 +27,8 @@ from torch import nn
 from bitro._logging import logger
 
 BUNDLED = Path(__file__).parent / "nuclei_unet"
+MAX_MPP = 5.0
+"""Coarser images are refused: nuclei span under two pixels, and upsampling them costs gigabytes per tile."""
 """Folder of the bundled weights (``config.json`` + ``model.safetensors`` + ``ATTRIBUTION.txt``)."""
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 FORMAT = 1
@@ -267,6 +269,11 @@ def unet_segmenter(
     mpp = check_float(mpp, "mpp", min_value=0, strict_min=True)
     net, config = load_unet(model)  # fail here, with a clear message, not inside a worker
     lo, hi = MPP_RANGE_TRAINED
+    if mpp > MAX_MPP:
+        raise ValueError(
+            f"`mpp`: the image has {mpp:.3g} µm/px, too coarse to see nuclei (an 8 µm nucleus spans "
+            f"{8 / mpp:.2g} px); segment a full-resolution H&E (at most {MAX_MPP:g} µm/px)."
+        )
     if not lo <= mpp <= hi:
         logger.warning(
             "the image has %.3g µm/px, outside the %.2g-%.2g µm/px the nucleus model was trained for; tiles are "

@@ -10,12 +10,12 @@ from bitro import _sdata
 from bitro._logging import logger
 
 DEFAULT_PREPROCESSING: dict[str, dict[str, Any]] = {
-    "segmentation": {"method": "watershed"},
+    "segmentation": {"method": "unet"},
     "features": {"method": "morphology"},
     "assign": {"factor": 1.5},
     "graph": {"k": 8, "within": "all"},
 }
-"""The offline default: watershed nuclei, morphology features, BiTro's 1.5 x radius assignment, kNN (k=8)."""
+"""The offline default: nuclei of the bundled U-Net, morphology features, BiTro's 1.5 x radius assignment, kNN (k=8)."""
 
 
 def preprocessing_settings(overrides: dict | None = None) -> dict:
@@ -47,7 +47,13 @@ def ensure_preprocessed(sdata, settings: dict, *, kind: str, features: dict | No
         segment_cells(sdata, **settings["segmentation"])
         cells_key = _sdata.recorded(sdata, K.ATTR_CELLS_TABLE)
         if cells_key not in sdata.tables:
-            raise ValueError(f"{sample}: segmentation found no cells, so there is nothing to predict from.")
+            mpp = _sdata.image_mpp(sdata, _sdata.image_key(sdata, None))
+            hint = (
+                f"; its image is {mpp:.3g} µm/px, too coarse to see nuclei (give the full-resolution H&E)"
+                if mpp > 2
+                else ""
+            )
+            raise ValueError(f"{sample}: segmentation found no cells, so there is nothing to predict from{hint}.")
     cells = sdata.tables[cells_key]
     fkey = _sdata.recorded(sdata, K.ATTR_FEATURES)
     if fkey not in cells.obsm:

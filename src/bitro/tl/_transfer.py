@@ -90,10 +90,13 @@ def transfer(
     Examples
     --------
     >>> import bitro as bt
-    >>> slides, cohort = bt.datasets.toy_bulk_cohort(n_slides=40)
-    >>> bulk = bt.tl.fit(slides, target="bulk")  # doctest: +SKIP
-    >>> spatial = bt.tl.transfer([bt.datasets.toy_st()], bulk, target="spot", mode="lora")  # doctest: +SKIP
-    >>> spatial.save_adapter("toy_lora")  # doctest: +SKIP
+    >>> slides, cohort = bt.datasets.toy_bulk_cohort(n_slides=4, cells_per_slide=500)
+    >>> bulk = bt.tl.fit(slides, target="bulk", n_genes=20, val=None, max_epochs=2, progress=False)
+    >>> sections = [bt.datasets.toy_st(n_spots=16, seed=s, sample_id=f"s{s}") for s in (0, 1)]
+    >>> spots = bt.tl.transfer(sections, bulk, target="spot", mode="lora", val=["s1"], max_epochs=2, progress=False)
+    >>> spots.config["transfer"]["mode"]
+    'lora'
+    >>> spots.save_adapter("toy_lora")  # the adapter alone, a fraction of the model's size
     """
     import lightning as L
     import torch
