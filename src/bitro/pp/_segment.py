@@ -134,7 +134,7 @@ def segment_cells(
     tile_size = check_int(tile_size, "tile_size", min_value=64)
     if method == "unet" and mpp > 1.5 * target_mpp:
         # the U-Net upsamples a coarse image to its scale: keep the upsampled tile near tile_size pixels
-        # (an 18 µm/px Visium lowres tile of 1024 px would grow to 36 864 px a side, 16 GB)
+        # (a 1024 px tile at 4.7 µm/px would grow to 9 600 px a side, ~1 GB per feature map)
         tile_size = max(64, int(tile_size * target_mpp / mpp))
         logger.info("image coarser than the U-Net's %.3g µm/px: tiles of %d px", target_mpp, tile_size)
     if diameter_um is not None:

@@ -27,9 +27,9 @@ from torch import nn
 from bitro._logging import logger
 
 BUNDLED = Path(__file__).parent / "nuclei_unet"
+"""Folder of the bundled weights (``config.json`` + ``model.safetensors`` + ``ATTRIBUTION.txt``)."""
 MAX_MPP = 5.0
 """Coarser images are refused: nuclei span under two pixels, and upsampling them costs gigabytes per tile."""
-"""Folder of the bundled weights (``config.json`` + ``model.safetensors`` + ``ATTRIBUTION.txt``)."""
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 FORMAT = 1
 MPP_RANGE_TRAINED = (0.2, 1.0)
