@@ -330,3 +330,34 @@ def test_custom_assignment_column_is_used(sections):
         del s["bitro_cells"].obs["spot_id"]
     model = bt.tl.fit(sections[:2], n_genes=5, val=None, max_epochs=1, progress=False)
     assert model.config["training"]["n_train_bags"] == 72
+
+
+def test_ddp_on_two_cpu_processes_trains_as_well_as_one(trained, sections):
+    """Lightning DDP (2 forked CPU processes, gloo): the caller gets the best weights and the history back."""
+    import bitro as bt
+
+    ddp = bt.tl.fit(
+        copy.deepcopy(sections[:3]),
+        n_genes=N_GENES,
+        val=["toy2"],
+        max_epochs=15,
+        patience=15,
+        seed=0,
+        progress=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_fork",
+    )
+    assert ddp.genes == trained.genes
+    hist = ddp.history
+    assert len(hist) == 15
+    assert hist[["train_loss", "val_loss"]].notna().all().all()
+    assert ddp.best_epoch == int(hist["val_loss"].idxmin())
+    assert ddp.config["training"]["best_val_loss"] == pytest.approx(hist["val_loss"].min())
+    scores = {}
+    for name, model in (("one", trained), ("ddp", ddp)):
+        test = copy.deepcopy(sections[3])
+        bt.tl.predict(test, model, uncertainty=False)
+        scores[name] = bt.tl.evaluate(test).loc["toy3", "pearson_mean"]
+    assert scores["ddp"] > 0.3
+    assert abs(scores["ddp"] - scores["one"]) < 0.1, scores

@@ -43,6 +43,7 @@ def _register() -> None:
         ("transfer", p.transfer),
         ("evaluate", p.evaluate),
         ("run", p.run),
+        ("predict-slides", p.predict_slides),
     ):
         app.command(name)(errors(func))
 

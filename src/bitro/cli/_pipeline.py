@@ -306,6 +306,55 @@ def run(
     echo_json(summary)
 
 
+def predict_slides(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files, or one folder of them.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <sample>.zarr per slide and slides.csv.")],
+    model: Annotated[Path | None, typer.Option(help="A saved model folder; default: the bundled model.")] = None,
+    segmentation: Annotated[
+        Method | None, typer.Option(help="Nuclei by this method instead of the model's (unet, watershed, cellpose).")
+    ] = None,
+    mpp: Annotated[float | None, typer.Option(help="µm per pixel, for slides whose files do not say.")] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="A dask scheduler address (e.g. tcp://host:8786); default: a local cluster.")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes of the local cluster (slides at once).")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Redo slides whose stores exist (default: skip them).")] = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Predict many slides on a dask cluster; a rerun skips finished slides, a failed slide does not stop the rest.
+
+    Exits with status 1 when a slide failed (its error is in OUT/slides.csv and in the JSON printed).
+    """
+    import bitro as bt
+
+    if segmentation is Method.imported:
+        raise typer.BadParameter("`--segmentation import` needs a path per slide; segment each store instead.")
+    set_verbosity(verbose, progress=True)
+    table = bt.tl.predict_slides(
+        slides[0] if len(slides) == 1 and slides[0].is_dir() else slides,
+        out,
+        model=model,
+        segmentation=segmentation.value if segmentation else None,
+        mpp=mpp,
+        scheduler=scheduler,
+        n_workers=workers,
+        overwrite=overwrite,
+    )
+    counts = table["status"].value_counts()
+    failed = table[table["status"] == "failed"]
+    echo_json(
+        {
+            "out": str(out),
+            "slides": int(len(table)),
+            "done": int(counts.get("done", 0)),
+            "done_before": int(counts.get("done before", 0)),
+            "failed": {str(k): str(v) for k, v in failed["error"].items()},
+        }
+    )
+    if len(failed):
+        raise typer.Exit(1)
+
+
 def _summary(sdata) -> dict:
     info = sdata.attrs.get("bitro", {})
     out = {"sample": info.get("sample_id"), "mpp": info.get("mpp")}

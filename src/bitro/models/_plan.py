@@ -42,13 +42,28 @@ class TrainingPlan(L.LightningModule):
     def training_step(self, batch, batch_idx):
         """Loss of one batch of bags, logged per epoch as ``train_loss``."""
         loss = self._loss(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int(batch["n_bags"]))
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=int(batch["n_bags"]),
+            **self._sync,
+        )
         return loss
 
     def validation_step(self, batch, batch_idx):
         """Validation loss of one batch, logged per epoch as ``val_loss``."""
         loss = self._loss(batch)
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int(batch["n_bags"]))
+        self.log(
+            "val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int(batch["n_bags"]), **self._sync
+        )
+
+    @property
+    def _sync(self) -> dict:
+        # several processes (DDP): epoch losses averaged over all of them, so every rank stops and keeps the same epoch
+        return {"sync_dist": self.trainer.world_size > 1}
 
     def configure_optimizers(self):
         """AdamW over the parameters that require gradients."""
@@ -64,6 +79,8 @@ class History(L.Callback):
         self.best_loss = math.inf
         self.best_epoch: int | None = None
         self.best_state: dict | None = None
+        self.path: Path | None = None
+        """Where rank 0 leaves the history at the end of a run in worker processes (the caller reads it back)."""
 
     def _value(self, trainer, name: str) -> float:
         value = trainer.callback_metrics.get(name)
@@ -81,6 +98,12 @@ class History(L.Callback):
         if loss < self.best_loss:
             self.best_loss, self.best_epoch = loss, trainer.current_epoch
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.module.state_dict().items()})
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.path is not None and trainer.world_size > 1 and trainer.is_global_zero:
+            import torch
+
+            torch.save(self.state_dict(), self.path)
 
     def state_dict(self) -> dict:
         """Losses so far and the best weights, saved in a checkpoint so a resumed run keeps them."""
@@ -105,8 +128,9 @@ class Checkpoint(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # validation and early stopping ran before this hook: the saved state is a whole epoch
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)
-        os.replace(tmp, self.path)
+        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
 
 
 class SigIntGate(L.Callback):

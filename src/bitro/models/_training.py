@@ -81,6 +81,7 @@ class TrainingOptions:
     seed: int = 0
     accelerator: str = "auto"
     devices: int | str = "auto"
+    strategy: str = "auto"
     progress: bool | None = None
     checkpoint_dir: str | os.PathLike | None = None
 
@@ -258,6 +259,8 @@ def run_training(module, head: str, td: TrainingData, options: TrainingOptions, 
     module.train()  # a loaded or copied model is in eval mode; dropout (and LoRA dropout) must be on
     interrupted = False
     with tempfile.TemporaryDirectory() as root, warnings.catch_warnings(), _quiet_lightning():
+        # with worker processes (ddp_spawn, ddp_fork) the callbacks run there: rank 0 hands its history back here
+        history.path = Path(root) / "history.pt"
         # Lightning's advice on DataLoader workers and on unused accelerators is not actionable here
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*GPU available but not used.*")
@@ -268,6 +271,7 @@ def run_training(module, head: str, td: TrainingData, options: TrainingOptions, 
             max_epochs=options.max_epochs,
             accelerator=options.accelerator,
             devices=options.devices,
+            strategy=options.strategy,
             callbacks=callbacks,
             logger=False,
             enable_checkpointing=False,
@@ -286,6 +290,8 @@ def run_training(module, head: str, td: TrainingData, options: TrainingOptions, 
         except _SigInt:
             interrupted = True
         interrupted = interrupted or gate.pending  # Ctrl-C after the last batch still reaches the caller
+        if not history.rows and history.path.is_file():
+            history.load_state_dict(_load_history(history.path))
     if history.best_state is not None:
         module.load_state_dict(history.best_state)
     module.cpu().eval()
@@ -304,6 +310,12 @@ def run_training(module, head: str, td: TrainingData, options: TrainingOptions, 
             result=(hist, history),
         )
     return hist, history
+
+
+def _load_history(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @contextlib.contextmanager

@@ -346,11 +346,22 @@ def segment_tiled(
 
 
 def _distributed_client():
-    try:
-        from distributed import get_client
+    """The active dask.distributed client, or None inside a worker's task (e.g. a slide of ``predict_slides``).
 
+    Inside a task the tiles run in local threads: nested cluster tasks would wait on busy workers.
+    """
+    try:
+        from distributed import get_client, get_worker
+    except ImportError:
+        return None
+    try:
+        get_worker()
+        return None
+    except ValueError:
+        pass
+    try:
         return get_client()
-    except (ImportError, ValueError):
+    except ValueError:
         return None
 
 

@@ -8,6 +8,7 @@ from ._cv import cross_validate
 from ._evaluate import evaluate
 from ._fit import fit
 from ._predict import predict
+from ._slides import predict_slides
 from ._transfer import transfer
 
-__all__ = ["cross_validate", "evaluate", "fit", "predict", "transfer"]
+__all__ = ["cross_validate", "evaluate", "fit", "predict", "predict_slides", "transfer"]

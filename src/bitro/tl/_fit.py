@@ -34,6 +34,7 @@ def fit(
     seed: int = 0,
     accelerator: str = "auto",
     devices: int | str = "auto",
+    strategy: str = "auto",
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
 ) -> BiTro:
@@ -84,8 +85,13 @@ def fit(
         :func:`bitro.tl.predict`.
     seed
         Seed of splits, sub-sampling and initialisation.
-    accelerator, devices
-        Passed to :class:`lightning.pytorch.Trainer` (CPU, GPU, several devices).
+    accelerator, devices, strategy
+        Passed to :class:`lightning.pytorch.Trainer`: e.g. ``accelerator="gpu", devices=4`` trains on
+        four GPUs with DDP. From a script, ``strategy="ddp"`` starts one process per device (the
+        script runs again in each); from a notebook or any caller that cannot be re-run, use
+        ``strategy="ddp_fork"`` (Linux and macOS; ``accelerator="cpu", devices=2`` trains on two
+        CPU processes). Losses are averaged over the processes, so all stop at the same epoch, and
+        the caller gets the best epoch's weights and the history.
     checkpoint_dir
         Folder for the training state, written after every epoch; calling ``fit`` again with the same
         data, settings and folder resumes where the last run stopped (killed, or interrupted).

@@ -39,6 +39,7 @@ def transfer(
     seed: int = 0,
     accelerator: str = "auto",
     devices: int | str = "auto",
+    strategy: str = "auto",
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
 ) -> BiTro:
@@ -74,7 +75,7 @@ def transfer(
         Target genes; default: the source head's genes that the target data have.
     adapter_name
         Name of the new LoRA adapter (a model can hold several and switch with ``set_adapter``).
-    val, groups, max_epochs, patience, lr, weight_decay, batch_size, data, seed, accelerator, devices, checkpoint_dir, progress
+    val, groups, max_epochs, patience, lr, weight_decay, batch_size, data, seed, accelerator, devices, strategy, checkpoint_dir, progress
         As in :func:`bitro.tl.fit`.
 
     Returns

@@ -1,0 +1,247 @@
+"""``bt.tl.predict_slides``: segment, featurise and predict many whole slides on a dask cluster.
+
+One task per slide (read -> segment -> features -> predict -> write ``OUT/<sample>.zarr``) on
+``dask.distributed`` workers: a :class:`~distributed.LocalCluster` of worker processes by default
+(the numpy / scipy / skimage work holds the GIL, so threads would not help), or any scheduler given
+by address (e.g. one started by dask-jobqueue on SLURM). A slide's store is written only once its
+predictions are complete, so a killed run leaves whole stores and a rerun skips them; a slide that
+fails is recorded with its error in ``OUT/slides.csv`` and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bitro._logging import logger
+from bitro._validate import check_int
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from distributed import Client
+
+    from bitro.models import BiTro
+
+MANIFEST = "slides.csv"
+"""Per-slide status table in the output folder (one row per slide, rewritten as slides finish)."""
+
+COLUMNS = ["slide", "store", "status", "cells", "seconds", "error"]
+
+
+def predict_slides(
+    slides: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    model: BiTro | str | os.PathLike | None = None,
+    segmentation: str | None = None,
+    mpp: float | None = None,
+    scheduler: str | Client | None = None,
+    n_workers: int = 2,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Predict the expression of every cell of many whole slides, one store per slide, on a dask cluster.
+
+    Each slide is read with :func:`bitro.io.wsi`, segmented, measured and predicted with
+    :func:`bitro.tl.predict` (the preprocessing the model records), then written to
+    ``out/<sample>.zarr``. The store appears only when the slide is finished, so a run that is
+    killed leaves the finished slides whole and a second call with the same ``out`` skips them. A
+    slide that fails (an unreadable file, no tissue, a worker that dies) is recorded with its error
+    and does not stop the others. ``out/slides.csv`` holds the status of every slide and is
+    rewritten as each one finishes.
+
+    Parameters
+    ----------
+    slides
+        Slide files (``.svs``, ``.tif``, ``.ndpi``, ...) or a folder of them (searched one level
+        down). The sample id of a slide is its file name without the extension.
+    out
+        Output folder (created): ``<sample>.zarr`` per slide and ``slides.csv``.
+    model
+        A :class:`bitro.models.BiTro`, the folder of a saved one, or ``None`` for the bundled model.
+    segmentation
+        Nuclei by this method of :func:`bitro.pp.segment_cells` instead of the model's
+        (e.g. ``"watershed"``, faster and coarser).
+    mpp
+        µm per level-0 pixel, for slides whose files do not say (see :func:`bitro.io.wsi`).
+    scheduler
+        ``None``: a :class:`~distributed.LocalCluster` of ``n_workers`` single-threaded worker
+        processes, closed at the end. A scheduler address (``"tcp://host:8786"``) or a
+        :class:`~distributed.Client`: the slides run on that cluster, which is left running.
+    n_workers
+        Worker processes of the local cluster (slides processed at once); each needs the memory of
+        one slide's cells (about 1 GB per 10⁵ cells).
+    overwrite
+        Process every slide again, replacing the stores of slides done before.
+    progress
+        Show a progress bar over slides (default: when ``bt.settings.verbosity`` >= 1).
+
+    Returns
+    -------
+    One row per slide, indexed by sample id: ``slide`` (path), ``store``, ``status`` (``"done"``,
+    ``"done before"`` or ``"failed"``), ``cells``, ``seconds`` and ``error``; the same table as
+    ``out/slides.csv``.
+
+    Examples
+    --------
+    >>> import bitro as bt
+    >>> table = bt.tl.predict_slides("slides/", "predicted/")  # doctest: +SKIP
+    >>> table["status"].value_counts()  # doctest: +SKIP
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from bitro._settings import settings
+
+    out = Path(out).expanduser()
+    n_workers = check_int(n_workers, "n_workers", min_value=1)
+    jobs = _jobs(slides, out)
+    cluster = _client(scheduler, n_workers)
+    out.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(index=pd.Index(list(jobs), name="sample"), columns=COLUMNS, dtype=object)
+    todo = {}
+    for sample, (slide, store) in jobs.items():
+        table.loc[sample, ["slide", "store"]] = [str(slide), str(store)]
+        if store.exists() and not overwrite:
+            table.loc[sample, "status"] = "done before"
+        else:
+            todo[sample] = (slide, store)
+    logger.info("%d slides: %d done before, %d to do", len(jobs), len(jobs) - len(todo), len(todo))
+    _write_manifest(table, out)
+    if todo:
+        show = progress if progress is not None else settings.verbosity >= 1
+        with cluster as client:
+            from distributed import as_completed
+
+            shared = client.scatter(model, broadcast=True) if _is_model(model) else model
+            futures = {
+                client.submit(
+                    _process_slide,
+                    str(slide),
+                    str(store),
+                    sample,
+                    shared,
+                    segmentation,
+                    mpp,
+                    key=f"bitro-slide-{sample}",
+                    pure=False,
+                ): sample
+                for sample, (slide, store) in todo.items()
+            }
+            bar = tqdm(total=len(futures), desc="predict_slides", unit="slide", disable=not show)
+            try:
+                for future in as_completed(futures):
+                    sample = futures[future]
+                    try:
+                        result = future.result()
+                    except Exception as err:  # noqa: BLE001 - recorded per slide; the other slides go on
+                        table.loc[sample, ["status", "error"]] = ["failed", f"{type(err).__name__}: {err}"]
+                        logger.warning("%s failed: %s: %s", sample, type(err).__name__, err)
+                    else:
+                        table.loc[sample, ["status", "cells", "seconds", "error"]] = [
+                            "done",
+                            result["cells"],
+                            result["seconds"],
+                            None,
+                        ]
+                    _write_manifest(table, out)
+                    bar.update()
+            finally:
+                bar.close()
+    failed = int((table["status"] == "failed").sum())
+    logger.info("predict_slides: %d of %d slides done, %d failed (%s)", len(table) - failed, len(table), failed, out)
+    if failed:
+        logger.warning("%d of %d slides failed; their errors are in %s", failed, len(table), out / MANIFEST)
+    return table
+
+
+def _jobs(slides, out: Path) -> dict[str, tuple[Path, Path]]:
+    """``{sample: (slide, store)}``; sample ids must be unique (each names a store)."""
+    from bitro.io._cohort import _slide_paths
+    from bitro.io._common import sanitize_id
+    from bitro.io._wsi import _stem
+
+    if isinstance(slides, str | os.PathLike) and Path(slides).expanduser().suffix.lower() in (".tsv", ".csv", ".txt"):
+        raise ValueError(f"`slides`: {slides} is a table; give slide files or a folder of them.")
+    jobs: dict[str, tuple[Path, Path]] = {}
+    for _, path in _slide_paths(slides):
+        sample = sanitize_id(_stem(path), name="slides")
+        if sample in jobs:
+            raise ValueError(
+                f"`slides`: {jobs[sample][0]} and {path} would both be written to {sample}.zarr; rename one of them."
+            )
+        jobs[sample] = (path, out / f"{sample}.zarr")
+    if not jobs:
+        raise ValueError("`slides`: no slide given.")
+    return jobs
+
+
+def _is_model(model) -> bool:
+    return model is not None and not isinstance(model, str | os.PathLike)
+
+
+def _write_manifest(table, out: Path) -> None:
+    from bitro._store import replace_file
+
+    with replace_file(out / MANIFEST) as tmp:
+        table.to_csv(tmp)
+
+
+class _client:
+    """The cluster to run on: a LocalCluster made (and closed) here, or the caller's, left running."""
+
+    def __init__(self, scheduler, n_workers: int) -> None:
+        from distributed import Client
+
+        if scheduler is not None and not isinstance(scheduler, str | Client):
+            raise TypeError(
+                f"`scheduler` must be None, a scheduler address or a distributed.Client, got {type(scheduler).__name__}."
+            )
+        self.scheduler, self.n_workers = scheduler, n_workers
+        self.made: list = []
+
+    def __enter__(self):
+        from distributed import Client, LocalCluster
+
+        if self.scheduler is None:
+            cluster = LocalCluster(
+                n_workers=self.n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+            client = Client(cluster)
+            self.made = [client, cluster]
+            return client
+        if isinstance(self.scheduler, Client):
+            return self.scheduler
+        client = Client(self.scheduler)
+        self.made = [client]
+        return client
+
+    def __exit__(self, *exc) -> None:
+        for thing in self.made:
+            thing.close()
+
+
+def _process_slide(
+    slide: str, store: str, sample: str, model: Any, segmentation: str | None, mpp: float | None
+) -> dict:
+    """One slide on a worker: read, (segment), predict, write the store once it is whole."""
+    import dask
+
+    import bitro as bt
+    from bitro._store import write_store
+
+    t0 = time.perf_counter()
+    # a worker's tiles run in its own threads: nested cluster tasks would wait on busy workers
+    with dask.config.set(scheduler="threads"):
+        sdata = bt.io.wsi(slide, sample_id=sample, mpp=mpp)
+        if segmentation is not None:
+            bt.pp.segment_cells(sdata, method=segmentation, n_jobs=1)
+        if model is not None and not _is_model(model):
+            model = bt.models.BiTro.load(model)
+        bt.tl.predict(sdata, model)
+        write_store(sdata, store, overwrite=True)
+    cells = int(bt.get.predictions(sdata, level="cells").n_obs)
+    return {"cells": cells, "seconds": round(time.perf_counter() - t0, 1)}
