@@ -28,6 +28,24 @@ def toy_cohort():
     return bt.datasets.toy_bulk_cohort(n_slides=4, n_genes=60, cells_per_slide=600, seed=5)
 
 
+@pytest.fixture(scope="session")
+def _toy_cohort_cells(toy_cohort):
+    """The toy cohort's slides with watershed cells and morphology features (the toy nuclei are flat discs)."""
+    import bitro as bt
+
+    slides = copy.deepcopy(toy_cohort[0])
+    for s in slides:
+        bt.pp.segment_cells(s, method="watershed", progress=False)
+        bt.pp.cell_features(s)
+    return slides
+
+
+@pytest.fixture
+def toy_slides(_toy_cohort_cells):
+    """Copies of the four toy cohort slides with their cells and features (for training and transfer tests)."""
+    return copy.deepcopy(_toy_cohort_cells)
+
+
 @pytest.fixture
 def bitro_log(caplog):
     """``caplog`` that also sees the ``bitro`` logger (which does not propagate to the root logger)."""
@@ -75,3 +93,58 @@ def _toy_sections():
 def toy_sections(_toy_sections):
     """Copies of the four preprocessed toy sections."""
     return copy.deepcopy(_toy_sections)
+
+
+@pytest.fixture
+def cmu_crop(tmp_path):
+    """``cmu_crop(name, y, x, size)``: a crop of CMU-1 (0.499 µm/px) written as a small Aperio slide; returns its path."""
+    from pathlib import Path
+
+    import numpy as np
+    import tifffile
+
+    image = tifffile.imread(Path(__file__).parent / "data" / "wsi" / "CMU-1-Small-Region.svs")
+
+    def crop(name: str, y: int, x: int, size: int, folder=None) -> Path:
+        folder = Path(folder or tmp_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.svs"
+        tifffile.imwrite(
+            path,
+            np.ascontiguousarray(image[y : y + size, x : x + size]),
+            description="Aperio Image Library v12 |AppMag = 20|MPP = 0.499",
+            photometric="rgb",
+        )
+        return path
+
+    return crop
+
+
+@pytest.fixture
+def her2st_crop_files(tmp_path):
+    """A box of HER2ST C3 as legacy ST files (counts, spots, JPEG), pixels 2900-4700 x 2600-4400 (~1.2 mm, ~35 spots)."""
+    import warnings
+    from pathlib import Path
+
+    import pandas as pd
+    from PIL import Image
+
+    src = Path(__file__).parent / "data" / "her2st"
+    x0, y0, size = 2900, 2600, 1800
+    spots = pd.read_csv(src / "ST-spotfiles" / "C3_selection.tsv", sep="\t")
+    inside = spots["pixel_x"].between(x0, x0 + size) & spots["pixel_y"].between(y0, y0 + size)
+    spots = spots[inside].assign(pixel_x=lambda d: d["pixel_x"] - x0, pixel_y=lambda d: d["pixel_y"] - y0)
+    counts = pd.read_csv(src / "ST-cnts" / "C3.tsv.gz", sep="\t", index_col=0)
+    ids = [f"{x}x{y}" for x, y in zip(spots["x"], spots["y"], strict=True)]
+    spots = spots[spots.index.isin(spots.index[[i in counts.index for i in ids]]) & (spots["selected"] == 1)]
+    counts = counts.loc[counts.index.isin(ids)]
+    out = tmp_path / "her2st_crop"
+    out.mkdir()
+    files = [out / "C3.tsv.gz", out / "C3_selection.tsv", out / "C3.jpg"]
+    counts.to_csv(files[0], sep="\t")
+    spots.to_csv(files[1], sep="\t", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # a 92 Mpx scan, our own test data
+        with Image.open(next((src / "ST-imgs").glob("*.jpg"))) as image:
+            image.crop((x0, y0, x0 + size, y0 + size)).save(files[2], quality=95)
+    return files

@@ -256,11 +256,11 @@ def test_features_of_another_kind_are_refused(trained, sections):
         bt.tl.predict(test, trained)
 
 
-def test_he_only_image_gets_pseudo_spots(trained, toy_cohort):
+def test_he_only_image_gets_pseudo_spots(trained, toy_slides):
     """A slide with no spots and no expression: predictions on a grid of pseudo-spots and per cell."""
     import bitro as bt
 
-    slide = copy.deepcopy(toy_cohort[0][0])
+    slide = toy_slides[0]
     del slide.tables["table"]
     bt.tl.predict(slide, trained)
     info = slide.attrs["bitro"]
@@ -275,10 +275,10 @@ def test_he_only_image_gets_pseudo_spots(trained, toy_cohort):
     assert radius == pytest.approx(trained.config["spots"]["radius_um"])
 
 
-def test_bulk_fit_and_slide_prediction(toy_cohort):
+def test_bulk_fit_and_slide_prediction(toy_slides):
     import bitro as bt
 
-    slides = [copy.deepcopy(s) for s in toy_cohort[0]]
+    slides = toy_slides
     model = bt.tl.fit(slides[:3], target="bulk", n_genes=20, val=None, max_epochs=3, progress=False)
     assert model.head == "bulk"
     assert model.config["training"]["validation"] == []

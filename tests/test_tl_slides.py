@@ -15,29 +15,19 @@ import pytest
 
 import bitro as bt
 
-CMU = Path(__file__).parent / "data" / "wsi" / "CMU-1-Small-Region.svs"
 BOXES = {"s1": (512, 1024), "s2": (1024, 1024), "s3": (1536, 1024)}  # tissue-rich 640 px crops (y, x) of CMU-1
 
 
-def _slides(folder: Path) -> Path:
-    """Three small Aperio-style slides cut from CMU-1 (0.499 µm/px) and one corrupt file."""
-    import tifffile
-
-    folder.mkdir()
-    image = tifffile.imread(CMU)
+def _slides(folder: Path, cmu_crop) -> Path:
+    """Three small Aperio slides cut from CMU-1 (0.499 µm/px) and one corrupt file."""
     for name, (y, x) in BOXES.items():
-        tifffile.imwrite(
-            folder / f"{name}.svs",
-            np.ascontiguousarray(image[y : y + 640, x : x + 640]),
-            description="Aperio Image Library v12 |AppMag = 20|MPP = 0.499",
-            photometric="rgb",
-        )
+        cmu_crop(name, y, x, 640, folder=folder)
     (folder / "broken.svs").write_bytes(b"II*\x00" + os.urandom(4000))  # a TIFF header, then noise
     return folder
 
 
-def test_a_killed_run_resumes_and_a_corrupt_slide_is_isolated(tmp_path):
-    slides, out = _slides(tmp_path / "slides"), tmp_path / "out"
+def test_a_killed_run_resumes_and_a_corrupt_slide_is_isolated(tmp_path, cmu_crop):
+    slides, out = _slides(tmp_path / "slides", cmu_crop), tmp_path / "out"
     # 1. the CLI on one worker, killed (the whole process group, like a lost node) once a slide is done
     cmd = [sys.executable, "-m", "bitro", "predict-slides", str(slides), "--out", str(out)]
     cmd += ["--workers", "1", "--segmentation", "watershed"]

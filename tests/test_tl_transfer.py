@@ -12,12 +12,10 @@ import bitro as bt
 
 
 @pytest.fixture(scope="session")
-def bulk_model(toy_cohort):
-    """A bulk model trained on the four toy cohort slides."""
+def bulk_model(_toy_cohort_cells):
+    """A bulk model trained on the four toy cohort slides (watershed cells, as the toy sections it transfers to)."""
 
-    slides = [copy.deepcopy(s) for s in toy_cohort[0]]
-    for s in slides:  # the same segmenter as the toy sections it transfers to (conftest)
-        bt.pp.segment_cells(s, method="watershed", progress=False)
+    slides = copy.deepcopy(_toy_cohort_cells)
     return bt.tl.fit(slides, target="bulk", n_genes=20, val=None, max_epochs=3, seed=0, progress=False)
 
 
@@ -112,12 +110,12 @@ def test_adapter_save_load_gives_identical_predictions(bulk_model, lora_model, t
         lora_model.save(tmp_path / "nope")
 
 
-def test_adapter_refuses_another_base(lora_model, toy_cohort, tmp_path):
+def test_adapter_refuses_another_base(lora_model, toy_slides, tmp_path):
     from bitro.models import BiTro
 
     lora_model.save_adapter(tmp_path / "adapter")
     other = bt.tl.fit(
-        [copy.deepcopy(s) for s in toy_cohort[0]],
+        toy_slides,
         target="bulk",
         n_genes=20,
         val=None,
@@ -165,10 +163,10 @@ def test_merge_adapter_keeps_predictions(lora_model, toy_sections, tmp_path):
     np.testing.assert_array_equal(test["merged_spots"].X, test["reloaded_spots"].X)
 
 
-def test_spot_to_bulk_direction(toy_sections, toy_cohort):
+def test_spot_to_bulk_direction(toy_sections, toy_slides):
 
     spot = bt.tl.fit(toy_sections[:2], n_genes=15, val=None, max_epochs=2, progress=False)
-    slides = [copy.deepcopy(s) for s in toy_cohort[0]]
+    slides = toy_slides
     bulk = bt.tl.transfer(slides[:3], spot, target="bulk", val=None, max_epochs=2, progress=False)
     assert bulk.head == "bulk"
     assert bulk.config["transfer"]["source_kind"] == "spot"
@@ -228,7 +226,7 @@ def test_transfer_is_reproducible_with_a_seed(bulk_model, toy_sections):
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
-def test_adapter_keeps_its_bag_settings_and_other_heads_skip_it(bulk_model, toy_sections, toy_cohort, tmp_path):
+def test_adapter_keeps_its_bag_settings_and_other_heads_skip_it(bulk_model, toy_sections, toy_slides, tmp_path):
     from bitro.models import BiTro
 
     new = bt.tl.transfer(toy_sections[:1], bulk_model, data={"context_um": 0.0}, max_epochs=1, progress=False)
@@ -238,7 +236,7 @@ def test_adapter_keeps_its_bag_settings_and_other_heads_skip_it(bulk_model, toy_
     assert loaded.config["data"]["context_um"] == 0.0
     assert loaded.config["spots"] == new.config["spots"]
     # the bulk head belongs to the base backbone: it predicts as the base model, adapter off
-    a, b = copy.deepcopy(toy_cohort[0][0]), copy.deepcopy(toy_cohort[0][0])
+    a, b = toy_slides[0], copy.deepcopy(toy_slides[0])
     bt.tl.predict(a, loaded, target="bulk")
     bt.tl.predict(b, bulk_model)
     np.testing.assert_allclose(bt.get.predictions(a).X, bt.get.predictions(b).X, atol=1e-6)

@@ -137,9 +137,11 @@ def predict_slides(
                     sample = futures[future]
                     try:
                         result = future.result()
-                    except Exception as err:  # noqa: BLE001 - recorded per slide; the other slides go on
-                        table.loc[sample, ["status", "error"]] = ["failed", f"{type(err).__name__}: {err}"]
-                        logger.warning("%s failed: %s: %s", sample, type(err).__name__, err)
+                    except Exception as err:  # noqa: BLE001 - e.g. a worker that died (KilledWorker); recorded
+                        result = {"error": f"{type(err).__name__}: {err}"}
+                    if "error" in result:
+                        table.loc[sample, ["status", "error"]] = ["failed", result["error"]]
+                        logger.warning("%s failed: %s", sample, result["error"])
                     else:
                         table.loc[sample, ["status", "cells", "seconds", "error"]] = [
                             "done",
@@ -234,14 +236,18 @@ def _process_slide(
     from bitro._store import write_store
 
     t0 = time.perf_counter()
-    # a worker's tiles run in its own threads: nested cluster tasks would wait on busy workers
-    with dask.config.set(scheduler="threads"):
-        sdata = bt.io.wsi(slide, sample_id=sample, mpp=mpp)
-        if segmentation is not None:
-            bt.pp.segment_cells(sdata, method=segmentation, n_jobs=1)
-        if model is not None and not _is_model(model):
-            model = bt.models.BiTro.load(model)
-        bt.tl.predict(sdata, model)
-        write_store(sdata, store, overwrite=True)
+    try:
+        # a worker's tiles run in its own threads: nested cluster tasks would wait on busy workers
+        with dask.config.set(scheduler="threads"):
+            sdata = bt.io.wsi(slide, sample_id=sample, mpp=mpp)
+            if segmentation is not None:
+                bt.pp.segment_cells(sdata, method=segmentation, n_jobs=1)
+            if model is not None and not _is_model(model):
+                model = bt.models.BiTro.load(model)
+            bt.tl.predict(sdata, model)
+            write_store(sdata, store, overwrite=True)
+    except Exception as err:  # noqa: BLE001 - the slide's error goes to the table, not as a worker traceback
+        logger.debug("%s failed", slide, exc_info=True)
+        return {"error": f"{type(err).__name__}: {' '.join(str(err).split())}"}
     cells = int(bt.get.predictions(sdata, level="cells").n_obs)
     return {"cells": cells, "seconds": round(time.perf_counter() - t0, 1)}

@@ -91,9 +91,9 @@ def transfer(
     Examples
     --------
     >>> import bitro as bt
-    >>> slides, cohort = bt.datasets.toy_bulk_cohort(n_slides=4, cells_per_slide=500)
+    >>> slides, cohort = bt.datasets.toy_bulk_cohort(n_slides=3, cells_per_slide=300)
     >>> bulk = bt.tl.fit(slides, target="bulk", n_genes=20, val=None, max_epochs=2, progress=False)
-    >>> sections = [bt.datasets.toy_st(n_spots=16, seed=s, sample_id=f"s{s}") for s in (0, 1)]
+    >>> sections = [bt.datasets.toy_st(n_spots=9, seed=s, sample_id=f"s{s}") for s in (0, 1)]
     >>> spots = bt.tl.transfer(sections, bulk, target="spot", mode="lora", val=["s1"], max_epochs=2, progress=False)
     >>> spots.config["transfer"]["mode"]
     'lora'
