@@ -71,6 +71,7 @@ intersphinx_mapping = {
     "squidpy": ("https://squidpy.readthedocs.io/en/stable/", None),
     "matplotlib": ("https://matplotlib.org/stable/", None),
     "dask": ("https://docs.dask.org/en/stable/", None),
+    "distributed": ("https://distributed.dask.org/en/stable/", None),
     "xarray": ("https://docs.xarray.dev/en/stable/", None),
     "geopandas": ("https://geopandas.org/en/stable/", None),
     "shapely": ("https://shapely.readthedocs.io/en/stable/", None),
@@ -83,7 +84,7 @@ intersphinx_mapping = {
 _ONLINE = bool(os.environ.get("READTHEDOCS") or os.environ.get("BITRO_DOCS_INTERSPHINX"))
 if not _ONLINE:
     intersphinx_mapping = {}
-    _EXTERNAL = r"(numpy|np|pandas|pd|anndata|ad|spatialdata|sd|scanpy|sc|squidpy|geopandas|shapely|torch|lightning|dask|xarray|matplotlib|pathlib|os|collections|typing|skimage|scipy|sklearn|tifffile|PIL)\b.*"
+    _EXTERNAL = r"(numpy|np|pandas|pd|anndata|ad|spatialdata|sd|scanpy|sc|squidpy|geopandas|shapely|torch|lightning|dask|distributed|xarray|matplotlib|pathlib|os|collections|typing|skimage|scipy|sklearn|tifffile|PIL)\b.*"
     nitpick_ignore_regex = [
         (r"py:.*", _EXTERNAL),
         (r"py:class", r"(AnnData|SpatialData|DataFrame|ndarray|Path|PathLike)"),
@@ -99,6 +100,7 @@ nitpick_ignore = [
     ("py:class", "bitro.models._adapters.Head"),
     ("py:class", "bitro.models._model.Prediction"),  # what BiTro.predict_bags returns (a NamedTuple)
     ("py:data", "Ellipsis"),  # tuple[str, ...] in type hints
+    ("py:class", "distributed.client.Client"),  # a type hint; distributed documents it as distributed.Client
 ]
 
 

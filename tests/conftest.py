@@ -95,6 +95,24 @@ def toy_sections(_toy_sections):
     return copy.deepcopy(_toy_sections)
 
 
+@pytest.fixture(scope="session")
+def _her2st_c3():
+    """HER2ST section C3 as read from tests/data (read once: decoding its 92 Mpx JPEG takes seconds)."""
+    from pathlib import Path
+
+    import bitro as bt
+
+    return bt.datasets.her2st("C3", data_dir=Path(__file__).parent / "data" / "her2st")
+
+
+@pytest.fixture
+def her2st_crop(_her2st_c3):
+    """``her2st_crop((x0, y0, x1, y1))``: a new SpatialData of that box (µm) of C3; the shared section is untouched."""
+    from bitro.cli._her2st_predict import crop_section
+
+    return lambda box: crop_section(_her2st_c3, box)
+
+
 @pytest.fixture
 def cmu_crop(tmp_path):
     """``cmu_crop(name, y, x, size)``: a crop of CMU-1 (0.499 µm/px) written as a small Aperio slide; returns its path."""
@@ -122,7 +140,7 @@ def cmu_crop(tmp_path):
 
 @pytest.fixture
 def her2st_crop_files(tmp_path):
-    """A box of HER2ST C3 as legacy ST files (counts, spots, JPEG), pixels 2900-4700 x 2600-4400 (~1.2 mm, ~35 spots)."""
+    """A box of HER2ST C3 as legacy ST files (counts, spots, JPEG): pixels 2900-4000 x 2600-3700 (0.76 mm, ~15 spots)."""
     import warnings
     from pathlib import Path
 
@@ -130,7 +148,7 @@ def her2st_crop_files(tmp_path):
     from PIL import Image
 
     src = Path(__file__).parent / "data" / "her2st"
-    x0, y0, size = 2900, 2600, 1800
+    x0, y0, size = 2900, 2600, 1100
     spots = pd.read_csv(src / "ST-spotfiles" / "C3_selection.tsv", sep="\t")
     inside = spots["pixel_x"].between(x0, x0 + size) & spots["pixel_y"].between(y0, y0 + size)
     spots = spots[inside].assign(pixel_x=lambda d: d["pixel_x"] - x0, pixel_y=lambda d: d["pixel_y"] - y0)
@@ -138,9 +156,10 @@ def her2st_crop_files(tmp_path):
     ids = [f"{x}x{y}" for x, y in zip(spots["x"], spots["y"], strict=True)]
     spots = spots[spots.index.isin(spots.index[[i in counts.index for i in ids]]) & (spots["selected"] == 1)]
     counts = counts.loc[counts.index.isin(ids)]
-    out = tmp_path / "her2st_crop"
-    out.mkdir()
-    files = [out / "C3.tsv.gz", out / "C3_selection.tsv", out / "C3.jpg"]
+    out = tmp_path / "her2st_crop"  # laid out like the her2st repository's data/ (bt.datasets.her2st reads it)
+    files = [out / "ST-cnts" / "C3.tsv.gz", out / "ST-spotfiles" / "C3_selection.tsv", out / "ST-imgs" / "C3_HE.jpg"]
+    for f in files:
+        f.parent.mkdir(parents=True)
     counts.to_csv(files[0], sep="\t")
     spots.to_csv(files[1], sep="\t", index=False)
     with warnings.catch_warnings():

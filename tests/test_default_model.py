@@ -9,7 +9,6 @@ import numpy as np
 
 HER2ST = Path(__file__).parent / "data" / "her2st"
 CROP_UM = (2000.0, 1800.0, 3200.0, 3000.0)  # 1.2 mm square of C3: 35 spots, ~10 000 nuclei
-SMALL_CROP_UM = (2000.0, 1800.0, 2600.0, 2400.0)  # 0.6 mm: 9 spots (the command's plumbing, not accuracy)
 
 
 def test_bundled_model_is_small_attributed_and_safe():
@@ -29,11 +28,10 @@ def test_bundled_model_is_small_attributed_and_safe():
     assert set(model.config["training"]["samples"]) | {"C5"} == {"C2", "C3", "C4", "C5"}
 
 
-def test_bundled_model_predicts_on_a_her2st_crop():
+def test_bundled_model_predicts_on_a_her2st_crop(her2st_crop):
     import bitro as bt
-    from bitro.cli._her2st_predict import crop_section
 
-    sdata = crop_section(bt.datasets.her2st("C3", data_dir=HER2ST), CROP_UM)
+    sdata = her2st_crop(CROP_UM)
     # no model: the bundled one; segmentation etc. run with its settings (uncertainty: tests/test_predictions.py)
     bt.tl.predict(sdata, uncertainty=False)
     table, cells = sdata["table"], sdata["bitro_cells"]
@@ -49,20 +47,23 @@ def test_bundled_model_predicts_on_a_her2st_crop():
     assert scores.loc["C3", "pearson_mean"] > 0.2
 
 
-def test_predict_her2st_command(tmp_path):
+def test_predict_her2st_command(tmp_path, her2st_crop_files):
+    import pandas as pd
     from typer.testing import CliRunner
 
     from bitro.cli import app
 
-    crop = [str(v) for v in SMALL_CROP_UM]
-    result = CliRunner().invoke(app, ["predict-her2st", str(HER2ST), "--out", str(tmp_path), "--crop", *crop])
+    # a 0.76 mm box of C3 written as the her2st repository lays it out (the command's plumbing, not accuracy)
+    data = her2st_crop_files[0].parents[1]
+    result = CliRunner().invoke(app, ["predict-her2st", str(data), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{") :])
-    assert summary["spots"] == 9
+    n_spots = len(pd.read_csv(her2st_crop_files[1], sep="\t"))
+    assert summary["spots"] == n_spots
     assert summary["genes"] == 50
     assert (tmp_path / "C3.zarr").is_dir()
     assert (tmp_path / "C3_predicted_vs_observed.png").stat().st_size > 10_000
     import spatialdata as sd
 
     back = sd.read_zarr(tmp_path / "C3.zarr")
-    assert back["bitro_pred_spots"].shape == (9, 50)
+    assert back["bitro_pred_spots"].shape == (n_spots, 50)

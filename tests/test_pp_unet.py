@@ -33,10 +33,8 @@ def test_bundled_weights_segment_held_out_patients(tiles):
     assert unet["aji"] > ws["aji"]
 
 
-def test_segment_cells_with_the_unet_on_a_real_crop():
-    from bitro.cli._her2st_predict import crop_section
-
-    sdata = crop_section(bt.datasets.her2st("C3", data_dir=DATA / "her2st"), (2000, 1800, 2400, 2200))
+def test_segment_cells_with_the_unet_on_a_real_crop(her2st_crop):
+    sdata = her2st_crop((2000, 1800, 2400, 2200))
     bt.pp.segment_cells(sdata, method="unet", tile_size=512, n_jobs=2)
     cells = sdata[K.CELLS_TABLE_KEY]
     per_mm2 = cells.n_obs / 0.16

@@ -222,14 +222,12 @@ print("copied", len(s.tables))
 
 
 @pytest.mark.parametrize("source", ["toy", "her2st", "visium_sr3"])
-def test_round_trip_then_deep_copy_in_a_subprocess(source, model, predicted, tmp_path):
+def test_round_trip_then_deep_copy_in_a_subprocess(source, model, predicted, tmp_path, her2st_crop):
     if source == "toy":
         sdata = copy.deepcopy(predicted)  # the write below would back the shared fixture by this store
         bt.tl.evaluate(sdata)
     elif source == "her2st":
-        from bitro.cli._her2st_predict import crop_section
-
-        sdata = crop_section(bt.datasets.her2st("C3", data_dir=DATA / "her2st"), (2000, 1800, 2600, 2400))
+        sdata = her2st_crop((2000, 1800, 2600, 2400))
         bt.tl.predict(sdata, n_samples=2)
         bt.tl.evaluate(sdata)
     else:

@@ -33,6 +33,8 @@ def run_her2st(
 
     import bitro as bt
 
+    if crop is not None:
+        _check_box(crop)  # before reading a 92 Mpx image
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
@@ -98,9 +100,7 @@ def crop_section(sdata, box: tuple[float, float, float, float]):
     """The part of ``sdata`` inside ``box`` (x0, y0, x1, y1 in µm of its coordinate system), attrs kept."""
     import spatialdata as sd
 
-    x0, y0, x1, y1 = (float(v) for v in box)
-    if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"`crop` must be x0 y0 x1 y1 with x1 > x0 and y1 > y0 (µm), got {box}.")
+    x0, y0, x1, y1 = _check_box(box)
     cs = _sdata.coordinate_system(sdata)
     out = sd.bounding_box_query(
         sdata, axes=("x", "y"), min_coordinate=[x0, y0], max_coordinate=[x1, y1], target_coordinate_system=cs
@@ -109,3 +109,10 @@ def crop_section(sdata, box: tuple[float, float, float, float]):
         raise ValueError(f"`crop` {box} (µm, coordinate system {cs!r}) holds no spot of the section.")
     out.attrs = {k: (dict(v) if isinstance(v, dict) else v) for k, v in sdata.attrs.items()}
     return _sdata.tidy_tables(out)  # the query leaves regions as one-element lists
+
+
+def _check_box(box) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"`crop` must be x0 y0 x1 y1 with x1 > x0 and y1 > y0 (µm), got {tuple(box)}.")
+    return x0, y0, x1, y1
