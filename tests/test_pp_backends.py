@@ -87,7 +87,7 @@ def tiny_cellpose(_toy_st_session, tmp_path_factory):
         n_epochs=40,
         learning_rate=0.02,
         batch_size=8,
-        bsize=128,
+        bsize=96,
         min_train_masks=1,
         save_path=tmp_path_factory.mktemp("cellpose"),
         model_name="tiny",
