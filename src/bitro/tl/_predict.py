@@ -113,8 +113,10 @@ def predict(
     info = _sdata.info(sdata)
     sample = _sdata.sample_id(sdata)
     prep = model.config["preprocessing"]
-    if head == "spot" and (info.get(K.ATTR_SPOTS) is None or info.get(K.ATTR_SPOTS) not in sdata.shapes):
-        # cells first (no spots yet: "bulk" skips the assignment), then pseudo-spots where they are
+    spots_key, table_key = info.get(K.ATTR_SPOTS), _sdata.recorded(sdata, K.ATTR_TABLE)
+    if head == "spot" and (spots_key not in sdata.shapes or table_key not in sdata.tables):
+        # no spots (or spot circles without their table): cells first ("bulk" skips the assignment),
+        # then pseudo-spots where they are
         ensure_preprocessed(sdata, prep, kind="bulk", features=model.config["features"])
         _add_pseudo_spots(sdata, model)
     ensure_preprocessed(sdata, prep, kind=head, features=model.config["features"])
