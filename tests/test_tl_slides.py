@@ -89,3 +89,25 @@ def test_slides_that_would_share_a_store_are_refused(tmp_path):
     with pytest.raises(TypeError, match="scheduler"):
         bt.tl.predict_slides([tmp_path / "a" / "x.svs"], tmp_path / "out", scheduler=3)
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_stores_are_predicted_in_place_on_a_given_client(tmp_path, cmu_crop):
+    """Stores (as `bitro read` writes them) are predicted where they are; a caller's Client is used and kept."""
+    from distributed import Client
+
+    from bitro._store import write_store
+
+    folder = tmp_path / "stores"
+    for name, (y, x) in list(BOXES.items())[:2]:
+        write_store(bt.io.wsi(cmu_crop(name, y, x, 512)), folder / f"{name}.zarr")
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        table = bt.tl.predict_slides(folder, tmp_path / "out", segmentation="watershed", scheduler=client)
+        assert list(table["status"]) == ["done", "done"]
+        assert list(table["store"]) == [str(folder / "s1.zarr"), str(folder / "s2.zarr")]
+        for sample in ("s1", "s2"):
+            cells = bt.get.predictions(bt.io.read_zarr(folder / f"{sample}.zarr"), level="cells")
+            assert cells.n_obs == table.loc[sample, "cells"] > 20
+        again = bt.tl.predict_slides(folder, tmp_path / "out", scheduler=client)
+        assert list(again["status"]) == ["done before", "done before"]
+        assert client.status == "running"  # the caller's client is not closed
+    assert not list((tmp_path / "out").glob("*.zarr"))  # stores given as input are their own output

@@ -307,7 +307,10 @@ def run(
 
 
 def predict_slides(
-    slides: Annotated[list[Path], typer.Argument(help="Slide files, or one folder of them.", exists=True)],
+    slides: Annotated[
+        list[Path],
+        typer.Argument(help="Slide files, zarr stores (predicted in place), or one folder of them.", exists=True),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <sample>.zarr per slide and slides.csv.")],
     model: Annotated[Path | None, typer.Option(help="A saved model folder; default: the bundled model.")] = None,
     segmentation: Annotated[

@@ -56,10 +56,12 @@ def predict_slides(
     Parameters
     ----------
     slides
-        Slide files (``.svs``, ``.tif``, ``.ndpi``, ...) or a folder of them (searched one level
-        down). The sample id of a slide is its file name without the extension.
+        Slide files (``.svs``, ``.tif``, ``.ndpi``, ...), zarr stores (e.g. the ones ``bitro read
+        cohort`` writes), or a folder of them (slides are searched one level down). The sample id
+        is the file name without the extension. A store is predicted in place (each step writes
+        into it crash-safely) and counts as done once it holds cell predictions.
     out
-        Output folder (created): ``<sample>.zarr`` per slide and ``slides.csv``.
+        Output folder (created): ``<sample>.zarr`` per slide file and ``slides.csv``.
     model
         A :class:`bitro.models.BiTro`, the folder of a saved one, or ``None`` for the bundled model.
     segmentation
@@ -105,7 +107,7 @@ def predict_slides(
     todo = {}
     for sample, (slide, store) in jobs.items():
         table.loc[sample, ["slide", "store"]] = [str(slide), str(store)]
-        if store.exists() and not overwrite:
+        if _finished(slide, store) and not overwrite:
             table.loc[sample, "status"] = "done before"
         else:
             todo[sample] = (slide, store)
@@ -160,16 +162,58 @@ def predict_slides(
     return table
 
 
+def _is_store(path: Path) -> bool:
+    return path.is_dir() and path.suffix == ".zarr"
+
+
+def _finished(slide: Path, store: Path) -> bool:
+    """A slide's store exists (it is written whole, at the end); a store given as input holds predictions."""
+    if slide != store:
+        return store.exists()
+    from bitro import _constants as K
+    from bitro._store import _root_attributes
+
+    info = _root_attributes(store).get(K.ATTRS_KEY, {})
+    return bool(info.get(K.ATTR_PRED_CELLS)) and (store / "tables" / info[K.ATTR_PRED_CELLS]).is_dir()
+
+
+def _inputs(slides) -> list[Path]:
+    """Slide files and zarr stores: paths as given, or the contents of a folder (stores first, then slides)."""
+    from bitro.io._cohort import _SLIDE_SUFFIXES, _slide_paths
+
+    if isinstance(slides, str | os.PathLike):
+        path = Path(slides).expanduser()
+        if path.suffix.lower() in (".tsv", ".csv", ".txt"):
+            raise ValueError(f"`slides`: {slides} is a table; give slide files, zarr stores or a folder of them.")
+        if path.is_dir() and not _is_store(path):
+            stores = sorted(p for p in path.iterdir() if _is_store(p))
+            if stores:  # e.g. the stores `bitro read cohort` wrote, and maybe some slides beside them
+                files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(_SLIDE_SUFFIXES))
+                return stores + files
+        if _is_store(path):
+            return [path]
+        return [p for _, p in _slide_paths(slides)]
+    if isinstance(slides, Sequence):
+        paths = [Path(p).expanduser() for p in slides]
+        stores = [p for p in paths if _is_store(p)]
+        others = [p for p in paths if not _is_store(p)]
+        return stores + ([p for _, p in _slide_paths(others)] if others else [])
+    raise TypeError(f"`slides` must be a path or a list of paths, got {type(slides).__name__}.")
+
+
 def _jobs(slides, out: Path) -> dict[str, tuple[Path, Path]]:
-    """``{sample: (slide, store)}``; sample ids must be unique (each names a store)."""
-    from bitro.io._cohort import _slide_paths
+    """``{sample: (slide, store)}`` (a store given as input is its own output); sample ids must be unique."""
     from bitro.io._common import sanitize_id
     from bitro.io._wsi import _stem
 
-    if isinstance(slides, str | os.PathLike) and Path(slides).expanduser().suffix.lower() in (".tsv", ".csv", ".txt"):
-        raise ValueError(f"`slides`: {slides} is a table; give slide files or a folder of them.")
     jobs: dict[str, tuple[Path, Path]] = {}
-    for _, path in _slide_paths(slides):
+    for path in _inputs(slides):
+        if _is_store(path):
+            sample = sanitize_id(path.stem, name="slides")
+            if sample in jobs:
+                raise ValueError(f"`slides`: {jobs[sample][0]} and {path} are both named {sample}; rename one of them.")
+            jobs[sample] = (path, path)
+            continue
         sample = sanitize_id(_stem(path), name="slides")
         if sample in jobs:
             raise ValueError(
@@ -239,13 +283,15 @@ def _process_slide(
     try:
         # a worker's tiles run in its own threads: nested cluster tasks would wait on busy workers
         with dask.config.set(scheduler="threads"):
-            sdata = bt.io.wsi(slide, sample_id=sample, mpp=mpp)
+            in_place = slide == store  # a store: every step writes into it crash-safely
+            sdata = bt.io.read_zarr(store) if in_place else bt.io.wsi(slide, sample_id=sample, mpp=mpp)
             if segmentation is not None:
                 bt.pp.segment_cells(sdata, method=segmentation, n_jobs=1)
             if model is not None and not _is_model(model):
                 model = bt.models.BiTro.load(model)
             bt.tl.predict(sdata, model)
-            write_store(sdata, store, overwrite=True)
+            if not in_place:
+                write_store(sdata, store, overwrite=True)
     except Exception as err:  # noqa: BLE001 - the slide's error goes to the table, not as a worker traceback
         logger.debug("%s failed", slide, exc_info=True)
         return {"error": f"{type(err).__name__}: {' '.join(str(err).split())}"}
