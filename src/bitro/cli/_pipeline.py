@@ -171,6 +171,9 @@ def fit(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     checkpoint_dir: Annotated[Path | None, typer.Option(help="Training state per epoch; resumes.")] = None,
+    accelerator: Annotated[str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")] = "auto",
+    devices: Annotated[str, typer.Option(help="Devices (a number, or auto).")] = "auto",
+    strategy: Annotated[str, typer.Option(help="Lightning strategy, e.g. ddp for several devices.")] = "auto",
     overwrite: Overwrite = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -188,6 +191,9 @@ def fit(
         lr=lr,
         seed=seed,
         checkpoint_dir=checkpoint_dir,
+        accelerator=accelerator,
+        devices=int(devices) if devices.isdigit() else devices,
+        strategy=strategy,
     )
     model.save(out, overwrite=overwrite)
     echo_json(

@@ -259,7 +259,7 @@ def run_training(module, head: str, td: TrainingData, options: TrainingOptions, 
     module.train()  # a loaded or copied model is in eval mode; dropout (and LoRA dropout) must be on
     interrupted = False
     with tempfile.TemporaryDirectory() as root, warnings.catch_warnings(), _quiet_lightning():
-        # with worker processes (ddp_spawn, ddp_fork) the callbacks run there: rank 0 hands its history back here
+        # with worker processes (e.g. ddp_fork) the callbacks run there: rank 0 hands its history back here
         history.path = Path(root) / "history.pt"
         # Lightning's advice on DataLoader workers and on unused accelerators is not actionable here
         warnings.filterwarnings("ignore", ".*does not have many workers.*")

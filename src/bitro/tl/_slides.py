@@ -74,8 +74,8 @@ def predict_slides(
         processes, closed at the end. A scheduler address (``"tcp://host:8786"``) or a
         :class:`~distributed.Client`: the slides run on that cluster, which is left running.
     n_workers
-        Worker processes of the local cluster (slides processed at once); each needs the memory of
-        one slide's cells (about 1 GB per 10⁵ cells).
+        Worker processes of the local cluster (slides processed at once); each needs ~2 GB for a
+        slide of 10⁵ cells (peak 1.8 GB in ``benchmarks/slide_scaling.py``, torch included).
     overwrite
         Process every slide again, replacing the stores of slides done before.
     progress
