@@ -300,8 +300,26 @@ def test_bulk_fit_and_slide_prediction(toy_slides):
 
 def test_cross_validate_reports_model_and_baselines_on_the_same_folds(sections):
     import bitro as bt
+    from bitro.models._config import data_settings
+    from bitro.models._data import spot_bags
+    from bitro.tl._genes import select_genes
 
-    cv = bt.tl.cross_validate(sections[:3], n_genes=10, max_epochs=2, progress=False)
+    cv, models = bt.tl.cross_validate(sections[:3], n_genes=10, max_epochs=2, progress=False, return_models=True)
+    by_id = {s.attrs["bitro"]["sample_id"]: s for s in sections[:3]}
+    for fold, model in enumerate(models):  # the protocol, checked on what each fold's model recorded
+        test = set(cv.loc[cv["fold"] == fold, "test"])
+        train, val = model.config["training"]["samples"], model.config["training"]["validation"] or []
+        assert train
+        assert not (set(train) | set(val)) & test  # never saw its test section
+        assert set(train) | set(val) | test == set(by_id)
+        # genes and target scaling from the training samples only (not validation, not test)
+        assert model.hvg == select_genes([by_id[i]["table"] for i in train], n_genes=10, batch=train)
+        data = data_settings("spot", model.config["data"])
+        y = np.vstack([spot_bags(by_id[i], data, genes=model.genes).y for i in train])
+        target_mean = model.module.heads["spot"].target_mean.numpy()
+        np.testing.assert_allclose(target_mean, np.nanmean(y, axis=0), rtol=1e-5, atol=1e-6)
+    # BiTro and the baselines are scored on the same spots of each test section
+    assert (cv.groupby(["fold", "test"])["n_obs"].nunique() == 1).all()
     assert sorted(cv["method"].unique()) == ["bitro", "mean", "ridge"]
     assert len(cv) == 9
     assert sorted(cv["test"].unique()) == ["toy0", "toy1", "toy2"]

@@ -19,6 +19,8 @@ from ._metrics import bulk_metrics, pearson_per_gene, spot_metrics
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
+    from bitro.models import BiTro
+
 
 def cross_validate(
     sdatas: Sequence[SpatialData],
@@ -28,8 +30,9 @@ def cross_validate(
     n_folds: int | None = None,
     baselines: bool = True,
     seed: int = 0,
+    return_models: bool = False,
     **fit_kwargs: Any,
-) -> pd.DataFrame:
+) -> pd.DataFrame | tuple[pd.DataFrame, list[BiTro]]:
     """Grouped cross-validation: each fold's test patients are never seen by training or validation.
 
     Folds hold out whole groups (patients when known, else samples): leave-one-group-out for spots
@@ -54,6 +57,9 @@ def cross_validate(
         Also score the mean and ridge baselines.
     seed
         Seed of fold assignment and of training.
+    return_models
+        Also return each fold's model (its ``config["training"]`` records the samples it trained and
+        validated on, so the split can be checked).
     **fit_kwargs
         Passed to :func:`bitro.tl.fit` (``n_genes``, ``max_epochs``, ``data``, ...).
 
@@ -62,7 +68,8 @@ def cross_validate(
     One row per fold, test sample (spots; one per fold for slides) and method (``"bitro"``,
     ``"ridge"``, ``"mean"``) with the metrics of :func:`bitro.tl.evaluate`. ``df.attrs["per_gene"]``
     holds each method's per-gene Pearson averaged over folds (``{method: {gene: r}}``), ready for
-    :func:`bitro.pl.gene_scores`; ``df.attrs["protocol"]`` describes the split.
+    :func:`bitro.pl.gene_scores`; ``df.attrs["protocol"]`` describes the split. With
+    ``return_models=True``: ``(df, models)``, one model per fold.
 
     Examples
     --------
@@ -94,7 +101,7 @@ def cross_validate(
     order = np.random.default_rng(seed).permutation(unique)
     fold_of = {g: i % n_folds for i, g in enumerate(order)}
 
-    rows, per_gene = [], {}
+    rows, per_gene, models = [], {}, []
     for fold in range(n_folds):
         test = [i for i in range(len(ids)) if fold_of[grp[i]] == fold]
         train = [i for i in range(len(ids)) if fold_of[grp[i]] != fold]
@@ -102,6 +109,7 @@ def cross_validate(
         t0 = time.perf_counter()
         model = fit([sdatas[i] for i in train], target=target, groups=[grp[i] for i in train], seed=seed, **fit_kwargs)
         fit_s = time.perf_counter() - t0
+        models.append(model)
         genes = model.genes
         data = data_settings(target, model.config["data"])
         extract = spot_bags if target == "spot" else slide_bags
@@ -144,7 +152,7 @@ def cross_validate(
         f"{'across spots within each test section' if target == 'spot' else 'across test slides'}; "
         f"genes: {fit_kwargs.get('n_genes', 50)} most variable of each fold's training data; seed {seed}"
     )
-    return df
+    return (df, models) if return_models else df
 
 
 def _aggregate(bags_list) -> tuple[np.ndarray, np.ndarray]:
