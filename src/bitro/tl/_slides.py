@@ -101,7 +101,7 @@ def predict_slides(
     out = Path(out).expanduser()
     n_workers = check_int(n_workers, "n_workers", min_value=1)
     jobs = _jobs(slides, out)
-    cluster = _client(scheduler, n_workers)
+    cluster = _Cluster(scheduler, n_workers)
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(index=pd.Index(list(jobs), name="sample"), columns=COLUMNS, dtype=object)
     todo = {}
@@ -236,7 +236,7 @@ def _write_manifest(table, out: Path) -> None:
         table.to_csv(tmp)
 
 
-class _client:
+class _Cluster:
     """The cluster to run on: a LocalCluster made (and closed) here, or the caller's, left running."""
 
     def __init__(self, scheduler, n_workers: int) -> None:
