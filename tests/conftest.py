@@ -144,6 +144,7 @@ def her2st_crop_files(tmp_path):
     import warnings
     from pathlib import Path
 
+    import numpy as np
     import pandas as pd
     from PIL import Image
 
@@ -154,7 +155,8 @@ def her2st_crop_files(tmp_path):
     spots = spots[inside].assign(pixel_x=lambda d: d["pixel_x"] - x0, pixel_y=lambda d: d["pixel_y"] - y0)
     counts = pd.read_csv(src / "ST-cnts" / "C3.tsv.gz", sep="\t", index_col=0)
     ids = [f"{x}x{y}" for x, y in zip(spots["x"], spots["y"], strict=True)]
-    spots = spots[spots.index.isin(spots.index[[i in counts.index for i in ids]]) & (spots["selected"] == 1)]
+    has_counts = np.array([i in counts.index for i in ids], dtype=bool)
+    spots = spots[has_counts & (spots["selected"].to_numpy() == 1)]  # selected spots with counts
     counts = counts.loc[counts.index.isin(ids)]
     out = tmp_path / "her2st_crop"  # laid out like the her2st repository's data/ (bt.datasets.her2st reads it)
     files = [out / "ST-cnts" / "C3.tsv.gz", out / "ST-spotfiles" / "C3_selection.tsv", out / "ST-imgs" / "C3_HE.jpg"]
