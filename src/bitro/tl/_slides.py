@@ -188,7 +188,12 @@ def _inputs(slides) -> list[Path]:
         if path.is_dir() and not _is_store(path):
             stores = sorted(p for p in path.iterdir() if _is_store(p))
             if stores:  # e.g. the stores `bitro read cohort` wrote, and maybe some slides beside them
-                files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(_SLIDE_SUFFIXES))
+                # slides beside them, one level down as well (as for a folder of slides alone)
+                near = [
+                    *path.iterdir(),
+                    *(p for d in path.iterdir() if d.is_dir() and not _is_store(d) for p in d.iterdir()),
+                ]
+                files = sorted(p for p in near if p.is_file() and p.name.lower().endswith(_SLIDE_SUFFIXES))
                 return stores + files
         if _is_store(path):
             return [path]
