@@ -15,6 +15,7 @@ SRC = ROOT / "src" / "bitro"
 OPTIONAL = {
     "cellpose": "the cellpose backend, extra `bitro[cellpose]`",
     "distributed": "used only when a dask.distributed client is already active",
+    "timm": "foundation encoders in the timm format, extra `bitro[timm]`",
 }
 """Modules imported only where an optional feature runs (each behind a clear error or a check)."""
 NOT_IMPORTED = {

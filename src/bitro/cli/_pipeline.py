@@ -147,17 +147,31 @@ def segment(
 
 def features(
     store: Annotated[Path, STORE],
-    method: Annotated[str, typer.Option(help="morphology, or encoder (with --encoder).")] = "morphology",
-    encoder: Annotated[str | None, typer.Option(help="Encoder folder or hub id (method encoder).")] = None,
-    mpp: Annotated[float | None, typer.Option(help="Measure at this µm/px (a model's).")] = None,
+    method: Annotated[str, typer.Option(help="morphology, encoder or morphology+encoder.")] = "morphology",
+    encoder: Annotated[
+        str | None,
+        typer.Option(
+            help="A named encoder (python -c 'import bitro; print(bitro.models.encoders())'), folder or hub id."
+        ),
+    ] = None,
+    encoder_path: Annotated[Path | None, typer.Option(help="Local copy of a named encoder (offline).")] = None,
+    mode: Annotated[
+        str, typer.Option(help="crop (one per cell) or tile (patch tokens pooled under each cell).")
+    ] = "crop",
+    device: Annotated[str | None, typer.Option(help="torch device (default: bt.settings.device).")] = None,
+    mpp: Annotated[
+        float | None, typer.Option(help="Measure at this µm/px (default: the encoder's, or the image's).")
+    ] = None,
     verbose: Verbose = 0,
 ) -> None:
-    """Compute the cell features of the store's cells layer."""
+    """Compute the cell features of the store's cells layer (kept when the same features are already there)."""
     import bitro as bt
 
     set_verbosity(verbose, progress=True)
     sdata = open_store(store)
-    bt.pp.cell_features(sdata, method=method, encoder=encoder, mpp=mpp)
+    bt.pp.cell_features(
+        sdata, method=method, encoder=encoder, encoder_path=encoder_path, mode=mode, device=device, mpp=mpp
+    )
     echo_json(_summary(sdata))
 
 

@@ -1,7 +1,8 @@
 """The BiTro cell-level multiple-instance-learning model (torch + Lightning).
 
 :class:`BiTro` is what :func:`bitro.tl.fit` returns and :func:`bitro.tl.predict` applies;
-:class:`BiTroModule` is its network (pure torch) and :class:`TrainingPlan` its Lightning loop.
+:class:`BiTroModule` is its network (pure torch) and :class:`TrainingPlan` its Lightning loop;
+:func:`encoders` lists the named image encoders :func:`bitro.pp.cell_features` can load.
 Importing this submodule stays cheap: torch loads on first use of a class.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
+
+from bitro.pp._encoder_zoo import encoders
 
 from ._default import default_model, default_model_path
 
@@ -35,6 +38,7 @@ __all__ = [
     "TrainingPlan",
     "default_model",
     "default_model_path",
+    "encoders",
 ]
 
 

@@ -1,7 +1,7 @@
 """Image encoders for :func:`bitro.pp.cell_features` (``method="encoder"``).
 
-An encoder is a folder with ``config.json`` and ``model.safetensors`` (weights only: nothing that
-runs code when loaded), or a Hugging Face hub id of such a folder. ``config.json`` holds::
+bitro's own encoder format (the bundled offline encoder is one) is a folder with ``config.json`` and
+``model.safetensors`` (weights only: nothing that runs code when loaded). ``config.json`` holds::
 
     {
         "architecture": "small_cnn",  # a name registered in ARCHITECTURES
@@ -9,7 +9,10 @@ runs code when loaded), or a Hugging Face hub id of such a folder. ``config.json
         "input_size": 32,  # side of the square crop, in pixels
         "mean": [0.5, 0.5, 0.5],
         "std": [0.25, 0.25, 0.25],
-    }  # per RGB channel, on [0, 1] values
+    }  # per RGB channel, on [0, 1] values; optional "mpp" and "crop_um": the scale it was trained at
+
+Named foundation encoders and the transformers / timm formats are loaded by ``_encoder_load``; the
+crop and tile feature paths live here and in ``_encoder_tiles``.
 
 This module imports torch at the top; only import it inside functions (``import bitro`` stays light).
 """
@@ -72,8 +75,16 @@ def save_encoder(
     input_size: int,
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
     std: tuple[float, float, float] = (0.25, 0.25, 0.25),
+    mpp: float | None = None,
+    crop_um: float | None = None,
+    **extra,
 ) -> Path:
-    """Write ``model`` as an encoder folder (``config.json`` + ``model.safetensors``) that :func:`load_encoder` reads."""
+    """Write ``model`` as an encoder folder (``config.json`` + ``model.safetensors``) that :func:`load_encoder` reads.
+
+    ``mpp`` (µm per pixel of the input) and ``crop_um`` (side of a cell's crop) record the scale the
+    encoder was trained at; :func:`bitro.pp.cell_features` uses them when the caller gives none.
+    ``extra`` keys (e.g. provenance) are stored as they are.
+    """
     from safetensors.torch import save_file
 
     from bitro import __version__
@@ -88,6 +99,9 @@ def save_encoder(
         "input_size": int(input_size),
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
+        **({"mpp": float(mpp)} if mpp is not None else {}),
+        **({"crop_um": float(crop_um)} if crop_um is not None else {}),
+        **extra,
         "bitro_version": __version__,
     }
     (path / CONFIG_NAME).write_text(json.dumps(config, indent=2))
@@ -95,42 +109,15 @@ def save_encoder(
     return path
 
 
-def resolve_encoder(encoder: str | os.PathLike) -> Path:
-    """The local folder of ``encoder``: an existing path, or a hub id fetched with ``huggingface_hub``."""
-    text = os.fspath(encoder)
-    path = Path(text).expanduser()
-    if path.exists() or not _HUB_ID.match(text):
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"`encoder`: {text!r} is not a folder (expected one with {CONFIG_NAME} and {WEIGHTS_NAME}, "
-                "or a Hugging Face hub id 'owner/name')."
-            )
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as err:  # pragma: no cover - huggingface_hub is a dependency of the deep stack
-        raise ImportError(
-            f"`encoder`: loading hub id {text!r} needs `huggingface_hub` (pip install huggingface_hub)."
-        ) from err
-    patterns = [CONFIG_NAME, WEIGHTS_NAME]
-    try:  # the cache first: works offline
-        return Path(snapshot_download(text, allow_patterns=patterns, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached: try the hub
-        pass
-    try:
-        return Path(snapshot_download(text, allow_patterns=patterns))
-    except Exception as err:
-        raise FileNotFoundError(
-            f"`encoder`: {text!r} is neither a local folder nor a reachable Hugging Face hub repository "
-            f"({type(err).__name__}: {err}). Offline, download it first or pass a local path."
-        ) from err
-
-
 def load_encoder(encoder: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """The model (eval mode, on CPU) and config of an encoder folder or hub id."""
+    """The model (eval mode, on CPU) and config of a bitro encoder folder (any format: ``_encoder_load``)."""
     from bitro._files import read_json, read_weights
 
-    path = resolve_encoder(encoder)
+    path = Path(encoder).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"`encoder`: {os.fspath(encoder)!r} is not a folder (expected {CONFIG_NAME} and {WEIGHTS_NAME})."
+        )
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (path / name).is_file():
             raise FileNotFoundError(f"`encoder`: {os.fspath(encoder)!r} has no {name} (looked in {path}).")
@@ -205,49 +192,61 @@ def crop_batch(
     return F.grid_sample(patches, torch.from_numpy(grid), mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def encode_cells(image, geometry, mpp, tile_size, encoder, crop_um, batch_size, device):
-    """Encoder features of cell-centred crops of ``crop_um`` µm, tile by tile; returns ``(values, names, params)``."""
+def encode_cells(
+    image, geometry, mpp: float, model, *, crop_um: float, batch_size: int, tile_size: int, device
+) -> np.ndarray:
+    """Embeddings (cells x ``model.out_dim``) of cell-centred crops of ``crop_um`` µm, read tile by tile.
+
+    ``model`` is a :class:`bitro.pp._encoder_load.CellEncoder` on ``device``; ``image`` a level-0
+    ``(c, y, x)`` array (or view) whose pixels are ``mpp`` µm, the scale ``geometry`` is in.
+    """
     import shapely
-    import torch
 
-    from ._windows import read_rgb, tiles
+    from ._windows import tiles
 
-    model, config = load_encoder(encoder)
-    dev = resolve_device(device)
-    model = model.to(dev)
-    size = int(config["input_size"])
-    mean = torch.tensor(config["mean"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(config["std"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    size = model.input_size
+    mean, std = _normaliser(model, device)
     n = len(geometry)
     _, height, width = image.shape
-    out_dim = int(model.out_dim)
-    values = np.full((n, out_dim), np.nan, dtype=np.float32)
+    values = np.full((n, model.out_dim), np.nan, dtype=np.float32)
     side_px = crop_um / mpp
     pad = int(np.ceil(side_px / 2)) + 3
     centroids = shapely.get_coordinates(shapely.centroid(geometry)) if n else np.zeros((0, 2))
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device):
         for cells in tiles(centroids, width, height, tile_size) if n else []:
             c = centroids[cells]
-            wx0 = int(np.floor(c[:, 0].min())) - pad
-            wy0 = int(np.floor(c[:, 1].min())) - pad
-            wx1 = int(np.ceil(c[:, 0].max())) + pad + 1
-            wy1 = int(np.ceil(c[:, 1].max())) + pad + 1
-            window = np.ones((wy1 - wy0, wx1 - wx0, 3), dtype=np.float32)  # white beyond the image
-            rx0, ry0, rx1, ry1 = max(wx0, 0), max(wy0, 0), min(wx1, width), min(wy1, height)
-            if rx1 > rx0 and ry1 > ry0:
-                window[ry0 - wy0 : ry1 - wy0, rx0 - wx0 : rx1 - wx0] = read_rgb(image, rx0, ry0, rx1, ry1)
+            x0, y0 = int(np.floor(c[:, 0].min())) - pad, int(np.floor(c[:, 1].min())) - pad
+            x1, y1 = int(np.ceil(c[:, 0].max())) + pad + 1, int(np.ceil(c[:, 1].max())) + pad + 1
+            window = padded_window(image, x0, y0, x1, y1)
             for b in range(0, len(cells), batch_size):
                 sel = slice(b, b + batch_size)
-                crops = crop_batch(window, (wx0, wy0), c[sel], side_px, size).to(dev)
-                feats = model((crops - mean) / std)
-                values[cells[sel]] = feats.float().cpu().numpy()
-    names = [f"enc_{i}" for i in range(out_dim)]
-    params = {
-        "encoder": os.fspath(encoder),
-        "architecture": config["architecture"],
-        "input_size": size,
-        "crop_um": crop_um,
-        "batch_size": batch_size,
-        "device": str(dev),
-    }
-    return values, names, params
+                crops = crop_batch(window, (x0, y0), c[sel], side_px, size).to(device)
+                values[cells[sel]] = model((crops - mean) / std).float().cpu().numpy()
+    return values
+
+
+def padded_window(image, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """RGB float32 window (h, w, 3) of ``[y0, y1) x [x0, x1)``, white beyond the image."""
+    from ._windows import read_rgb
+
+    _, height, width = image.shape
+    window = np.ones((y1 - y0, x1 - x0, 3), dtype=np.float32)
+    rx0, ry0, rx1, ry1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if rx1 > rx0 and ry1 > ry0:
+        window[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = read_rgb(image, rx0, ry0, rx1, ry1)
+    return window
+
+
+def _normaliser(model, device) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(model.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
+def _autocast(device: torch.device):
+    """Half precision on CUDA (the encoders are trained in mixed precision); full precision elsewhere."""
+    import contextlib
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()

@@ -18,7 +18,8 @@ from ._windows import tiles
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-_METHODS = ("morphology", "encoder")
+_METHODS = ("morphology", "encoder", "morphology+encoder")
+_MODES = ("crop", "tile")
 
 # morphology constants (recorded in uns[key_added]["params"])
 RING_UM = 2.0
@@ -63,8 +64,10 @@ def cell_features(
     image_key: str | None = None,
     tile_size: int = 2048,
     encoder: str | os.PathLike | None = None,
-    crop_um: float = 32.0,
-    batch_size: int = 256,
+    encoder_path: str | os.PathLike | None = None,
+    mode: str = "crop",
+    crop_um: float | None = None,
+    batch_size: int | None = None,
     device: str | None = None,
     mpp: float | None = None,
     copy: bool = False,
@@ -93,16 +96,25 @@ def cell_features(
     data only (the model does this), never per slide. A nucleus too small to cover a pixel centre is
     measured at the pixel under its centroid.
 
-    ``method="encoder"`` runs an image encoder on cell-centred RGB crops of ``crop_um`` µm resampled
-    (bilinear) to the encoder's input size, in batches on ``device``; the crops are padded with white
-    beyond the image.
+    ``method="encoder"`` runs an image encoder: a name of :func:`bitro.models.encoders` (UNI, Virchow2,
+    H-optimus, Phikon, DINOv2, ...; loaded from the Hugging Face cache or hub, or from
+    ``encoder_path``), a folder (bitro, ``transformers`` or ``timm`` layout) or a hub id. With
+    ``mode="crop"`` each cell gets one crop of ``crop_um`` µm centred on it, resampled (bilinear) to the
+    encoder's input size, padded with white beyond the image. With ``mode="tile"`` the image is cut
+    into overlapping tiles of the encoder's input size, each tile goes through the encoder once, and a
+    cell's feature is the mean of the patch tokens under its polygon weighted by the area it covers
+    (tens of times fewer forwards than crops; the cell sees the tile's context). Either way the image is
+    read at the encoder's pixel size when it is known (``mpp`` overrides), in batches on ``device``, in
+    half precision on CUDA. Features already in the table from the same encoder and settings are kept:
+    a slide is never featurised twice (delete ``obsm[key_added]`` to force it).
+    ``method="morphology+encoder"`` concatenates the two.
 
     Parameters
     ----------
     sdata
         A :class:`spatialdata.SpatialData` with a cells layer (``sdata.attrs["bitro"]`` names it).
     method
-        ``"morphology"`` or ``"encoder"``.
+        ``"morphology"``, ``"encoder"`` or ``"morphology+encoder"``.
     key_added
         The ``obsm`` and ``uns`` key of the cells table to write.
     image_key
@@ -110,12 +122,17 @@ def cell_features(
     tile_size
         Side of the tiles, in level-0 pixels.
     encoder
-        ``method="encoder"`` only: a folder with ``config.json`` and ``model.safetensors`` (see
-        ``bitro.pp._encoder``), or a Hugging Face hub id of one.
+        Encoder methods only: a name listed by :func:`bitro.models.encoders`, a local folder, or a Hugging
+        Face hub id.
+    encoder_path
+        A local copy of a named encoder's repository (offline; nothing is downloaded).
+    mode
+        ``"crop"`` (a crop per cell) or ``"tile"`` (patch tokens of tiles pooled under each cell).
     crop_um
-        ``method="encoder"`` only: side of the crop around each cell, in µm.
+        ``mode="crop"`` only: side of the crop around each cell, in µm; by default the one the encoder
+        was trained with, else its input size at its pixel size, else 32.
     batch_size
-        ``method="encoder"`` only: crops per forward pass.
+        Images per forward pass: crops (default 256) or tiles (default 8).
     device
         ``method="encoder"`` only: the torch device; by default ``bt.settings.device``.
     mpp
@@ -141,13 +158,19 @@ def cell_features(
     21
     """
     method = check_choice(method, "method", _METHODS)
+    mode = check_choice(mode, "mode", _MODES)
     tile_size = check_int(tile_size, "tile_size", min_value=16)
     key_added = check_name(key_added, "key_added")
-    if method == "encoder":
+    deep = method != "morphology"
+    if deep:
         if encoder is None:
-            raise ValueError('`encoder` is required with method="encoder" (a local folder or a hub id).')
-        crop_um = check_float(crop_um, "crop_um", min_value=0, max_value=1000, strict_min=True)
-        batch_size = check_int(batch_size, "batch_size", min_value=1)
+            raise ValueError(
+                f'`encoder` is required with method="{method}": a name of bt.models.encoders(), a folder or a hub id.'
+            )
+        if crop_um is not None:
+            crop_um = check_float(crop_um, "crop_um", min_value=0, max_value=1000, strict_min=True)
+        if batch_size is not None:
+            batch_size = check_int(batch_size, "batch_size", min_value=1)
     sdata = _sdata.copy_or_self(sdata, copy)
 
     info = _sdata.info(sdata)
@@ -159,7 +182,24 @@ def cell_features(
             "bt.pp.segment_cells first."
         )
     img_key = _sdata.image_key(sdata, image_key if image_key is not None else info.get(K.ATTR_CELLS_IMAGE))
+    model = None
+    if deep:
+        from ._encoder_load import load_cell_encoder
+
+        model = load_cell_encoder(encoder, path=encoder_path)
+        if mpp is None and model.mpp is not None:
+            mpp = model.mpp  # read the image at the scale the encoder was trained at
     target_mpp, mpp = mpp, _sdata.image_mpp(sdata, img_key)
+    table = sdata.tables[table_key]
+    if deep:
+        settings = _encoder_settings(model, encoder, mode, crop_um, target_mpp or mpp)
+        done = table.uns.get(key_added, {})
+        if key_added in table.obsm and done.get("method") == method and _same(done.get("params", {}), settings):
+            logger.info(
+                "%s.obsm[%r] already holds these %s features (%s); kept. Delete it to recompute.",
+                table_key, key_added, method, settings["encoder"],
+            )  # fmt: skip
+            return sdata if copy else None
     table = _sdata.editable_table(sdata, table_key)
     geometry = _cell_geometry(sdata[shapes_key], table.obs[K.CELL_ID_KEY].to_numpy())
     image = _sdata.level0(sdata.images[img_key]).data
@@ -179,25 +219,22 @@ def cell_features(
             mpp = target
 
     start = time.perf_counter()
-    if method == "morphology":
+    values, names, params = np.zeros((len(geometry), 0), np.float32), [], {"image_key": img_key, "mpp": mpp}
+    if method in ("morphology", "morphology+encoder"):
         values, names = _morphology(image, geometry, mpp, int(tile_size))
-        params = {
-            "image_key": img_key,
+        params.update({
             "tile_size": int(tile_size),
-            "mpp": mpp,
             "ring_um": RING_UM,
             "density_radius_um": DENSITY_RADIUS_UM,
             "n_neighbors": N_NEIGHBORS,
             "h_range": list(H_RANGE),
             "glcm_levels": GLCM_LEVELS,
-        }
-    else:
-        from ._encoder import encode_cells
-
-        values, names, params = encode_cells(
-            image, geometry, mpp, int(tile_size), encoder, float(crop_um), int(batch_size), device
-        )
-        params = {"image_key": img_key, "tile_size": int(tile_size), "mpp": mpp, **params}
+        })  # fmt: skip
+    if deep:
+        deep_values = _encode(image, geometry, mpp, model, settings, batch_size, int(tile_size), device)
+        values = np.concatenate([values, deep_values], axis=1)
+        names = names + [f"enc_{i}" for i in range(deep_values.shape[1])]
+        params.update({**settings, "batch_size": batch_size or (8 if mode == "tile" else 256)})
     elapsed = time.perf_counter() - start
 
     table.obsm[key_added] = np.ascontiguousarray(values, dtype=np.float32)
@@ -474,3 +511,34 @@ def _morphology(image, geometry: np.ndarray, mpp: float, tile_size: int) -> tupl
 
 
 # --- encoder -------------------------------------------------------------------------------------
+def _encoder_settings(model, encoder, mode: str, crop_um: float | None, mpp: float) -> dict:
+    """What the features depend on: the encoder (and its weights' fingerprint), the mode, crop and scale."""
+    if crop_um is None:
+        crop_um = model.crop_um or (model.input_size * model.mpp if model.mpp is not None else 32.0)
+    return {
+        "encoder": os.fspath(encoder),
+        "format": model.kind,
+        "architecture": model.architecture,
+        "fingerprint": model.fingerprint,
+        "input_size": model.input_size,
+        "mode": mode,
+        "crop_um": float(crop_um) if mode == "crop" else None,
+        "encoder_mpp": float(mpp),
+    }
+
+
+def _same(params: dict, settings: dict) -> bool:
+    return all(params.get(key) == value for key, value in settings.items())
+
+
+def _encode(image, geometry, mpp, model, settings, batch_size, tile_size, device) -> np.ndarray:
+    """Deep features of every cell, by crops or by tiles, on ``device``."""
+    from ._encoder import encode_cells, resolve_device
+    from ._encoder_tiles import encode_tiles
+
+    dev = resolve_device(device)
+    model.to(dev)
+    if settings["mode"] == "tile":
+        return encode_tiles(image, geometry, model, batch_size=batch_size or 8, device=dev)
+    return encode_cells(image, geometry, mpp, model, crop_um=settings["crop_um"], batch_size=batch_size or 256,
+                        tile_size=tile_size, device=dev)  # fmt: skip
