@@ -18,31 +18,40 @@ from pathlib import Path
 SECTIONS = ("C2", "C3", "C4", "C5")
 
 
-def prepare(section: str, data_dir: Path, out: Path):
-    """Return the prepared section ``section``, computing and caching it under ``out`` when missing."""
+def prepare(section: str, data_dir: Path, out: Path, features: dict | None = None, label: str | None = None):
+    """Return the prepared section ``section``, computing and caching it under ``out`` when missing.
+
+    ``features`` (options of ``bt.pp.cell_features``) replaces the default features; such a section is
+    made from the default one (the same cells) and cached in its own folder, ``{segmentation}_{label}``.
+    """
     import spatialdata as sd
 
     import bitro as bt
     from bitro.tl._preprocess import DEFAULT_PREPROCESSING
 
     prep = DEFAULT_PREPROCESSING
-    folder = out / f"{prep['segmentation']['method']}_{prep['features']['method']}"
+    label = label or prep["features"]["method"]
+    folder = out / f"{prep['segmentation']['method']}_{label}"
     folder.mkdir(parents=True, exist_ok=True)
     store = folder / f"{section}.zarr"
     if (store / "zarr.json").exists() or (store / ".zgroup").exists():
         return sd.read_zarr(store)
     t0 = time.perf_counter()
-    sdata = bt.datasets.her2st(section, data_dir=data_dir)
-    bt.pp.segment_cells(sdata, **prep["segmentation"], progress=False)
-    bt.pp.cell_features(sdata, **prep["features"])
-    bt.pp.assign_cells(sdata, **prep["assign"])
-    bt.pp.cell_graph(sdata, **prep["graph"])
+    if features is not None:
+        sdata = prepare(section, data_dir, out)  # the default section: same cells, assignment and graph
+        bt.pp.cell_features(sdata, **features)
+    else:
+        sdata = bt.datasets.her2st(section, data_dir=data_dir)
+        bt.pp.segment_cells(sdata, **prep["segmentation"], progress=False)
+        bt.pp.cell_features(sdata, **prep["features"])
+        bt.pp.assign_cells(sdata, **prep["assign"])
+        bt.pp.cell_graph(sdata, **prep["graph"])
     tmp = folder / f"{section}.tmp.zarr"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sdata.write(tmp, overwrite=True)
     tmp.rename(store)
-    print(f"{section}: {sdata['bitro_cells'].n_obs} cells in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"{section} ({label}): {sdata['bitro_cells'].n_obs} cells in {time.perf_counter() - t0:.0f} s", flush=True)
     return sd.read_zarr(store)
 
 

@@ -303,6 +303,7 @@ def test_cross_validate_reports_model_and_baselines_on_the_same_folds(sections):
     from bitro.models._config import data_settings
     from bitro.models._data import spot_bags
     from bitro.tl._genes import select_genes
+    from bitro.tl._metrics import pearson_per_gene
 
     cv, models = bt.tl.cross_validate(sections[:3], n_genes=10, max_epochs=2, progress=False, return_models=True)
     by_id = {s.attrs["bitro"]["sample_id"]: s for s in sections[:3]}
@@ -318,6 +319,13 @@ def test_cross_validate_reports_model_and_baselines_on_the_same_folds(sections):
         y = np.vstack([spot_bags(by_id[i], data, genes=model.genes).y for i in train])
         target_mean = model.module.heads["spot"].target_mean.numpy()
         np.testing.assert_allclose(target_mean, np.nanmean(y, axis=0), rtol=1e-5, atol=1e-6)
+        # the score to choose settings by comes from the validation section, never the test section
+        val_score = cv.loc[(cv["fold"] == fold) & (cv["method"] == "bitro"), "val_pearson_hvg_mean"]
+        assert val_score.notna().all() == bool(val)
+        if val:
+            bags = spot_bags(by_id[val[0]], data, genes=model.genes)
+            r = pd.Series(pearson_per_gene(bags.y, model.predict_bags(bags)[0]), index=model.genes)
+            assert val_score.iloc[0] == pytest.approx(r[model.hvg[:50]].mean(), abs=1e-6)
     # BiTro and the baselines are scored on the same spots of each test section
     assert (cv.groupby(["fold", "test"])["n_obs"].nunique() == 1).all()
     assert sorted(cv["method"].unique()) == ["bitro", "mean", "ridge"]

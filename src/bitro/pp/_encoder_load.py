@@ -106,11 +106,19 @@ class CellEncoder(nn.Module):
 
 
 def load_cell_encoder(encoder: str | os.PathLike, *, path: str | os.PathLike | None = None) -> CellEncoder:
-    """The encoder ``encoder`` (a name of :func:`bitro.models.encoders`, a folder or a hub id), in eval mode on CPU.
+    """The encoder ``encoder`` (``"bitro"``, a name of :func:`bitro.models.encoders`, a folder or a hub id), on CPU.
 
     ``path``: a local copy of a named encoder's repository (works offline; nothing is downloaded).
     """
     text = os.fspath(encoder)
+    if text == "bitro":  # the bundled offline encoder
+        from ._encoder_zoo import BUNDLED
+
+        if path is not None:
+            raise ValueError("`encoder_path` is for named foundation encoders; 'bitro' is bundled with the package.")
+        model = _load_folder(BUNDLED, "bitro")
+        model.fingerprint = _fingerprint(BUNDLED)
+        return model.eval()
     spec = find_spec(text) if isinstance(encoder, str) else None
     if spec is None and path is not None:
         raise ValueError(
@@ -269,13 +277,18 @@ def _transformers(folder: Path, text: str, *, spec: EncoderSpec | None) -> CellE
     from bitro._files import read_json
     from bitro._logging import logger
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a bar per load is noise in a pipeline
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()  # a bar and a load report per load are noise in a pipeline
+    hf_logging.set_verbosity_error()
+    config = read_json(folder / "config.json", what="encoder's settings")
+    # ViT's pooler (a dense layer on the class token) is not the embedding: leave it out
+    extra = {"add_pooling_layer": False} if config.get("model_type") == "vit" else {}
     try:
-        net = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        net = AutoModel.from_pretrained(str(folder), local_files_only=True, **extra)
     except Exception as err:
         raise ValueError(f"`encoder`: {folder} did not load with transformers ({type(err).__name__}: {err}).") from err
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
     if spec is not None:

@@ -12,7 +12,10 @@ This module imports nothing heavy (``import bitro`` stays light).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+BUNDLED = Path(__file__).parent / "cell_encoder"
+"""bitro's own offline cell encoder (``scripts/train_cell_encoder.py``), ``encoder="bitro"``."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -163,7 +166,8 @@ def encoders():
     Returns
     -------
     A :class:`pandas.DataFrame` indexed by name with the Hugging Face ``repo``, ``format``
-    (``transformers``, or ``timm`` which needs ``pip install bitro[timm]``), embedding ``dim``,
+    (``transformers``, or ``timm`` which needs ``pip install bitro[timm]``; ``bitro`` for the bundled
+    offline encoder, ``encoder="bitro"``), embedding ``dim``,
     ``input_size`` (px), ``mpp`` (µm per pixel of the input), ``output`` (how the embedding is read),
     ``licence`` and ``gated`` (the repository asks users to accept its terms: request access on its
     page, then log in with ``hf auth login`` or set ``HF_TOKEN``).
@@ -179,7 +183,18 @@ def encoders():
     """
     import pandas as pd
 
-    rows = [
+    rows = []
+    if (BUNDLED / "config.json").is_file():
+        import json
+
+        config = json.loads((BUNDLED / "config.json").read_text())
+        rows.append({
+            "name": "bitro", "repo": "bundled (no download)", "format": "bitro", "dim": config["args"]["out_dim"],
+            "input_size": config["input_size"], "mpp": config.get("mpp"), "output": "pooled",
+            "licence": "BSD-3-Clause (weights); trained on CC BY 4.0 / CC0 data", "gated": False,
+            "note": "bitro's offline cell encoder: SimCLR on cell-centred crops (scripts/train_cell_encoder.py)",
+        })  # fmt: skip
+    rows += [
         {
             "name": s.name, "repo": s.repo, "format": s.format, "dim": s.dim, "input_size": s.input_size,
             "mpp": s.mpp, "output": s.output, "licence": s.licence, "gated": s.gated, "note": s.note,

@@ -122,8 +122,9 @@ def cell_features(
     tile_size
         Side of the tiles, in level-0 pixels.
     encoder
-        Encoder methods only: a name listed by :func:`bitro.models.encoders`, a local folder, or a Hugging
-        Face hub id.
+        Encoder methods only: ``"bitro"`` (default: the bundled offline encoder, trained by the project on
+        cell-centred H&E crops; no download), a name listed by :func:`bitro.models.encoders`, a local
+        folder, or a Hugging Face hub id.
     encoder_path
         A local copy of a named encoder's repository (offline; nothing is downloaded).
     mode
@@ -163,10 +164,7 @@ def cell_features(
     key_added = check_name(key_added, "key_added")
     deep = method != "morphology"
     if deep:
-        if encoder is None:
-            raise ValueError(
-                f'`encoder` is required with method="{method}": a name of bt.models.encoders(), a folder or a hub id.'
-            )
+        encoder = "bitro" if encoder is None else encoder  # the bundled offline encoder
         if crop_um is not None:
             crop_um = check_float(crop_um, "crop_um", min_value=0, max_value=1000, strict_min=True)
         if batch_size is not None:

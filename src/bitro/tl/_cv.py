@@ -66,7 +66,9 @@ def cross_validate(
     Returns
     -------
     One row per fold, test sample (spots; one per fold for slides) and method (``"bitro"``,
-    ``"ridge"``, ``"mean"``) with the metrics of :func:`bitro.tl.evaluate`. ``df.attrs["per_gene"]``
+    ``"ridge"``, ``"mean"``) with the metrics of :func:`bitro.tl.evaluate`; BiTro's rows (spots) also hold
+    ``val_pearson_hvg_mean``, its score on the sections it validated on, to choose settings by (never by
+    the test scores). ``df.attrs["per_gene"]``
     holds each method's per-gene Pearson averaged over folds (``{method: {gene: r}}``), ready for
     :func:`bitro.pl.gene_scores`; ``df.attrs["protocol"]`` describes the split. With
     ``return_models=True``: ``(df, models)``, one model per fold.
@@ -117,6 +119,7 @@ def cross_validate(
         test_bags = [extract(sdatas[i], data, genes=genes) for i in test]
         hvg = np.array([genes.index(g) for g in model.hvg[:N_TOP_HVG]])
 
+        val_score = _validation_score(model, sdatas, ids, data, hvg, extract) if target == "spot" else np.nan
         preds: dict[str, list[np.ndarray]] = {"bitro": [model.predict_bags(b)[0] for b in test_bags]}
         if baselines:
             x_tr, y_tr = _aggregate(train_bags)
@@ -131,7 +134,10 @@ def cross_validate(
             if target == "spot":
                 for b, p in zip(test_bags, pred, strict=True):
                     m = spot_metrics(b.y, p, hvg_index=hvg)
-                    rows.append(dict(fold=fold, test=b.sample_id, method=method, n_train=len(train), fit_s=fit_s, **m))
+                    val = {"val_pearson_hvg_mean": val_score} if method == "bitro" else {}
+                    rows.append(
+                        dict(fold=fold, test=b.sample_id, method=method, n_train=len(train), fit_s=fit_s, **val, **m)
+                    )
                     per_gene.setdefault(method, []).append(pd.Series(pearson_per_gene(b.y, p), index=genes))
             else:
                 y = np.vstack([b.y for b in test_bags])
@@ -153,6 +159,16 @@ def cross_validate(
         f"genes: {fit_kwargs.get('n_genes', 50)} most variable of each fold's training data; seed {seed}"
     )
     return (df, models) if return_models else df
+
+
+def _validation_score(model, sdatas, ids, data, hvg, extract) -> float:
+    """Mean top-HVG Pearson of ``model`` on the sections it validated on (for choosing settings; never the test)."""
+    val = model.config["training"].get("validation") or []
+    scores = []
+    for i in (ids.index(v) for v in val if v in ids):
+        bags = extract(sdatas[i], data, genes=model.genes)
+        scores.append(spot_metrics(bags.y, model.predict_bags(bags)[0], hvg_index=hvg)["pearson_hvg_mean"])
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def _aggregate(bags_list) -> tuple[np.ndarray, np.ndarray]:
