@@ -129,7 +129,7 @@ def fit(
     )
     from bitro.models._training import TrainingOptions, train
 
-    from ._preprocess import preprocessing_settings
+    from ._preprocess import features_step, preprocessing_settings
     from ._samples import as_list
     from ._training_data import training_data
 
@@ -144,6 +144,7 @@ def fit(
     td = training_data(
         sdatas, target, prep, bag_settings, options, genes=genes, n_genes=n_genes, val=val, groups=groups
     )
+    prep["features"] = features_step(td.features, prep["features"])  # how to measure them on new slides
     arch = Architecture.from_settings(int(td.sections[0].x.shape[1]), architecture)
     module = arch.build({target: len(td.genes)})
     # standardisation from training data only

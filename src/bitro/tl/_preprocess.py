@@ -28,6 +28,25 @@ def preprocessing_settings(overrides: dict | None = None) -> dict:
     return settings
 
 
+def features_step(features: dict, step: dict) -> dict:
+    """The features step that reproduces ``features`` (a model's ``config["features"]``) on new data.
+
+    Training sections may hold features other than ``step`` asks for (e.g. computed by the user with
+    an encoder); the model must record how to compute those, or prediction on a new slide would
+    measure other columns.
+    """
+    method = features.get("method")
+    if method is None or method == step.get("method") == "morphology":
+        return step
+    params = features.get("params") or {}
+    out = {"method": method}
+    if method != "morphology":
+        out.update({key: params[key] for key in ("encoder", "mode") if params.get(key) is not None})
+        if params.get("mode") == "crop" and params.get("crop_um") is not None:
+            out["crop_um"] = params["crop_um"]
+    return out
+
+
 def ensure_preprocessed(sdata, settings: dict, *, kind: str, features: dict | None = None) -> None:
     """Run each step of ``settings`` that ``sdata`` lacks; steps that already ran are kept as they are.
 
