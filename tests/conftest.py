@@ -169,3 +169,64 @@ def her2st_crop_files(tmp_path):
         with Image.open(next((src / "ST-imgs").glob("*.jpg"))) as image:
             image.crop((x0, y0, x0 + size, y0 + size)).save(files[2], quality=95)
     return files
+
+
+@pytest.fixture
+def her2st_as_spaceranger(her2st_crop_files, tmp_path):
+    """The HER2ST C3 box in Space Ranger 3's ``outs`` layout, with its full-resolution H&E beside it.
+
+    Real counts, spot positions and H&E (legacy ST: 100 µm spots on a 200 µm square grid, not Visium's
+    hexagonal 100 µm one), written as ``filtered_feature_bc_matrix.h5`` + ``spatial/`` so that the
+    Visium path can be run on a full-resolution image; tests/data has no Visium run with one.
+    Returns ``(outs folder, full-resolution image, µm per pixel)``.
+    """
+    import json
+
+    import h5py
+    import numpy as np
+    import pandas as pd
+    import tifffile
+    from PIL import Image
+
+    counts_file, spots_file, image_file = her2st_crop_files
+    counts = pd.read_csv(counts_file, sep="\t", index_col=0)
+    spots = pd.read_csv(spots_file, sep="\t")
+    spots.index = [f"{x}x{y}" for x, y in zip(spots["x"], spots["y"], strict=True)]
+    spots = spots.loc[counts.index]
+    barcodes = [f"ST{i}-1" for i in range(len(spots))]
+    neighbours = spots.sort_values(["y", "x"])
+    pitch = np.nanmedian(np.diff(neighbours["pixel_x"])[np.diff(neighbours["x"]) == 1])  # px per 200 µm
+    mpp = 200.0 / pitch
+    outs = tmp_path / "spaceranger_outs"
+    (outs / "spatial").mkdir(parents=True)
+    matrix = counts.to_numpy().T.astype(np.int32)  # genes x spots, as 10x stores it (CSC of spots x genes)
+    nz = [np.flatnonzero(matrix[:, j]) for j in range(matrix.shape[1])]
+    with h5py.File(outs / "filtered_feature_bc_matrix.h5", "w") as f:
+        m = f.create_group("matrix")
+        m["barcodes"] = np.array(barcodes, dtype="S")
+        m["data"] = np.concatenate([matrix[idx, j] for j, idx in enumerate(nz)]).astype(np.int32)
+        m["indices"] = np.concatenate(nz).astype(np.int64)
+        m["indptr"] = np.cumsum([0] + [len(idx) for idx in nz]).astype(np.int64)
+        m["shape"] = np.array(matrix.shape, dtype=np.int32)
+        feats = m.create_group("features")
+        genes = np.array(counts.columns, dtype="S")
+        feats["id"], feats["name"] = genes, genes
+        feats["feature_type"] = np.array([b"Gene Expression"] * len(genes))
+        feats["genome"] = np.array([b"GRCh38"] * len(genes))
+        feats["_all_tag_keys"] = np.array([b"genome"])
+        f.attrs["library_ids"] = np.array([b"C3"])
+    pd.DataFrame({
+        "barcode": barcodes, "in_tissue": 1, "array_row": spots["y"].to_numpy(), "array_col": spots["x"].to_numpy(),
+        "pxl_row_in_fullres": spots["pixel_y"].to_numpy(), "pxl_col_in_fullres": spots["pixel_x"].to_numpy(),
+    }).to_csv(outs / "spatial" / "tissue_positions.csv", index=False)  # fmt: skip
+    with Image.open(image_file) as image:
+        rgb = np.asarray(image.convert("RGB"))
+        hires = image.resize((rgb.shape[1] // 4, rgb.shape[0] // 4))
+        hires.save(outs / "spatial" / "tissue_hires_image.png")
+        image.resize((rgb.shape[1] // 16, rgb.shape[0] // 16)).save(outs / "spatial" / "tissue_lowres_image.png")
+    scalefactors = {"spot_diameter_fullres": 100.0 / mpp, "fiducial_diameter_fullres": 150.0 / mpp,
+                    "tissue_hires_scalef": 0.25, "tissue_lowres_scalef": 1 / 16}  # fmt: skip
+    (outs / "spatial" / "scalefactors_json.json").write_text(json.dumps(scalefactors))
+    fullres = tmp_path / "C3_fullres.tif"
+    tifffile.imwrite(fullres, rgb, photometric="rgb")
+    return outs, fullres, mpp

@@ -48,6 +48,14 @@ class Mode(StrEnum):
 Out = Annotated[Path, typer.Option("--out", "-o", help="Zarr store to write (a folder, e.g. C3.zarr).")]
 Overwrite = Annotated[bool, typer.Option(help="Replace OUT if it exists (swapped in once the new store is whole).")]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log lines (-v info, -vv debug).")]
+FullRes = Annotated[
+    Path | None,
+    typer.Option(
+        help="visium: the full-resolution H&E given to Space Ranger (not in its outs folder); nuclei need it.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
 
 
 def read(
@@ -64,20 +72,30 @@ def read(
     out: Out,
     sample_id: Annotated[str | None, typer.Option(help="Sample id (element names, coordinate system).")] = None,
     mpp: Annotated[
-        float | None, typer.Option(help="µm per pixel, when the file does not say (wsi, legacy-st).")
+        float | None, typer.Option(help="µm per pixel, when the file does not say (wsi, legacy-st, visium).")
     ] = None,
+    fullres_image: FullRes = None,
     overwrite: Overwrite = False,
     verbose: Verbose = 0,
 ) -> None:
     """Read a Visium folder, a legacy ST section, a HEST-1k sample or a whole slide into a zarr store."""
     set_verbosity(verbose)
-    summary = _read_store(kind, inputs, out, sample_id=sample_id, mpp=mpp, overwrite=overwrite)
+    summary = _read_store(
+        kind, inputs, out, sample_id=sample_id, mpp=mpp, fullres_image=fullres_image, overwrite=overwrite
+    )
     if summary is not None:
         echo_json(summary)
 
 
 def _read_store(
-    kind: Kind, inputs: list[Path], out: Path, *, sample_id: str | None, mpp: float | None, overwrite: bool
+    kind: Kind,
+    inputs: list[Path],
+    out: Path,
+    *,
+    sample_id: str | None,
+    mpp: float | None,
+    overwrite: bool,
+    fullres_image: Path | None = None,
 ) -> dict | None:
     """Read ``inputs`` into the store ``out``; its summary (``None`` for a cohort, which prints its own)."""
     import bitro as bt
@@ -86,11 +104,13 @@ def _read_store(
     expected = {Kind.visium: 1, Kind.legacy_st: 3, Kind.hest: 1, Kind.wsi: 1, Kind.cohort: 2}[kind]
     if len(inputs) != expected:
         raise typer.BadParameter(f"`{kind.value}` takes {expected} input path(s), got {len(inputs)}.")
+    if fullres_image is not None and kind is not Kind.visium:
+        raise typer.BadParameter("--fullres-image is for visium (the image given to Space Ranger).")
     if kind is Kind.cohort:
         _read_cohort(*inputs, out=out, mpp=mpp, overwrite=overwrite)
         return None
     if kind is Kind.visium:
-        sdata = bt.io.visium(inputs[0], dataset_id=sample_id, mpp=mpp)
+        sdata = bt.io.visium(inputs[0], dataset_id=sample_id, mpp=mpp, fullres_image_file=fullres_image)
     elif kind is Kind.legacy_st:
         if sample_id is None:
             raise typer.BadParameter("legacy-st needs --sample-id (the section's name).")
@@ -280,6 +300,7 @@ def run(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the store, the figure and summary.json.")],
     sample_id: Annotated[str | None, typer.Option(help="Sample id.")] = None,
     mpp: Annotated[float | None, typer.Option(help="µm per pixel, when the file does not say.")] = None,
+    fullres_image: FullRes = None,
     model: Annotated[Path | None, typer.Option(help="A saved model folder; default: the bundled model.")] = None,
     segmentation: Annotated[
         Method | None, typer.Option(help="Nuclei by this method instead of the model's (unet, watershed, cellpose).")
@@ -300,7 +321,7 @@ def run(
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     store = out / f"{sample_id or inputs[0].stem.split('.')[0]}.zarr"
-    _read_store(kind, inputs, store, sample_id=sample_id, mpp=mpp, overwrite=overwrite)
+    _read_store(kind, inputs, store, sample_id=sample_id, mpp=mpp, fullres_image=fullres_image, overwrite=overwrite)
     times["read"] = round(time.perf_counter() - t0, 1)
     sdata = open_store(store)
     t0 = time.perf_counter()
@@ -332,6 +353,7 @@ def predict_slides(
         typer.Argument(help="Slide files, zarr stores (predicted in place), or one folder of them.", exists=True),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <sample>.zarr per slide and slides.csv.")],
+    fullres_image: FullRes = None,
     model: Annotated[Path | None, typer.Option(help="A saved model folder; default: the bundled model.")] = None,
     segmentation: Annotated[
         Method | None, typer.Option(help="Nuclei by this method instead of the model's (unet, watershed, cellpose).")

@@ -68,7 +68,8 @@ def ensure_preprocessed(sdata, settings: dict, *, kind: str, features: dict | No
         if cells_key not in sdata.tables:
             mpp = _sdata.image_mpp(sdata, _sdata.image_key(sdata, None))
             hint = (
-                f"; its image is {mpp:.3g} µm/px, too coarse to see nuclei (give the full-resolution H&E)"
+                f"; its image is {mpp:.3g} µm/px, too coarse to see nuclei (give the full-resolution H&E: "
+                "bt.io.visium(..., fullres_image_file=...) or `bitro run visium ... --fullres-image FILE`)"
                 if mpp > 2
                 else ""
             )
