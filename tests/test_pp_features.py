@@ -141,8 +141,10 @@ def test_bad_arguments(toy_cells):
         cell_features(toy_cells, method="cellpose")
     with pytest.raises(ValueError, match="`tile_size`"):
         cell_features(toy_cells, tile_size=0)
-    with pytest.raises(ValueError, match="`encoder` is required"):
-        cell_features(toy_cells, method="encoder")
+    with pytest.raises(ValueError, match="`mode`"):
+        cell_features(toy_cells, method="encoder", mode="patch")
+    with pytest.raises(ValueError, match="`crop_um`"):
+        cell_features(toy_cells, method="encoder", crop_um=0)
 
 
 # --- encoder -------------------------------------------------------------------------------------
@@ -252,3 +254,27 @@ def test_morphology_speed():
     rate = n / (time.perf_counter() - start)
     print(f"morphology features: {n} cells at {rate:.0f} cells/s")
     assert rate > 500
+
+
+def test_scanline_rasterisation_equals_skimage_polygon_fill():
+    """The vectorised fill marks exactly the pixels skimage.draw.polygon marks, cell by cell (later cells win)."""
+    import shapely
+    from skimage.draw import polygon as draw_polygon
+
+    from bitro.pp._features import _rasterise
+
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(-10, 110, size=(300, 2))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, size=(300, 9)), axis=1)
+    radii = rng.uniform(0.3, 9, size=(300, 9))  # from sub-pixel specks to concave, overlapping blobs
+    polygons = shapely.polygons(centres[:, None, :] + radii[..., None] * np.stack([np.cos(angles), np.sin(angles)], -1))
+    polygons = shapely.make_valid(polygons)
+    polygons = np.array([max(getattr(p, "geoms", [p]), key=lambda q: q.area) for p in polygons])
+    polygons = polygons[[p.geom_type == "Polygon" for p in polygons]]
+    for x0, y0, shape in [(0, 0, (100, 100)), (-7, 13, (90, 120))]:
+        expected = np.zeros(shape, np.int32)
+        for label, poly in enumerate(polygons, start=1):
+            xy = np.asarray(poly.exterior.coords)
+            rr, cc = draw_polygon(xy[:, 1] - y0 - 0.5, xy[:, 0] - x0 - 0.5, shape)
+            expected[rr, cc] = label
+        np.testing.assert_array_equal(_rasterise(polygons, x0, y0, shape), expected)
