@@ -106,8 +106,7 @@ def n_tiles(sdata, model) -> int:
     from bitro.pp._features import _cell_geometry
     from bitro.pp._windows import tiles
 
-    size, patch = model.input_size, model.patch_size
-    stride = size - 2 * ((size // 8) // patch * patch)
+    stride = model.tile_input - 2 * model.tile_margin
     info = sdata.attrs[K.ATTRS_KEY]
     table = sdata["bitro_cells"]
     geometry = _cell_geometry(sdata[info[K.ATTR_CELLS_SHAPES]], table.obs[K.CELL_ID_KEY].to_numpy())

@@ -64,6 +64,13 @@ def test_step_by_step_on_a_her2st_store(tmp_path, her2st_crop_files):
     assert scores["C3"]["n_obs"] == n_spots
     # a second write to the store replaces elements crash-safely; the store still reads
     _ok(["predict", store, "--no-uncertainty"])
+    # deep features with the bundled offline encoder, written into the store
+    _ok(["features", store, "--method", "morphology+encoder", "--mode", "tile"])
+    import bitro as bt
+
+    cells = bt.io.read_zarr(store)["bitro_cells"]
+    assert cells.uns["bitro_features"]["method"] == "morphology+encoder"
+    assert cells.obsm["bitro_features"].shape[1] > 21
 
 
 def test_errors_are_one_line_with_exit_codes(tmp_path):
@@ -108,3 +115,24 @@ def test_python_dash_m_bitro_runs_the_cli():
 
     out = subprocess.run([sys.executable, "-m", "bitro", "version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == bt.__version__
+
+
+def test_run_on_a_spaceranger_folder_with_its_full_resolution_image(tmp_path, her2st_as_spaceranger):
+    outs, fullres, mpp = her2st_as_spaceranger
+    out = tmp_path / "run"
+    summary = _ok(["run", "visium", outs, "--fullres-image", fullres, "--mpp", f"{mpp:.4f}", "--sample-id", "C3",
+                   "--segmentation", "watershed", "--out", out])  # fmt: skip
+    assert summary["cells"] > 500
+    assert summary["predicted_bags"] > 5
+    assert summary["mpp"] == pytest.approx(mpp, rel=1e-3)  # the full-resolution image's pixels
+    assert summary["pearson_mean"] is not None  # scored against the folder's counts
+    assert Path(summary["figure"]).stat().st_size > 10_000
+    import bitro as bt
+
+    sdata = bt.io.read_zarr(out / "C3.zarr")
+    assert bt.get.predictions(sdata).n_obs == summary["predicted_bags"]
+    wrong = runner.invoke(
+        app, ["read", "wsi", str(fullres), "--fullres-image", str(fullres), "--out", str(tmp_path / "x")]
+    )
+    assert wrong.exit_code == 2
+    assert "--fullres-image is for visium" in wrong.output

@@ -61,7 +61,7 @@ def test_registry_lists_the_names_users_know():
     for name in ["uni", "uni2-h", "conch_v15", "virchow2", "h-optimus-0", "h-optimus-1", "phikon", "phikon-v2",
                  "gigapath", "dinov2-small", "dinov2-base", "dinov2-large", "dinov3-small"]:  # fmt: skip
         assert name in table.index
-    assert set(table["format"]) == {"timm", "transformers", "conch"}
+    assert set(table["format"]) == {"bitro", "timm", "transformers", "conch"}
     assert (table["dim"] > 0).all()
     assert (table["mpp"] > 0).all()
     assert table.loc["virchow2", "output"] == "cls+mean"
@@ -124,7 +124,9 @@ def test_tile_pooling_matches_pixel_coverage(cmu_cells, tmp_path):
     model = load_cell_encoder(folder)
     image = _rgb(sdata)
     geometry = _cell_geometry(sdata[sdata.attrs[K.ATTRS_KEY][K.ATTR_CELLS_SHAPES]], table.obs[K.CELL_ID_KEY].to_numpy())
-    size, stride, margin = 64, 48, 8  # margin: size // 8 in whole 8 px patches
+    size, margin = model.tile_input, model.tile_margin
+    assert (size, margin) == (512, 32)  # convolutional: 8 crops wide, half a crop of context
+    stride = size - 2 * margin
     checked = 0
     for i in range(0, table.n_obs, 7):
         cx, cy = geometry[i].centroid.x, geometry[i].centroid.y
@@ -138,7 +140,7 @@ def test_tile_pooling_matches_pixel_coverage(cmu_cells, tmp_path):
         rr, cc = fill(coords[:, 1] - 0.5, coords[:, 0] - 0.5, (size, size))
         if len(rr) < 20:
             continue
-        share = np.bincount((rr // 8) * 8 + cc // 8, minlength=64).reshape(8, 8) / len(rr)
+        share = np.bincount((rr // 8) * 64 + cc // 8, minlength=64 * 64).reshape(64, 64) / len(rr)
         expected = (grid * share[None]).sum(axis=(1, 2))
         np.testing.assert_allclose(got[i], expected, atol=0.05 * np.abs(expected).max() + 1e-3)
         checked += 1
@@ -307,11 +309,47 @@ def test_morphology_plus_encoder(toy_cells, tmp_path):
     names = sorted(uns["names"], key=uns["names"].get)
     assert names[:21] == list(features_names())
     assert names[21:] == [f"enc_{i}" for i in range(16)]
-    with pytest.raises(ValueError, match="encoder"):
-        bt.pp.cell_features(toy_cells, method="morphology+encoder")
+
+
+def test_bundled_offline_encoder_is_the_default(cmu_cells):
+    import json
+
+    from bitro.pp._encoder_zoo import BUNDLED
+
+    config = json.loads((BUNDLED / "config.json").read_text())
+    sdata = cmu_cells
+    bt.pp.cell_features(sdata, method="encoder", key_added="bundled")  # no download, no encoder named
+    bt.pp.cell_features(sdata, method="encoder", mode="tile", key_added="bundled_tile")
+    table = _table(sdata)
+    for key in ("bundled", "bundled_tile"):
+        x = table.obsm[key]
+        assert x.shape == (table.n_obs, config["args"]["out_dim"])
+        assert np.isfinite(x).all()
+        assert x.std(axis=0).mean() > 0  # cells differ
+        params = table.uns[key]["params"]
+        assert params["encoder"] == "bitro"
+        assert params["encoder_mpp"] == pytest.approx(config["mpp"])  # read at the scale it was trained at
+    assert table.uns["bundled"]["params"]["crop_um"] == pytest.approx(config["crop_um"])
+    assert "bitro" in bt.models.encoders().index
 
 
 def features_names():
     from bitro.pp._features import MORPHOLOGY_FEATURES
 
     return MORPHOLOGY_FEATURES
+
+
+def test_a_model_on_encoder_features_measures_them_on_new_sections(toy_sections, tmp_path):
+    """fit records how its features were made, so predict on a section without them measures the same."""
+    folder = _tiny_dinov2(tmp_path / "dino")
+    for s in toy_sections[:2]:
+        bt.pp.cell_features(s, method="morphology+encoder", encoder=folder, mode="tile")
+    model = bt.tl.fit(toy_sections[:2], n_genes=5, max_epochs=1, progress=False)
+    step = model.config["preprocessing"]["features"]
+    assert step == {"method": "morphology+encoder", "encoder": str(folder), "mode": "tile"}
+    new = bt.datasets.toy_st(n_spots=16, n_genes=40, seed=7, sample_id="new")
+    bt.pp.segment_cells(new, method="watershed")
+    bt.tl.predict(new, model)
+    uns = _table(new).uns[K.FEATURES_KEY]
+    assert uns["method"] == "morphology+encoder"
+    assert len(uns["names"]) == 21 + 16

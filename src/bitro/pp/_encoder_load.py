@@ -51,6 +51,11 @@ class CellEncoder(nn.Module):
         What the user asked for (recorded with the features).
     architecture
         The network's name in its format (recorded with the features).
+
+    Attributes
+    ----------
+    tile_input, tile_margin
+        Side of the tiles of the tile path and the context kept on each side, in pixels.
     """
 
     def __init__(self, backbone: nn.Module, *, kind: str, input_size: int, mean, std, mpp: float | None,
@@ -68,6 +73,12 @@ class CellEncoder(nn.Module):
         self.patch_size = int(patch_size)
         self.crop_um = None if crop_um is None else float(crop_um)
         self.name = name
+        if kind == "bitro":  # convolutional: any tile size; a margin of half a crop gives each cell its context
+            self.tile_margin = -(-self.input_size // 2 // self.patch_size) * self.patch_size
+            self.tile_input = 8 * self.input_size
+        else:  # a ViT at the size it was trained at, 1/8 of it kept as context on every side
+            self.tile_margin = (self.input_size // 8) // self.patch_size * self.patch_size
+            self.tile_input = self.input_size
         with torch.inference_mode():  # sizes from one forward: the same for every format
             probe = torch.zeros(1, 3, self.input_size, self.input_size)
             self.out_dim = int(self.forward(probe).shape[1])

@@ -1,7 +1,8 @@
 """Cell features from whole tiles: one encoder forward per tile, each cell pooled from the patch tokens under it.
 
-A crop per cell costs one forward per cell; a tile of ``input_size`` pixels holds tens to hundreds of
-nuclei, so this path is that many times cheaper. Tiles overlap by a margin of whole patches: a cell
+A crop per cell costs one forward per cell; a tile (a ViT's input size; 8 crops wide for a
+convolutional encoder) holds tens to hundreds of nuclei, so this path is that many times cheaper.
+Tiles overlap by a margin of whole patches: a cell
 belongs to the tile whose core (the tile less its margin) holds its centroid, so every cell sees at
 least the margin of context, and the result does not depend on the batch size. A cell's feature is
 the mean of the patch features weighted by the area of its polygon over each patch; a polygon with
@@ -26,8 +27,7 @@ def encode_tiles(image, geometry, model, *, batch_size: int, device) -> np.ndarr
 
     from ._windows import tiles
 
-    size, patch = model.input_size, model.patch_size
-    margin = (size // 8) // patch * patch  # context kept on every side, in whole patches
+    size, patch, margin = model.tile_input, model.patch_size, model.tile_margin  # margin: whole patches
     stride = size - 2 * margin
     mean, std = _normaliser(model, device)
     n = len(geometry)
