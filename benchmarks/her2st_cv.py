@@ -29,10 +29,13 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 from her2st_prepare import SECTIONS, prepare
 
+RING = {"context_um": 200.0, "max_context": 32}
 VARIANTS = {
-    "no context": {"context_um": 0.0},
-    "ring context": {"context_um": 200.0, "max_context": 32},
+    "no context": {"data": {"context_um": 0.0}},
+    "ring context": {"data": RING},
+    "ring context, dropout 0.25": {"data": RING, "architecture": {"dropout": 0.25}},
 }
+"""Options of ``bt.tl.fit`` per variant."""
 
 
 def feature_sets() -> dict[str, dict | None]:
@@ -71,13 +74,14 @@ def main() -> None:
         for seed in args.seeds:
             for name in args.variants:
                 config = f"{features}, {name}"
-                done = args.results / f"{features}_{name.replace(' ', '-')}_seed{seed}_epochs{args.max_epochs}.csv"
+                slug = name.replace(" ", "-").replace(",", "")
+                done = args.results / f"{features}_{slug}_seed{seed}_epochs{args.max_epochs}.csv"
                 if done.is_file():
                     frames.append(pd.read_csv(done))
                     continue
                 t0 = time.perf_counter()
                 cv = bt.tl.cross_validate(
-                    sections, n_genes=50, max_epochs=args.max_epochs, data=VARIANTS[name], seed=seed, progress=False
+                    sections, n_genes=50, max_epochs=args.max_epochs, seed=seed, progress=False, **VARIANTS[name]
                 )
                 cv = cv.assign(seed=seed, features=features, variant=name, config=config)
                 cv.to_csv(done, index=False)

@@ -1,7 +1,8 @@
-"""Read the four HER2ST sections and run bitro's default offline preprocessing, caching each as zarr.
+"""Read the four HER2ST sections and run bitro's offline preprocessing, caching each as zarr.
 
 The default segmentation (``DEFAULT_PREPROCESSING``) + morphology features + cell-to-spot
-assignment + kNN graph (the settings the bundled default model uses). Used by
+assignment + kNN graph (the settings the bundled default model uses); other features (e.g.
+``morphology+encoder``) are derived from those sections, the same cells. Used by
 ``scripts/train_default_model.py`` and ``benchmarks/her2st_cv.py``; a cached section is reused, in a
 folder named after the segmentation and feature methods, so changing them never reuses stale cells.
 
@@ -29,7 +30,7 @@ def prepare(section: str, data_dir: Path, out: Path, features: dict | None = Non
     import bitro as bt
     from bitro.tl._preprocess import DEFAULT_PREPROCESSING
 
-    prep = DEFAULT_PREPROCESSING
+    prep = {**DEFAULT_PREPROCESSING, "features": {"method": "morphology"}}  # the base: cells + morphology
     label = label or prep["features"]["method"]
     folder = out / f"{prep['segmentation']['method']}_{label}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -39,6 +40,7 @@ def prepare(section: str, data_dir: Path, out: Path, features: dict | None = Non
     t0 = time.perf_counter()
     if features is not None:
         sdata = prepare(section, data_dir, out)  # the default section: same cells, assignment and graph
+        sdata.path = None  # detached: the new features must not be written into the default section's store
         bt.pp.cell_features(sdata, **features)
     else:
         sdata = bt.datasets.her2st(section, data_dir=data_dir)

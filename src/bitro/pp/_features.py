@@ -107,7 +107,7 @@ def cell_features(
     read at the encoder's pixel size when it is known (``mpp`` overrides), in batches on ``device``, in
     half precision on CUDA. Features already in the table from the same encoder and settings are kept:
     a slide is never featurised twice (delete ``obsm[key_added]`` to force it).
-    ``method="morphology+encoder"`` concatenates the two.
+    ``method="morphology+encoder"`` concatenates the two, both measured at the encoder's pixel size.
 
     Parameters
     ----------
