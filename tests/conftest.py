@@ -84,8 +84,12 @@ def _toy_sections():
 
     sections = [bt.datasets.toy_st(n_spots=36, n_genes=40, seed=s, sample_id=f"toy{s}") for s in range(4)]
     for s in sections:
-        # the toy nuclei are flat discs, which the watershed suits (and the U-Net never saw)
-        ensure_preprocessed(s, preprocessing_settings({"segmentation": {"method": "watershed"}}), kind="spot")
+        # the toy nuclei are flat discs, which the watershed suits (and the U-Net never saw); morphology
+        # features, as the toy cohort's slides have (tests mix models and samples of both)
+        settings = preprocessing_settings(
+            {"segmentation": {"method": "watershed"}, "features": {"method": "morphology"}}
+        )
+        ensure_preprocessed(s, settings, kind="spot")
     return sections
 
 

@@ -231,7 +231,12 @@ PP = [
     ),
     ("features unknown method", lambda c: bt.pp.cell_features(c.cells, method="colour"), ValueError, r"`method`"),
     ("features tile size", lambda c: bt.pp.cell_features(c.cells, tile_size=8), ValueError, r"`tile_size`"),
-    ("features encoder missing", lambda c: bt.pp.cell_features(c.cells, method="encoder"), ValueError, r"`encoder`"),
+    (
+        "features encoder unknown",
+        lambda c: bt.pp.cell_features(c.cells, method="encoder", encoder="no_such_encoder"),
+        FileNotFoundError,
+        r"`encoder`: 'no_such_encoder' is neither a named encoder",
+    ),
     (
         "features crop negative",
         lambda c: bt.pp.cell_features(c.cells, method="encoder", encoder="x", crop_um=-1),
