@@ -11,7 +11,7 @@ This module imports nothing heavy (``import bitro`` stays light).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 BUNDLED = Path(__file__).parent / "cell_encoder"
@@ -71,6 +71,13 @@ class EncoderSpec:
     note: str = ""
 
 
+_H_OPTIMUS_0 = EncoderSpec(
+    "h-optimus-0", "bioptimus/H-optimus-0", "timm", 1536, licence="Apache-2.0", gated=True,
+    mean=(0.707223, 0.578729, 0.703617), std=(0.211883, 0.230117, 0.177517),
+    timm_name="vit_giant_patch14_reg4_dinov2",
+    timm_kwargs={"img_size": 224, "init_values": 1e-5, "num_classes": 0, "dynamic_img_size": False},
+    weights="pytorch_model.bin", note="H-optimus-0, ViT-g/14 with 4 register tokens",
+)  # fmt: skip
 _SPECS = (
     EncoderSpec(
         "uni", "MahmoodLab/UNI", "timm", 1024, licence="CC-BY-NC-ND-4.0", gated=True,
@@ -102,20 +109,9 @@ _SPECS = (
         },
         weights="pytorch_model.bin", note="Virchow2, ViT-H/14 with 4 register tokens; class token + mean patch token",
     ),
-    EncoderSpec(
-        "h-optimus-0", "bioptimus/H-optimus-0", "timm", 1536, licence="Apache-2.0", gated=True,
-        mean=(0.707223, 0.578729, 0.703617), std=(0.211883, 0.230117, 0.177517),
-        timm_name="vit_giant_patch14_reg4_dinov2",
-        timm_kwargs={"img_size": 224, "init_values": 1e-5, "num_classes": 0, "dynamic_img_size": False},
-        weights="pytorch_model.bin", note="H-optimus-0, ViT-g/14 with 4 register tokens",
-    ),
-    EncoderSpec(
-        "h-optimus-1", "bioptimus/H-optimus-1", "timm", 1536, licence="CC-BY-NC-ND-4.0", gated=True,
-        mean=(0.707223, 0.578729, 0.703617), std=(0.211883, 0.230117, 0.177517),
-        timm_name="vit_giant_patch14_reg4_dinov2",
-        timm_kwargs={"img_size": 224, "init_values": 1e-5, "num_classes": 0, "dynamic_img_size": False},
-        weights="pytorch_model.bin", note="H-optimus-1, ViT-g/14 with 4 register tokens",
-    ),
+    _H_OPTIMUS_0,
+    replace(_H_OPTIMUS_0, name="h-optimus-1", repo="bioptimus/H-optimus-1", licence="CC-BY-NC-ND-4.0",
+            note="H-optimus-1, ViT-g/14 with 4 register tokens"),
     EncoderSpec(
         "gigapath", "prov-gigapath/prov-gigapath", "timm", 1536, licence="Apache-2.0 with conditions", gated=True,
         timm_name="vit_giant_patch14_dinov2",
