@@ -18,8 +18,9 @@ warnings.filterwarnings("ignore")
 import bitro as bt
 from bitro.tl._preprocess import ensure_preprocessed, preprocessing_settings
 sections = [bt.datasets.toy_st(n_spots=16, n_genes=20, seed=s, sample_id=f"s{s}") for s in range(2)]
+steps = preprocessing_settings({"segmentation": {"method": "watershed"}, "features": {"method": "morphology"}})
 for s in sections:
-    ensure_preprocessed(s, preprocessing_settings({"segmentation": {"method": "watershed"}}), kind="spot")
+    ensure_preprocessed(s, steps, kind="spot")
 print("ready", flush=True)
 try:
     bt.tl.fit(sections, n_genes=10, max_epochs=500, patience=500, val=["s1"], progress=False, checkpoint_dir=sys.argv[1])
@@ -71,8 +72,9 @@ def test_ctrl_c_in_fit_reaches_the_caller_with_the_best_weights(tmp_path):
     from bitro.tl._preprocess import ensure_preprocessed, preprocessing_settings
 
     sections = [bt.datasets.toy_st(n_spots=16, n_genes=20, seed=s, sample_id=f"s{s}") for s in range(2)]
+    steps = preprocessing_settings({"segmentation": {"method": "watershed"}, "features": {"method": "morphology"}})
     for s in sections:
-        ensure_preprocessed(s, preprocessing_settings({"segmentation": {"method": "watershed"}}), kind="spot")
+        ensure_preprocessed(s, steps, kind="spot")
     done = report["epochs"]
     resumed = bt.tl.fit(
         sections, n_genes=10, max_epochs=done + 2, patience=500, val=["s1"], progress=False, checkpoint_dir=ckpt
