@@ -1,8 +1,8 @@
 """End to end on synthetic H&E-only slides of growing size: read -> segment -> features -> predict.
 
-Each size runs in its own process (peak resident memory is that run's alone): a toy slide is rendered
-into a zarr store (untimed), its expression table removed (an H&E-only slide), then it is read back
-lazily and run through ``segment_cells`` (default: the bundled U-Net), ``cell_features`` and
+Each size runs in its own process (peak resident memory is the pipeline's alone): a toy slide is
+rendered into a zarr store by another process (untimed; its expression and ground truth left out: an
+H&E-only slide), then read back lazily and run through ``segment_cells`` (default: the bundled U-Net), ``cell_features`` and
 ``bt.tl.predict`` with the bundled model (pseudo-spots over the tissue, every cell predicted). Prints
 cells/s per step, peak RSS and the exponent of time against cells (1 = linear).
 
@@ -16,25 +16,32 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
-CHILD = r"""
-import json, resource, sys, tempfile, time, warnings
+MAKE = r"""
+import sys, warnings
 import bitro as bt
-import spatialdata as sd
-n_spots, method, uncertainty = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+n_spots, store = int(sys.argv[1]), sys.argv[2]
 toy = bt.datasets.toy_st(n_spots=n_spots, n_genes=10, seed=0, lazy=True)
-true_cells = toy["true_cells"].n_obs
-store = tempfile.mkdtemp() + "/slide.zarr"
+print(toy["true_cells"].n_obs)
+del toy.tables["table"], toy.tables["true_cells"]  # H&E only: no spots' expression, no ground truth
+for name in [n for n in toy.shapes if n != toy.attrs["bitro"].get("spots_key")]:
+    del toy.shapes[name]
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     toy.write(store)
-del toy
+"""
+
+CHILD = r"""
+import json, resource, sys, time
+import bitro as bt
+store, method, uncertainty = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 times = {}
 t0 = time.perf_counter()
 sdata = bt.io.read_zarr(store)
-del sdata.tables["table"]  # H&E only: no spots' expression
 times["read"] = time.perf_counter() - t0
 image = sdata[sdata.attrs["bitro"]["image_key"]]["scale0"]["image"]
 t0 = time.perf_counter()
@@ -48,7 +55,6 @@ bt.tl.predict(sdata, uncertainty=uncertainty)
 times["predict"] = time.perf_counter() - t0
 print(json.dumps({
     "megapixels": image.shape[1] * image.shape[2] / 1e6,
-    "true_cells": true_cells,
     "cells": int(bt.get.predictions(sdata, level="cells").n_obs),
     "times": times,
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -56,15 +62,20 @@ print(json.dumps({
 """
 
 
-def run(n_spots: int, method: str, uncertainty: bool) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(n_spots), method, "1" if uncertainty else "0"],
-        capture_output=True,
-        text=True,
-    )
+def _python(code: str, *args) -> str:
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return out.stdout.strip().splitlines()[-1]
+
+
+def run(n_spots: int, method: str, uncertainty: bool) -> dict:
+    """Render the slide in one process, run the pipeline on it in another (whose peak RSS is the pipeline's)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "slide.zarr"
+        true_cells = int(_python(MAKE, n_spots, store))
+        result = json.loads(_python(CHILD, store, method, "1" if uncertainty else "0"))
+    return {**result, "true_cells": true_cells}
 
 
 def main() -> None:
