@@ -54,8 +54,8 @@ def test_step_by_step_on_a_her2st_store(tmp_path, her2st_crop_files):
     store = tmp_path / "C3.zarr"
     read = _ok(["read", "legacy-st", *her2st_crop_files, "--sample-id", "C3", "--out", store])
     assert read["mpp"] == pytest.approx(0.69, abs=0.01)
-    _ok(["segment", store, "--method", "watershed"])
-    _ok(["features", store])
+    _ok(["segment", store, "--method", "watershed", "--n-jobs", "2"])
+    _ok(["features", store, "--n-jobs", "2"])
     predicted = _ok(["predict", store, "--no-uncertainty"])
     n_spots = len(pd.read_csv(her2st_crop_files[1], sep="\t"))
     assert 8 <= n_spots <= 25

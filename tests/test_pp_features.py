@@ -118,6 +118,16 @@ def test_morphology_tile_size_does_not_change_features(morph_session):
     assert small.tables[K.CELLS_TABLE_KEY].uns["small"]["params"]["tile_size"] == 256
 
 
+@pytest.mark.parametrize("mpp", [None, 0.4], ids=["own pixels", "resampled"])
+def test_worker_processes_give_the_features_of_one_process(morph_session, mpp):
+    """``n_jobs=2`` measures the tiles in two worker processes: the same numbers as one process."""
+    one = cell_features(morph_session, tile_size=256, mpp=mpp, n_jobs=1, key_added="one", copy=True)
+    two = cell_features(morph_session, tile_size=256, mpp=mpp, n_jobs=2, key_added="two", copy=True)
+    ref = one.tables[K.CELLS_TABLE_KEY].obsm["one"]
+    np.testing.assert_array_equal(two.tables[K.CELLS_TABLE_KEY].obsm["two"], ref)
+    assert np.isfinite(ref[:, 7:19]).mean() > 0.9  # the tiles' stain and texture columns were measured
+
+
 def test_zarr_round_trip(morph_session, tmp_path):
     import spatialdata as sd
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,20 @@ def test_distributed_and_lazy_give_the_same_cells(toy_ws):
     got = _cells(lazy)
     assert len(got) == len(tiled)
     assert _matches(got, tiled) == len(tiled)
+
+
+def test_worker_processes_give_the_cells_of_one_process(toy_ws):
+    """``n_jobs=2`` (the fixture: tiles in two worker processes) finds exactly the cells of a serial run."""
+    from bitro.pp._segment import segment_tiled
+
+    sdata, _, in_workers = toy_ws
+    serial = segment_cells(sdata, method="watershed", tile_size=256, n_jobs=1, copy=True)
+    assert shapely.equals_exact(_cells(serial), in_workers, tolerance=0).all()
+    # an error inside a worker reaches the caller with its message
+    image = sdata[sdata.attrs[K.ATTRS_KEY][K.ATTR_IMAGE]]["scale0"]["image"].data
+    bad = functools.partial(watershed_tile, mpp=0.5, no_such_option=1)
+    with pytest.raises(TypeError, match="no_such_option"):
+        segment_tiled(image, bad, tile_size=256, overlap=32, n_jobs=2)
 
 
 def test_tile_segmenter_dispatch_for_cellpose(monkeypatch, toy_st):

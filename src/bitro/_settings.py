@@ -108,3 +108,10 @@ class Settings:
 
 
 settings = Settings()
+
+
+def resolve_n_jobs(n_jobs: int | None) -> int:
+    """``n_jobs`` of a function as a count of workers (``None``: ``settings.n_jobs``; ``-1``: all cores)."""
+    if n_jobs is None:
+        return settings.effective_n_jobs
+    return (os.cpu_count() or 1) if _n_jobs(n_jobs) == -1 else n_jobs

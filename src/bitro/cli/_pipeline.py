@@ -48,6 +48,7 @@ class Mode(StrEnum):
 Out = Annotated[Path, typer.Option("--out", "-o", help="Zarr store to write (a folder, e.g. C3.zarr).")]
 Overwrite = Annotated[bool, typer.Option(help="Replace OUT if it exists (swapped in once the new store is whole).")]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log lines (-v info, -vv debug).")]
+NJobs = Annotated[int | None, typer.Option(help="Worker processes for the tiles (-1: all cores; default 1).")]
 FullRes = Annotated[
     Path | None,
     typer.Option(
@@ -153,7 +154,7 @@ def segment(
     model: Annotated[str | None, typer.Option(help="unet / cellpose weights (default: bundled U-Net).")] = None,
     tile_size: Annotated[int, typer.Option(help="Tile side in pixels.")] = 1024,
     mpp: Annotated[float | None, typer.Option(help="Read the pyramid level of this µm/px.")] = None,
-    n_jobs: Annotated[int | None, typer.Option(help="Parallel tiles (-1: all cores).")] = None,
+    n_jobs: NJobs = None,
     verbose: Verbose = 0,
 ) -> None:
     """Segment the nuclei of the store's image into a cells layer."""
@@ -182,6 +183,7 @@ def features(
     mpp: Annotated[
         float | None, typer.Option(help="Measure at this µm/px (default: the encoder's, or the image's).")
     ] = None,
+    n_jobs: NJobs = None,
     verbose: Verbose = 0,
 ) -> None:
     """Compute the cell features of the store's cells layer (kept when the same features are already there)."""
@@ -190,8 +192,9 @@ def features(
     set_verbosity(verbose, progress=True)
     sdata = open_store(store)
     bt.pp.cell_features(
-        sdata, method=method, encoder=encoder, encoder_path=encoder_path, mode=mode, device=device, mpp=mpp
-    )
+        sdata, method=method, encoder=encoder, encoder_path=encoder_path, mode=mode, device=device, mpp=mpp,
+        n_jobs=n_jobs,
+    )  # fmt: skip
     echo_json(_summary(sdata))
 
 
@@ -305,6 +308,7 @@ def run(
     segmentation: Annotated[
         Method | None, typer.Option(help="Nuclei by this method instead of the model's (unet, watershed, cellpose).")
     ] = None,
+    n_jobs: NJobs = None,
     overwrite: Overwrite = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -317,6 +321,8 @@ def run(
     if kind is Kind.cohort:
         raise typer.BadParameter("`run` takes one section or slide; read a cohort with `bitro read cohort`.")
     set_verbosity(verbose, progress=True)
+    if n_jobs is not None:
+        bt.settings.n_jobs = n_jobs  # segmentation and features
     times = {}
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,10 @@ import numpy as np
 from bitro import _constants as K
 from bitro import _sdata
 from bitro._logging import logger
+from bitro._settings import resolve_n_jobs
 from bitro._validate import check_choice, check_float, check_int, check_mpp, check_name
 
-from ._windows import tiles
+from ._windows import Window, map_tiles, tiles
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -70,6 +71,7 @@ def cell_features(
     batch_size: int | None = None,
     device: str | None = None,
     mpp: float | None = None,
+    n_jobs: int | None = None,
     copy: bool = False,
 ) -> SpatialData | None:
     """Compute a feature vector for every segmented cell.
@@ -140,6 +142,10 @@ def cell_features(
         Measure at this pixel size (µm per pixel): windows are read from the pyramid level closest to
         it and resampled, so intensity and texture match those of a model trained at that size
         (:func:`bitro.tl.predict` passes its model's). ``None``: at the image's own pixel size.
+    n_jobs
+        Worker processes for the morphology features' tiles (default ``bt.settings.n_jobs``, ``-1``
+        all cores); the parent reads each tile's window, a worker measures it. Encoders run in this
+        process (torch parallelises inside each forward).
     copy
         Return a modified copy instead of writing into ``sdata``.
 
@@ -162,6 +168,7 @@ def cell_features(
     mode = check_choice(mode, "mode", _MODES)
     tile_size = check_int(tile_size, "tile_size", min_value=16)
     key_added = check_name(key_added, "key_added")
+    n_jobs = resolve_n_jobs(n_jobs)
     deep = method != "morphology"
     if deep:
         encoder = "bitro" if encoder is None else encoder  # the bundled offline encoder
@@ -219,7 +226,7 @@ def cell_features(
     start = time.perf_counter()
     values, names, params = np.zeros((len(geometry), 0), np.float32), [], {"image_key": img_key, "mpp": mpp}
     if method in ("morphology", "morphology+encoder"):
-        values, names = _morphology(image, geometry, mpp, int(tile_size))
+        values, names = _morphology(image, geometry, mpp, int(tile_size), n_jobs)
         params.update({
             "tile_size": int(tile_size),
             "ring_um": RING_UM,
@@ -437,12 +444,10 @@ def _hematoxylin_eosin(image, x0: int, y0: int, x1: int, y1: int) -> tuple[np.nd
 _OD_LUT = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)).astype(np.float32)
 
 
-def _tile_intensity(
-    image, geometry: np.ndarray, tree, centroids_px: np.ndarray, cells: np.ndarray, size, ring_px: float
-):
-    """Stain and texture features (n_cells_in_tile x 12) of ``cells`` from a window around them."""
+def _tile_job(image, geometry: np.ndarray, tree, centroids_px: np.ndarray, cells: np.ndarray, size, ring_px: float):
+    """What a tile's stain and texture features need (the tile's window read, its nearby polygons): picklable."""
     import shapely
-    from scipy import ndimage
+    import shapely.geometry
 
     height, width = size
     bounds = shapely.bounds(geometry[cells])
@@ -451,28 +456,35 @@ def _tile_intensity(
     y0 = max(int(np.floor(bounds[:, 1].min())) - margin, 0)
     x1 = min(int(np.ceil(bounds[:, 2].max())) + margin, width)
     y1 = min(int(np.ceil(bounds[:, 3].max())) + margin, height)
-    n_out = len(cells)
-    out = np.full((n_out, 12), np.nan)
     if x1 <= x0 or y1 <= y0:
-        return out
+        return None, len(cells)
     # every polygon touching the window, in global order (so overlaps resolve the same in every tile)
-    import shapely.geometry
-
     near = np.sort(tree.query(shapely.geometry.box(x0, y0, x1, y1)))
-    labels = _rasterise(geometry[near], x0, y0, (y1 - y0, x1 - x0))
+    local = np.searchsorted(near, cells) + 1  # label of each tile cell (positions of `cells` within `near`)
+    window = Window(image, y0, y1, x0, x1)
+    return (window, geometry[near], centroids_px[near], local, (x0, y0, x1, y1), ring_px), len(cells)
+
+
+def _tile_intensity(job, n_out: int) -> np.ndarray:
+    """Stain and texture features (n_cells_in_tile x 12) of a tile's cells, from its :func:`_tile_job`."""
+    from scipy import ndimage
+
+    out = np.full((n_out, 12), np.nan)
+    if job is None:
+        return out
+    window, polygons, centroids_px, local, (x0, y0, x1, y1), ring_px = job
+    labels = _rasterise(polygons, x0, y0, (y1 - y0, x1 - x0))
     # nuclei too small to hold a pixel centre: the pixel under the centroid
-    present = np.zeros(len(near) + 1, dtype=bool)
+    present = np.zeros(len(polygons) + 1, dtype=bool)
     present[np.unique(labels)] = True
     for j in np.flatnonzero(~present[1:]):
-        px = int(np.floor(centroids_px[near[j], 0])) - x0
-        py = int(np.floor(centroids_px[near[j], 1])) - y0
+        px = int(np.floor(centroids_px[j, 0])) - x0
+        py = int(np.floor(centroids_px[j, 1])) - y0
         if 0 <= px < x1 - x0 and 0 <= py < y1 - y0 and labels[py, px] == 0:
             labels[py, px] = j + 1
-    # map: label of each tile cell (positions of `cells` within `near`)
-    local = np.searchsorted(near, cells) + 1
-    n = len(near)
+    n = len(polygons)
 
-    h, e = _hematoxylin_eosin(image, x0, y0, x1, y1)
+    h, e = _hematoxylin_eosin(window, x0, y0, x1, y1)
 
     flat = labels.ravel()
     inside = flat > 0
@@ -512,7 +524,9 @@ def _tile_intensity(
     return out
 
 
-def _morphology(image, geometry: np.ndarray, mpp: float, tile_size: int) -> tuple[np.ndarray, list[str]]:
+def _morphology(
+    image, geometry: np.ndarray, mpp: float, tile_size: int, n_jobs: int = 1
+) -> tuple[np.ndarray, list[str]]:
     import shapely
 
     n = len(geometry)
@@ -524,8 +538,10 @@ def _morphology(image, geometry: np.ndarray, mpp: float, tile_size: int) -> tupl
     values[:, :7] = _shape_features(geometry, mpp)
     tree = shapely.STRtree(geometry)
     ring_px = RING_UM / mpp
-    for cells in tiles(centroids, width, height, tile_size):
-        values[cells, 7:19] = _tile_intensity(image, geometry, tree, centroids, cells, (height, width), ring_px)
+    groups = tiles(centroids, width, height, tile_size)
+    jobs = (_tile_job(image, geometry, tree, centroids, cells, (height, width), ring_px) for cells in groups)
+    for cells, result in zip(groups, map_tiles(_tile_intensity, jobs, n_jobs=n_jobs), strict=True):
+        values[cells, 7:19] = result
     values[:, 19:21] = _context_features(centroids * mpp)
     return values, list(MORPHOLOGY_FEATURES)
 

@@ -19,11 +19,12 @@ import numpy as np
 from bitro import _constants as K
 from bitro import _sdata
 from bitro._logging import logger
+from bitro._settings import resolve_n_jobs
 from bitro._validate import check_choice, check_float, check_int, check_mpp
 
 from ._cells import write_cells
 from ._watershed import DEFAULT_DIAMETER_UM, tissue_fraction, watershed_tile
-from ._windows import level_for
+from ._windows import in_dask_worker, level_for
 
 METHODS = ("unet", "cellpose", "watershed", "import")
 if TYPE_CHECKING:
@@ -55,8 +56,8 @@ def segment_cells(
     """Segment the nuclei of an H&E image into polygons and a cells table.
 
     The image's level 0 is processed in overlapping tiles (never loaded whole), in parallel through
-    dask: the active :class:`dask.distributed.Client` if there is one, else the local threaded
-    scheduler with ``n_jobs`` workers. A cell cut by a tile border is kept once, by the tile whose
+    dask: the active :class:`dask.distributed.Client` if there is one, else ``n_jobs`` local worker
+    processes. A cell cut by a tile border is kept once, by the tile whose
     core (the tile without its overlap) holds its centroid; tiles without tissue are skipped.
 
     Parameters
@@ -80,8 +81,9 @@ def segment_cells(
     diameter_um
         Expected nucleus diameter in µm (watershed default 8; cellpose: the model's default when None).
     n_jobs
-        Threads of the local scheduler (default ``bt.settings.n_jobs``, ``-1`` all cores); ignored
-        when a ``dask.distributed`` client is active.
+        Worker processes for the tiles (default ``bt.settings.n_jobs``, ``-1`` all cores; joblib's
+        loky pool, reused between calls; threads for a network on a GPU and inside a dask worker);
+        ignored when a ``dask.distributed`` client is active.
     model
         ``method="unet"``: a weights folder (default: the bundled weights); ``method="cellpose"``: a
         cellpose model name or weights file.
@@ -145,16 +147,7 @@ def segment_cells(
     overlap = check_int(overlap, "overlap", min_value=0)
     if overlap >= tile_size:
         raise ValueError(f"`overlap` ({overlap}) must be smaller than `tile_size` ({tile_size}).")
-    if n_jobs is None:
-        n_jobs = settings.effective_n_jobs
-    else:
-        n_jobs = check_int(n_jobs, "n_jobs", min_value=-1)
-        if n_jobs == 0:
-            raise ValueError("`n_jobs` must be a positive integer or -1 (all cores), got 0.")
-    if n_jobs == -1:
-        import os
-
-        n_jobs = os.cpu_count() or 1
+    n_jobs = resolve_n_jobs(n_jobs)
     for name, value in (("min_area_um2", min_area_um2), ("max_area_um2", max_area_um2)):
         if value is not None:
             check_float(value, name, min_value=0)
@@ -191,12 +184,15 @@ def segment_cells(
             from ._cellpose import cellpose_segmenter
 
             segmenter = cellpose_segmenter(model, mpp=mpp, diameter_um=diameter_um, **method_kwargs)
+        # numpy / scipy / skimage hold the GIL: tiles in processes; a GPU network runs its kernels without it
+        backend = "threads" if method != "watershed" and _on_gpu(method_kwargs.get("device")) else "processes"
         if progress is None:
             progress = settings.verbosity > 0
             progress = progress and _n_tiles(data.shape[1:], tile_size) > 16
         polygons, n_skipped, n_tiles = segment_tiled(
-            data, segmenter, tile_size=tile_size, overlap=overlap, n_jobs=n_jobs, progress=bool(progress)
-        )
+            data, segmenter, tile_size=tile_size, overlap=overlap, n_jobs=n_jobs, progress=bool(progress),
+            backend=backend,
+        )  # fmt: skip
         logger.info(
             "%d tiles of level %d (%.3g µm/px): %d skipped without tissue; %d cells found",
             n_tiles,
@@ -321,28 +317,67 @@ def tile_polygons(labels: np.ndarray, *, core, grown, shape) -> np.ndarray:
 
 
 def segment_tiled(
-    data, segmenter: Callable, *, tile_size: int, overlap: int, n_jobs: int = 1, progress: bool = False
+    data,
+    segmenter: Callable,
+    *,
+    tile_size: int,
+    overlap: int,
+    n_jobs: int = 1,
+    progress: bool = False,
+    backend: str = "processes",
 ) -> tuple[np.ndarray, int, int]:
     """Run ``segmenter`` (``(H, W, 3)`` uint8 -> labels) over overlapping tiles of a ``(3, H, W)`` array.
 
-    Returns the de-duplicated polygons (global level-0 pixels), the number of tiles skipped
-    without tissue and the number of tiles.
+    Tiles run on the active ``dask.distributed`` client if there is one; else, with ``n_jobs > 1``,
+    in ``n_jobs`` worker processes (``backend="processes"``: the numpy / scipy / skimage work of a
+    tile holds the GIL) or threads. Returns the de-duplicated polygons (global level-0 pixels), the
+    number of tiles skipped without tissue and the number of tiles.
     """
-    import dask
-
     shape = tuple(int(s) for s in data.shape[1:])
     boxes = list(_tiles(shape, tile_size, overlap))
-    tasks = []
-    for core, grown in boxes:
-        tile = data[:, grown[0] : grown[1], grown[2] : grown[3]]
-        tasks.append(dask.delayed(_run_tile, pure=True)(tile, segmenter, core, grown, shape))
     client = _distributed_client()
-    results = _compute(tasks, client=client, n_jobs=n_jobs, progress=progress)
+    if client is None and n_jobs > 1 and backend == "processes" and not in_dask_worker():
+        results = _compute_processes(data, boxes, segmenter, shape, n_jobs=n_jobs, progress=progress)
+    else:
+        import dask
+
+        tasks = []
+        for core, grown in boxes:
+            tile = data[:, grown[0] : grown[1], grown[2] : grown[3]]
+            tasks.append(dask.delayed(_run_tile, pure=True)(tile, segmenter, core, grown, shape))
+        results = _compute(tasks, client=client, n_jobs=n_jobs, progress=progress)
     n_skipped = sum(skipped for _, skipped in results)
     parts = [p for p, _ in results if len(p)]
     polygons = np.concatenate(parts) if parts else np.empty(0, dtype=object)
     polygons = _drop_border_duplicates(polygons, boxes, shape, overlap)
     return polygons, n_skipped, len(boxes)
+
+
+def _compute_processes(data, boxes, segmenter: Callable, shape, *, n_jobs: int, progress: bool) -> list:
+    """Tiles in ``n_jobs`` worker processes; the parent reads each tile just before a worker needs it."""
+    from tqdm.auto import tqdm
+
+    from ._windows import map_tiles
+
+    jobs = (
+        (np.asarray(data[:, grown[0] : grown[1], grown[2] : grown[3]]), segmenter, core, grown, shape)
+        for core, grown in boxes
+    )
+    bar = tqdm(total=len(boxes), desc="segment_cells", unit="tile", disable=not progress)
+    try:
+        results = []
+        for result in map_tiles(_run_tile, jobs, n_jobs=n_jobs):
+            results.append(result)
+            bar.update()
+        return results
+    finally:
+        bar.close()
+
+
+def _on_gpu(device: str | None) -> bool:
+    from ._encoder import resolve_device
+
+    return resolve_device(device).type != "cpu"
 
 
 def _distributed_client():
@@ -351,14 +386,11 @@ def _distributed_client():
     Inside a task the tiles run in local threads: nested cluster tasks would wait on busy workers.
     """
     try:
-        from distributed import get_client, get_worker
+        from distributed import get_client
     except ImportError:
         return None
-    try:
-        get_worker()
+    if in_dask_worker():
         return None
-    except ValueError:
-        pass
     try:
         return get_client()
     except ValueError:

@@ -57,15 +57,24 @@ class ResampledImage:
         self.shape = (c, int(round(h * self.factor)), int(round(w * self.factor)))
 
     def __getitem__(self, key):
-        from skimage.transform import resize
-
         c, ys, xs = key
-        y0, y1, x0, x1 = ys.start or 0, ys.stop, xs.start or 0, xs.stop
+        return self.resample(*self.read_source(c, ys.start or 0, ys.stop, xs.start or 0, xs.stop))
+
+    def read_source(self, c, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, tuple]:
+        """The source pixels under the window ``[y0:y1, x0:x1]`` (target pixels), and how to resample them."""
         f = self.factor
         sy0, sx0 = int(np.floor(y0 / f)), int(np.floor(x0 / f))
         sy1 = min(int(np.ceil(y1 / f)) + 1, self.source.shape[1])
         sx1 = min(int(np.ceil(x1 / f)) + 1, self.source.shape[2])
         block = np.asarray(self.source[c, sy0:sy1, sx0:sx1])
+        return block, (f, sy0, sy1, sx0, sx1, y0, y1, x0, x1)
+
+    @staticmethod
+    def resample(block: np.ndarray, spec: tuple) -> np.ndarray:
+        """The window from :meth:`read_source`'s pixels (a static method: it runs in worker processes)."""
+        from skimage.transform import resize
+
+        f, sy0, sy1, sx0, sx1, y0, y1, x0, x1 = spec
         big = resize(block, (block.shape[0], int(round((sy1 - sy0) * f)), int(round((sx1 - sx0) * f))), order=1,
                      preserve_range=True, anti_aliasing=f < 1).astype(block.dtype)  # fmt: skip
         oy, ox = int(round(y0 - sy0 * f)), int(round(x0 - sx0 * f))
@@ -74,3 +83,54 @@ class ResampledImage:
             pad = ((0, 0), (0, y1 - y0 - out.shape[1]), (0, x1 - x0 - out.shape[2]))
             out = np.pad(out, pad, mode="edge")
         return out
+
+
+class Window:
+    """One window of an image, read now and indexed later like the image (global coordinates).
+
+    The parent reads (cheap: a chunk read), a worker process resamples and measures: only the
+    window's pixels travel, never the slide.
+    """
+
+    def __init__(self, image, y0: int, y1: int, x0: int, x1: int) -> None:
+        self.box = (y0, y1, x0, x1)
+        if isinstance(image, ResampledImage):
+            self.block, self.spec = image.read_source(slice(0, 3), y0, y1, x0, x1)
+        else:
+            self.block, self.spec = np.asarray(image[:3, y0:y1, x0:x1]), None
+
+    def __getitem__(self, key):
+        c, ys, xs = key
+        if (ys.start, ys.stop, xs.start, xs.stop) != self.box:
+            raise IndexError(f"this window holds {self.box} (y0, y1, x0, x1), not {key}.")
+        block = self.block if self.spec is None else ResampledImage.resample(self.block, self.spec)
+        return block[c]
+
+
+def map_tiles(func, jobs, *, n_jobs: int = 1):
+    """``func(*job)`` for each job, in order: here, or in ``n_jobs`` worker processes (joblib's loky pool).
+
+    The jobs are consumed lazily (a few per worker in flight), so a slide's tiles never all wait in memory.
+    Inside a dask worker (e.g. a slide of ``bt.tl.predict_slides``) the jobs run here.
+    """
+    if n_jobs > 1 and not in_dask_worker():
+        from joblib import Parallel, delayed
+
+        parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator", pre_dispatch="2*n_jobs")
+        yield from parallel(delayed(func)(*job) for job in jobs)
+    else:
+        for job in jobs:
+            yield func(*job)
+
+
+def in_dask_worker() -> bool:
+    """Whether this code runs inside a ``dask.distributed`` worker's task."""
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return False
+    try:
+        get_worker()
+        return True
+    except ValueError:
+        return False
