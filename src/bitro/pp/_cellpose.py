@@ -167,6 +167,10 @@ def _load(kind: str, ref: str, gpu: bool | None):
     return cp
 
 
+_LOADED: dict[tuple, object] = {}
+"""Models loaded in this process (worker processes), by (source, gpu, weights file's mtime)."""
+
+
 class CellposeSegmenter:
     """Callable tile segmenter made by :func:`cellpose_segmenter` (see there)."""
 
@@ -202,8 +206,12 @@ class CellposeSegmenter:
         if tile.shape[0] == 0 or tile.shape[1] == 0 or not tile.any():
             return np.zeros(tile.shape[:2], dtype=np.int32)
         with self._lock:
-            if self._model is None:  # unpickled in a worker process: load once there
-                self._model = _load(*self.source, self.gpu)
+            if self._model is None:  # unpickled in a worker process (one copy per tile): load once per process
+                stamp = os.stat(self.source[1]).st_mtime_ns if self.source[0] == "file" else None
+                key = (self.source, self.gpu, stamp)
+                if key not in _LOADED:
+                    _LOADED[key] = _load(*self.source, self.gpu)
+                self._model = _LOADED[key]
             masks = self._model.eval(
                 tile,
                 channels=list(self.channels),

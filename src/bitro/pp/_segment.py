@@ -1,7 +1,7 @@
 """``bt.pp.segment_cells``: tiled nucleus segmentation of an H&E image into the cells layer.
 
 The image's level 0 is read tile by tile (each tile grown by an overlap on every side), every tile
-is segmented on its own (dask: the local threaded scheduler, or the active ``dask.distributed``
+is segmented on its own (``n_jobs`` local worker processes, or the active ``dask.distributed``
 client), each tile's labels become polygons in global level-0 pixels, and a cell is kept only by
 the tile whose core (the tile without its overlap) holds its centroid, so a nucleus cut by a tile
 border appears once. Tiles without tissue are skipped before any segmentation runs.
