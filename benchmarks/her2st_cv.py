@@ -34,6 +34,8 @@ VARIANTS = {
     "no context": {"data": {"context_um": 0.0}},
     "ring context": {"data": RING},
     "ring context, dropout 0.25": {"data": RING, "architecture": {"dropout": 0.25}},
+    "ring context, weight decay 0.1": {"data": RING, "weight_decay": 0.1},
+    "ring context, hidden 32": {"data": RING, "architecture": {"hidden": 32}},
 }
 """Options of ``bt.tl.fit`` per variant."""
 
