@@ -208,25 +208,23 @@ def cell_features(
     table = _sdata.editable_table(sdata, table_key)
     geometry = _cell_geometry(sdata[shapes_key], table.obs[K.CELL_ID_KEY].to_numpy())
     image = _sdata.level0(sdata.images[img_key]).data
+    scale = 1.0
     if target_mpp is not None:
         target = check_mpp(target_mpp, "mpp")
         if abs(target / mpp - 1) > 0.02:  # at another pixel size: a resampled view, polygons scaled alike
-            import shapely
-
             from ._windows import ResampledImage
 
             image = ResampledImage(
                 sdata.images[img_key], level0_mpp=mpp, target_mpp=target, cs=_sdata.coordinate_system(sdata)
             )
-            scale = mpp / target
-            geometry = shapely.transform(geometry, lambda xy: xy * scale)
+            scale = mpp / target  # image pixels per polygon pixel
             logger.info("cell features measured at %.3g µm/px (the image has %.3g)", target, mpp)
             mpp = target
 
     start = time.perf_counter()
     values, names, params = np.zeros((len(geometry), 0), np.float32), [], {"image_key": img_key, "mpp": mpp}
     if method in ("morphology", "morphology+encoder"):
-        values, names = _morphology(image, geometry, mpp, int(tile_size), n_jobs)
+        values, names = _morphology(image, geometry, mpp, int(tile_size), n_jobs, scale)
         params.update({
             "tile_size": int(tile_size),
             "ring_um": RING_UM,
@@ -236,6 +234,10 @@ def cell_features(
             "glcm_levels": GLCM_LEVELS,
         })  # fmt: skip
     if deep:
+        if scale != 1:
+            import shapely
+
+            geometry = shapely.transform(geometry, lambda xy: xy * scale)
         deep_values = _encode(image, geometry, mpp, model, settings, batch_size, int(tile_size), device)
         values = np.concatenate([values, deep_values], axis=1)
         names = names + [f"enc_{i}" for i in range(deep_values.shape[1])]
@@ -288,8 +290,13 @@ def _cell_geometry(shapes, cell_ids: np.ndarray) -> np.ndarray:
 
 
 # --- morphology ----------------------------------------------------------------------------------
-def _shape_features(geometry: np.ndarray, mpp: float) -> np.ndarray:
-    """Area, perimeter, eccentricity, solidity, major/minor axis, circularity from the polygons (µm)."""
+def _shape_features(geometry: np.ndarray, mpp: float, chunk: int = 50_000) -> np.ndarray:
+    """Area, perimeter, eccentricity, solidity, major/minor axis, circularity from the polygons (µm).
+
+    In chunks of cells: the vertex arrays of a whole slide would be gigabytes.
+    """
+    if len(geometry) > chunk:
+        return np.concatenate([_shape_features(geometry[i : i + chunk], mpp) for i in range(0, len(geometry), chunk)])
     import shapely
 
     n = len(geometry)
@@ -444,13 +451,18 @@ def _hematoxylin_eosin(image, x0: int, y0: int, x1: int, y1: int) -> tuple[np.nd
 _OD_LUT = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)).astype(np.float32)
 
 
-def _tile_job(image, geometry: np.ndarray, tree, centroids_px: np.ndarray, cells: np.ndarray, size, ring_px: float):
-    """What a tile's stain and texture features need (the tile's window read, its nearby polygons): picklable."""
+def _tile_job(
+    image, geometry: np.ndarray, tree, centroids_px: np.ndarray, cells: np.ndarray, size, ring_px: float, scale: float
+):
+    """What a tile's stain and texture features need (the window read, its nearby polygons in image pixels): picklable.
+
+    ``geometry`` and ``tree`` are in polygon (level-0) pixels, ``scale`` image pixels per polygon pixel.
+    """
     import shapely
     import shapely.geometry
 
     height, width = size
-    bounds = shapely.bounds(geometry[cells])
+    bounds = shapely.bounds(geometry[cells]) * scale
     margin = int(np.ceil(2 * ring_px)) + 3
     x0 = max(int(np.floor(bounds[:, 0].min())) - margin, 0)
     y0 = max(int(np.floor(bounds[:, 1].min())) - margin, 0)
@@ -459,10 +471,11 @@ def _tile_job(image, geometry: np.ndarray, tree, centroids_px: np.ndarray, cells
     if x1 <= x0 or y1 <= y0:
         return None, len(cells)
     # every polygon touching the window, in global order (so overlaps resolve the same in every tile)
-    near = np.sort(tree.query(shapely.geometry.box(x0, y0, x1, y1)))
+    near = np.sort(tree.query(shapely.geometry.box(x0 / scale, y0 / scale, x1 / scale, y1 / scale)))
     local = np.searchsorted(near, cells) + 1  # label of each tile cell (positions of `cells` within `near`)
+    polygons = geometry[near] if scale == 1 else shapely.transform(geometry[near], lambda xy: xy * scale)
     window = Window(image, y0, y1, x0, x1)
-    return (window, geometry[near], centroids_px[near], local, (x0, y0, x1, y1), ring_px), len(cells)
+    return (window, polygons, centroids_px[near], local, (x0, y0, x1, y1), ring_px), len(cells)
 
 
 def _tile_intensity(job, n_out: int) -> np.ndarray:
@@ -525,21 +538,26 @@ def _tile_intensity(job, n_out: int) -> np.ndarray:
 
 
 def _morphology(
-    image, geometry: np.ndarray, mpp: float, tile_size: int, n_jobs: int = 1
+    image, geometry: np.ndarray, mpp: float, tile_size: int, n_jobs: int = 1, scale: float = 1.0
 ) -> tuple[np.ndarray, list[str]]:
+    """The 21 morphology features of level-0 polygons ``geometry`` measured on ``image`` (``mpp`` µm/px).
+
+    ``scale``: image pixels per polygon pixel (a resampled view); each tile's polygons are scaled
+    when its job is made, so a slide's polygons are never copied whole.
+    """
     import shapely
 
     n = len(geometry)
     _, height, width = image.shape
-    centroids = shapely.get_coordinates(shapely.centroid(geometry)) if n else np.zeros((0, 2))
+    centroids = shapely.get_coordinates(shapely.centroid(geometry)) * scale if n else np.zeros((0, 2))
     values = np.full((n, len(MORPHOLOGY_FEATURES)), np.nan)
     if n == 0:
         return values, list(MORPHOLOGY_FEATURES)
-    values[:, :7] = _shape_features(geometry, mpp)
+    values[:, :7] = _shape_features(geometry, mpp * scale)
     tree = shapely.STRtree(geometry)
     ring_px = RING_UM / mpp
     groups = tiles(centroids, width, height, tile_size)
-    jobs = (_tile_job(image, geometry, tree, centroids, cells, (height, width), ring_px) for cells in groups)
+    jobs = (_tile_job(image, geometry, tree, centroids, cells, (height, width), ring_px, scale) for cells in groups)
     for cells, result in zip(groups, map_tiles(_tile_intensity, jobs, n_jobs=n_jobs), strict=True):
         values[cells, 7:19] = result
     values[:, 19:21] = _context_features(centroids * mpp)
