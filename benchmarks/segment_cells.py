@@ -6,7 +6,7 @@ that run's alone. Times are end to end (reading tiles, segmentation, polygons, w
 then the features).
 
     python benchmarks/segment_cells.py                 # CMU-1, ~1e4 and ~1e5 cells
-    python benchmarks/segment_cells.py --max-cells 1e6 --n-jobs 4
+    python benchmarks/segment_cells.py --max-cells 1e6 --n-jobs 4   # tiles of both steps in 4 processes
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import json, resource, sys, tempfile, time, warnings
 import bitro as bt
 import spatialdata as sd
 what, n_jobs = sys.argv[1], int(sys.argv[2])
+bt.settings.n_jobs = n_jobs  # worker processes for the tiles of both steps
 if what == "cmu":
     sdata = bt.io.wsi(sys.argv[3])
     cells_true = None
