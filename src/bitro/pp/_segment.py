@@ -55,10 +55,10 @@ def segment_cells(
 ) -> SpatialData | None:
     """Segment the nuclei of an H&E image into polygons and a cells table.
 
-    The image's level 0 is processed in overlapping tiles (never loaded whole), in parallel through
-    dask: the active :class:`dask.distributed.Client` if there is one, else ``n_jobs`` local worker
-    processes. A cell cut by a tile border is kept once, by the tile whose
-    core (the tile without its overlap) holds its centroid; tiles without tissue are skipped.
+    The image's level 0 is processed in overlapping tiles (never loaded whole), in parallel: on the
+    active :class:`dask.distributed.Client` if there is one, else in ``n_jobs`` local worker
+    processes. A cell cut by a tile border is kept once, by the tile whose core (the tile without
+    its overlap) holds its centroid; tiles without tissue are skipped.
 
     Parameters
     ----------
