@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -112,19 +114,42 @@ class Window:
 
 
 def map_tiles(func, jobs, *, n_jobs: int = 1):
-    """``func(*job)`` for each job, in order: here, or in ``n_jobs`` worker processes (joblib's loky pool).
+    """``func(*job)`` for each job, in order: here, or in ``n_jobs`` worker processes.
 
-    The jobs are consumed lazily (a few per worker in flight), so a slide's tiles never all wait in memory.
-    Inside a dask worker (e.g. a slide of ``bt.tl.predict_slides``) the jobs run here.
+    A fresh pool per call (spawned processes, shut down at the end): a worker that dies raises
+    ``BrokenProcessPool`` here instead of leaving a shared pool to hang. At most ``2 * n_jobs`` jobs
+    are in flight, so a slide's tiles never all wait in memory. Each worker gets
+    ``cpu_count // n_jobs`` math threads. Inside a dask worker (e.g. a slide of
+    ``bt.tl.predict_slides``) the jobs run here.
     """
-    if n_jobs > 1 and not in_dask_worker():
-        from joblib import Parallel, delayed
-
-        parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator", pre_dispatch="2*n_jobs")
-        yield from parallel(delayed(func)(*job) for job in jobs)
-    else:
+    if n_jobs <= 1 or in_dask_worker():
         for job in jobs:
             yield func(*job)
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_limit_threads, initargs=(threads,)) as pool:
+        pending: deque = deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(func, *job))
+                if len(pending) >= 2 * n_jobs:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _limit_threads(n: int) -> None:
+    """Worker initialiser: ``n`` threads for OpenMP / BLAS / torch (set before they are imported)."""
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(n)
 
 
 def in_dask_worker() -> bool:
