@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
-from her2st_prepare import SECTIONS, prepare
+from her2st_prepare import SECTIONS, prepare, segmentation_label
 
 RING = {"context_um": 200.0, "max_context": 32}
 VARIANTS = {
@@ -70,6 +70,7 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     args.results.mkdir(parents=True, exist_ok=True)
     sets = feature_sets()
+    segmentation = segmentation_label()  # results of other nucleus weights are never reused
     frames = []
     for features in args.features:
         sections = [prepare(s, args.data, args.cache, sets[features], label=features) for s in SECTIONS]
@@ -77,7 +78,7 @@ def main() -> None:
             for name in args.variants:
                 config = f"{features}, {name}"
                 slug = name.replace(" ", "-").replace(",", "")
-                done = args.results / f"{features}_{slug}_seed{seed}_epochs{args.max_epochs}.csv"
+                done = args.results / f"{segmentation}_{features}_{slug}_seed{seed}_epochs{args.max_epochs}.csv"
                 if done.is_file():
                     frames.append(pd.read_csv(done))
                     continue

@@ -394,11 +394,11 @@ def _pseudo_bulk(section):
 
 def _load_her2st(args):
     sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
-    from her2st_prepare import SECTIONS, prepare
+    from her2st_prepare import SECTIONS, cached_folder, prepare
 
+    folder = cached_folder(args.cache)
     cached = all(
-        (args.cache / f"{s}.zarr" / "zarr.json").exists() or (args.cache / f"{s}.zarr" / ".zgroup").exists()
-        for s in SECTIONS
+        (folder / f"{s}.zarr" / "zarr.json").exists() or (folder / f"{s}.zarr" / ".zgroup").exists() for s in SECTIONS
     )
     if not cached and not args.data.is_dir():
         print(

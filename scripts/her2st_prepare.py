@@ -4,7 +4,8 @@ The default segmentation (``DEFAULT_PREPROCESSING``) + morphology features + cel
 assignment + kNN graph (the settings the bundled default model uses); other features (e.g.
 ``morphology+encoder``) are derived from those sections, the same cells. Used by
 ``scripts/train_default_model.py`` and ``benchmarks/her2st_cv.py``; a cached section is reused, in a
-folder named after the segmentation and feature methods, so changing them never reuses stale cells.
+folder named after the segmentation (with the U-Net weights' digest) and feature methods, so changing
+them never reuses stale cells.
 
     python scripts/her2st_prepare.py --data ../shared/data/her2st --out ~/.cache/bitro/her2st_prepared
 """
@@ -19,11 +20,31 @@ from pathlib import Path
 SECTIONS = ("C2", "C3", "C4", "C5")
 
 
+def segmentation_label() -> str:
+    """The default segmentation's method, with the bundled weights' digest for a network (new weights, new cells)."""
+    import hashlib
+
+    from bitro.tl._preprocess import DEFAULT_PREPROCESSING
+
+    method = DEFAULT_PREPROCESSING["segmentation"]["method"]
+    if method != "unet":
+        return method
+    from bitro.pp._unet import BUNDLED, WEIGHTS_NAME
+
+    return f"unet-{hashlib.sha256((BUNDLED / WEIGHTS_NAME).read_bytes()).hexdigest()[:8]}"
+
+
+def cached_folder(out: Path, label: str = "morphology") -> Path:
+    """Where ``prepare`` caches the sections of a feature set ``label`` under ``out``."""
+    return out / f"{segmentation_label()}_{label}"
+
+
 def prepare(section: str, data_dir: Path, out: Path, features: dict | None = None, label: str | None = None):
     """Return the prepared section ``section``, computing and caching it under ``out`` when missing.
 
     ``features`` (options of ``bt.pp.cell_features``) replaces the default features; such a section is
-    made from the default one (the same cells) and cached in its own folder, ``{segmentation}_{label}``.
+    made from the default one (the same cells) and cached in its own folder, ``{segmentation}_{label}``
+    (the segmentation's name carries the bundled U-Net's weights digest).
     """
     import spatialdata as sd
 
@@ -32,7 +53,7 @@ def prepare(section: str, data_dir: Path, out: Path, features: dict | None = Non
 
     prep = {**DEFAULT_PREPROCESSING, "features": {"method": "morphology"}}  # the base: cells + morphology
     label = label or prep["features"]["method"]
-    folder = out / f"{prep['segmentation']['method']}_{label}"
+    folder = cached_folder(out, label)
     folder.mkdir(parents=True, exist_ok=True)
     store = folder / f"{section}.zarr"
     if (store / "zarr.json").exists() or (store / ".zgroup").exists():

@@ -82,6 +82,9 @@ def test_errors_are_one_line_with_exit_codes(tmp_path):
     assert result.exit_code == 2  # a usage error: typer's message
     result = runner.invoke(app, ["segment"])
     assert result.exit_code == 2
+    result = runner.invoke(app, ["segment", str(tmp_path), "--method", "watershed", "--tta", "8"])
+    assert result.exit_code == 2
+    assert "--tta" in result.stderr
 
 
 @pytest.mark.filterwarnings("ignore:.*duplicated gene names made unique:UserWarning")  # CD99 _PAR_Y

@@ -65,6 +65,21 @@ def test_training_recipe_runs_a_few_iterations_and_round_trips(tiles, tmp_path):
         save_unet(net, config, tmp_path / "w")
 
 
+def test_test_time_augmentation_is_mirror_equivariant(tiles):
+    rgb = tiles[0].rgb[:256, :320]
+    segment = unet_segmenter(mpp=0.25, tta=8)
+    labels, mirrored = segment(rgb), segment(np.ascontiguousarray(rgb[:, ::-1]))[:, ::-1]
+    # the 8 flips / turns are a group: a mirrored tile gives the mirrored nuclei (up to float summation order)
+    assert labels.max() > 10
+    assert abs(int(labels.max()) - int(mirrored.max())) <= 1
+    assert np.mean((labels > 0) == (mirrored > 0)) > 0.999
+    single = unet_segmenter(mpp=0.25)(rgb)
+    assert abs(int(labels.max()) - int(single.max())) <= 0.2 * single.max()  # the same nuclei, averaged maps
+    for bad in (3, True, 0):
+        with pytest.raises(ValueError, match="`tta` must be one of"):
+            unet_segmenter(mpp=0.25, tta=bad)
+
+
 def test_bad_weights_and_images(tmp_path, bitro_log):
     with pytest.raises(FileNotFoundError, match="not a nucleus U-Net folder"):
         unet_segmenter(tmp_path / "none", mpp=0.5)

@@ -154,6 +154,9 @@ def segment(
     model: Annotated[str | None, typer.Option(help="unet / cellpose weights (default: bundled U-Net).")] = None,
     tile_size: Annotated[int, typer.Option(help="Tile side in pixels.")] = 1024,
     mpp: Annotated[float | None, typer.Option(help="Read the pyramid level of this µm/px.")] = None,
+    tta: Annotated[
+        int, typer.Option(help="unet: average the network over 1, 2, 4 or 8 flips / turns (slower, more accurate).")
+    ] = 1,
     n_jobs: NJobs = None,
     verbose: Verbose = 0,
 ) -> None:
@@ -161,8 +164,13 @@ def segment(
     import bitro as bt
 
     set_verbosity(verbose, progress=True)
+    if tta != 1 and method != Method.unet:
+        raise typer.BadParameter(f"--tta applies to --method unet, not {method.value}.", param_hint="--tta")
+    options = {"tta": tta} if method == Method.unet else {}
     sdata = open_store(store)
-    bt.pp.segment_cells(sdata, method=method.value, path=path, model=model, tile_size=tile_size, mpp=mpp, n_jobs=n_jobs)
+    bt.pp.segment_cells(
+        sdata, method=method.value, path=path, model=model, tile_size=tile_size, mpp=mpp, n_jobs=n_jobs, **options
+    )
     echo_json(_summary(sdata))
 
 

@@ -101,7 +101,7 @@ def segment_cells(
     copy
         Return a segmented copy instead of writing into ``sdata``.
     **method_kwargs
-        Passed to the tile segmenter (e.g. ``fg_threshold=`` / ``marker_threshold=`` of the U-Net,
+        Passed to the tile segmenter (e.g. ``fg_threshold=`` / ``marker_threshold=`` / ``tta=`` of the U-Net,
         ``offset=`` / ``floor_factor=`` of the watershed, see ``bitro.pp._watershed.watershed_tile``).
 
     Returns
