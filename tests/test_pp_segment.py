@@ -110,6 +110,26 @@ def test_worker_processes_give_the_cells_of_one_process(toy_ws):
         segment_tiled(image, bad, tile_size=256, overlap=32, n_jobs=2)
 
 
+def test_worker_processes_in_a_script_without_a_main_guard(tmp_path):
+    """A plain script (no ``if __name__ == "__main__":``) runs once: the workers never re-run it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import bitro as bt\n"
+        "print('script top level ran', flush=True)\n"
+        "sdata = bt.datasets.toy_st(n_spots=9, seed=0)\n"
+        "bt.pp.segment_cells(sdata, method='watershed', tile_size=256, n_jobs=2)\n"
+        "bt.pp.cell_features(sdata, n_jobs=2)\n"
+        "print('cells', sdata['bitro_cells'].n_obs)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("script top level ran") == 1
+    assert int(done.stdout.split("cells")[-1]) > 100
+
+
 def test_tile_segmenter_dispatch_for_cellpose(monkeypatch, toy_st):
     """The cellpose path tiles and de-duplicates whatever the segmenter returns (a fake one here)."""
     import sys

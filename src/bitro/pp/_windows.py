@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import numpy as np
 
@@ -136,7 +138,8 @@ def map_tiles(func, jobs, *, n_jobs: int = 1):
         pending: deque = deque()
         try:
             for job in jobs:
-                pending.append(pool.submit(func, *job))
+                with _main_not_rerun():  # a submit may spawn a worker
+                    pending.append(pool.submit(func, *job))
                 if len(pending) >= 2 * n_jobs:
                     yield pending.popleft().result()
             while pending:
@@ -144,6 +147,28 @@ def map_tiles(func, jobs, *, n_jobs: int = 1):
         finally:
             for future in pending:
                 future.cancel()
+
+
+@contextlib.contextmanager
+def _main_not_rerun():
+    """Spawned workers do not re-run the user's script: ``__main__`` is hidden while they start.
+
+    A spawned process normally imports the parent's main module, so a script without an
+    ``if __name__ == "__main__":`` guard would run again in every worker (and fail when it starts
+    the pool again). Tile jobs only hold bitro's own importable functions and data, so the workers
+    never need the main module (as with joblib's loky).
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    if not saved:
+        yield
+        return
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
 
 
 def _limit_threads(n: int) -> None:
