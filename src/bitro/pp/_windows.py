@@ -134,7 +134,7 @@ def map_tiles(func, jobs, *, n_jobs: int = 1):
 
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_limit_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
         pending: deque = deque()
         try:
             for job in jobs:
@@ -171,10 +171,25 @@ def _main_not_rerun():
         main.__dict__.update(saved)
 
 
-def _limit_threads(n: int) -> None:
-    """Worker initialiser: ``n`` threads for OpenMP / BLAS / torch (set before they are imported)."""
+def _init_worker(n: int) -> None:
+    """Worker initialiser: ``n`` threads for OpenMP / BLAS / torch (set before they are imported), and exit with the parent.
+
+    A pool's idle workers outlive a parent that is killed (SIGKILL): each holds its own end of the
+    job queue, so it never sees end-of-file. A daemon thread waits on the parent's sentinel instead.
+    """
+    import multiprocessing
+    import threading
+
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(n)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent) -> None:
+    parent.join()
+    os._exit(1)
 
 
 def in_dask_worker() -> bool:
