@@ -130,6 +130,38 @@ def test_worker_processes_in_a_script_without_a_main_guard(tmp_path):
     assert int(done.stdout.split("cells")[-1]) > 100
 
 
+def test_worker_processes_exit_when_their_parent_is_killed(tmp_path):
+    """A SIGKILLed caller leaves no worker behind, even one busy with a tile."""
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    script = tmp_path / "busy.py"
+    script.write_text(
+        "import time\nfrom bitro.pp._windows import map_tiles\nnext(map_tiles(time.sleep, [(60,)] * 4, n_jobs=2))\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)])
+    try:
+        deadline = time.monotonic() + 60
+        workers = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert alive == []
+    finally:
+        proc.kill()
+        for worker in workers:  # never leave one behind, even when the test fails
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+
+
 def test_tile_segmenter_dispatch_for_cellpose(monkeypatch, toy_st):
     """The cellpose path tiles and de-duplicates whatever the segmenter returns (a fake one here)."""
     import sys
