@@ -222,11 +222,9 @@ class UNetSegmenter:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_net(
-        cls, net: NucleusUNet, config: dict, *, mpp: float, thresholds: dict | None = None, tta: int = 1
-    ) -> UNetSegmenter:
+    def from_net(cls, net: NucleusUNet, config: dict, *, mpp: float, thresholds: dict | None = None) -> UNetSegmenter:
         """A segmenter around a network in memory (training, evaluation) instead of a weights folder."""
-        segmenter = cls(None, mpp=mpp, device="cpu", thresholds=thresholds or {}, tta=tta)
+        segmenter = cls(None, mpp=mpp, device="cpu", thresholds=thresholds or {})
         segmenter._net, segmenter._config, segmenter._device = net, config, next(net.parameters()).device
         return segmenter
 
