@@ -24,7 +24,7 @@ predict: $(STAMP)
 	$(BIN)/bitro predict-her2st tests/data/her2st --section C3 --out bitro_her2st
 
 test: $(STAMP)
-	MPLBACKEND=agg $(BIN)/python -m pytest
+	MPLBACKEND=agg $(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts docs

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on two cores: one BLAS / torch thread each (and in the
+    # processes they start) instead of two each fighting for the same cores
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+LONGEST_FIRST = ("test_docs_build_without_warnings",)
+"""Tests that take minutes: started first, so that the other worker runs the rest beside them."""
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.originalname not in LONGEST_FIRST)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
