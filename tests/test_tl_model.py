@@ -298,6 +298,59 @@ def test_bulk_fit_and_slide_prediction(toy_slides):
         bt.tl.evaluate(slides[:2])
 
 
+def test_bulk_fit_from_stores_trains_the_same_model_one_slide_at_a_time(toy_slides, tmp_path, monkeypatch):
+    import tempfile
+
+    import torch
+
+    import bitro as bt
+
+    stores = []
+    for s in toy_slides[:3]:
+        stores.append(tmp_path / f"{s.attrs['bitro']['sample_id']}.zarr")
+        s.write(stores[-1])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the bags are spilled
+    (tmp_path / "tmp").mkdir()
+    options = {"target": "bulk", "n_genes": 20, "val": None, "max_epochs": 2, "progress": False}
+    from_stores = bt.tl.fit(stores, **options)
+    in_memory = bt.tl.fit(toy_slides[:3], **options)
+    assert from_stores.genes == in_memory.genes
+    assert from_stores.config["training"]["samples"] == in_memory.config["training"]["samples"]
+    for (name, a), b in zip(from_stores.module.state_dict().items(), in_memory.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert list((tmp_path / "tmp").iterdir()) == []  # the spilled bags are gone
+    # the graph each store lacked was built and written into it
+    cells = bt.io.read_zarr(stores[0])["bitro_cells"]
+    assert "bitro_graph_connectivities" in cells.obsp
+
+
+def test_feature_statistics_by_chunks_equal_numpy_over_all_cells():
+    from types import SimpleNamespace
+
+    from bitro.models._training import TrainingData
+
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(3, 2, (n, 4)).astype(np.float32) for n in (50, 31, 7)]
+    xs[0][::3, 1] = np.nan  # missing values are left out
+    xs[0][:, 2] = xs[1][:, 2] = 5.0  # constant
+    xs[0][:, 3] = xs[1][:, 3] = np.nan  # all missing in the training samples
+    td = TrainingData.__new__(TrainingData)
+    td.sections = [SimpleNamespace(x=x) for x in xs]
+    td.train_items = [(0, 0), (1, 0), (1, 1)]  # the third sample is not a training sample
+    mean, std = td.feature_stats(chunk=8)
+    both = np.concatenate(xs[:2]).astype(np.float64)
+    np.testing.assert_allclose(mean[:3], np.nanmean(both[:, :3], axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std[:2], np.nanstd(both[:, :2], axis=0), rtol=1e-10)
+    assert std[2] == 1.0 and mean[3] == 0.0 and std[3] == 1.0  # constant -> 1, all missing -> 0 and 1
+
+
+def test_fit_names_a_path_that_is_not_a_store(tmp_path):
+    import bitro as bt
+
+    with pytest.raises(ValueError, match=r"`sdatas\[0\]`: .*nothing.zarr is not a zarr store"):
+        bt.tl.fit([tmp_path / "nothing.zarr"], target="bulk")
+
+
 def test_cross_validate_reports_model_and_baselines_on_the_same_folds(sections):
     import bitro as bt
     from bitro.models._config import data_settings

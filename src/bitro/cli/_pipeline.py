@@ -222,13 +222,12 @@ def fit(
     overwrite: Overwrite = False,
     verbose: Verbose = 0,
 ) -> None:
-    """Train a BiTro model on the stores' spots (or slides) and save it."""
+    """Train a BiTro model on the stores' spots (or slides) and save it; stores are read one at a time."""
     import bitro as bt
 
     set_verbosity(verbose, progress=True)
-    sdatas = [open_store(s) for s in stores]
     model = bt.tl.fit(
-        sdatas,
+        stores,
         target=target.value,
         n_genes=n_genes,
         val=val if val else 0.25,

@@ -169,24 +169,34 @@ def feature_config(sdata) -> dict[str, Any]:
     }
 
 
-def spot_geometry(sdatas) -> dict[str, float]:
-    """Median spot radius and centre-to-centre pitch (µm) of the training sections, for pseudo-spots."""
+def spot_scale(sdata) -> tuple[float | None, float | None]:
+    """Median spot radius and centre-to-centre pitch (µm) of one section (``None`` where it cannot say)."""
     from scipy.spatial import cKDTree
 
-    radii, pitches = [], []
-    for sdata in sdatas:
-        centres, radius = _sdata.spots_um(sdata, _sdata.info(sdata)[K.ATTR_SPOTS])
-        if radius is not None:
-            radii.append(np.median(radius))
-        if len(centres) > 1:
-            d, _ = cKDTree(centres).query(centres, k=2)
-            pitches.append(np.median(d[:, 1]))
+    centres, radius = _sdata.spots_um(sdata, _sdata.info(sdata)[K.ATTR_SPOTS])
+    pitch = None
+    if len(centres) > 1:
+        d, _ = cKDTree(centres).query(centres, k=2)
+        pitch = float(np.median(d[:, 1]))
+    return (float(np.median(radius)) if radius is not None else None), pitch
+
+
+def spot_geometry(sdatas=None, *, scales: list | None = None) -> dict[str, float]:
+    """Median spot radius and pitch (µm) of the training sections (or of their :func:`spot_scale`), for pseudo-spots."""
+    scales = scales if scales is not None else [spot_scale(s) for s in sdatas]
+    radii = [r for r, _ in scales if r is not None]
+    pitches = [p for _, p in scales if p is not None]
     return {"radius_um": float(np.median(radii)), "pitch_um": float(np.median(pitches))}
 
 
-def median_mpp(sdatas) -> float | None:
-    """Median pixel size (µm/px) the readers recorded, or ``None``."""
-    mpps = [float(_sdata.info(s).get(K.ATTR_MPP, math.nan)) for s in sdatas]
+def sample_mpp(sdata) -> float:
+    """Pixel size (µm/px) the reader recorded, NaN when it did not."""
+    return float(_sdata.info(sdata).get(K.ATTR_MPP, math.nan))
+
+
+def median_mpp(sdatas=None, *, mpps: list[float] | None = None) -> float | None:
+    """Median pixel size (µm/px) the readers recorded (or of ``mpps``), or ``None``."""
+    mpps = mpps if mpps is not None else [sample_mpp(s) for s in sdatas]
     return float(np.nanmedian(mpps)) if np.isfinite(mpps).any() else None
 
 

@@ -8,7 +8,8 @@ bag's targets when the data has expression.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -155,14 +156,76 @@ def spot_bags(
 
     y = None
     if genes is not None:
-        cols = gene_columns(table, genes, where=f"section {sample!r} table {table_key!r}")
-        y = log_cp10k(table.X, where=f"section {sample!r} table {table_key!r}", columns=cols)
-        y = np.vstack([y, np.full((len(names) - len(y), y.shape[1]), np.nan, np.float32)])
+        y = bag_targets(table, genes, kind="spot", sample=sample, table_key=table_key, n_bags=len(names))
     return _bags(
         sample, group, "spot", x, xy, graph, y,
         seq_cells=members, seq_context=context, seq_centre=bag_xy, seq_bag=np.arange(len(names)),
         bag_names=names, bag_xy=bag_xy, n_spots=len(spot_ids),
     )  # fmt: skip
+
+
+def expression_table(sdata, kind: str):
+    """The sample's id, the key of its expression table and the table (checked to be there, one row for a slide)."""
+    sample = _sdata.sample_id(sdata, "slide") if kind == "bulk" else _sdata.sample_id(sdata)
+    table_key = _sdata.recorded(sdata, K.ATTR_TABLE)
+    if table_key not in sdata.tables:
+        what = "slide" if kind == "bulk" else "section"
+        raise KeyError(f"{what} {sample!r} has no expression table {table_key!r} to train or evaluate on.")
+    table = sdata.tables[table_key]
+    if kind == "bulk" and table.n_obs != 1:
+        raise ValueError(f"slide {sample!r}: bulk table {table_key!r} must have one row, has {table.n_obs}.")
+    return sample, table_key, table
+
+
+def bag_targets(
+    table, genes: list[str], *, kind: str, sample: str, table_key: str, n_bags: int | None = None
+) -> np.ndarray:
+    """log1p(CP10k) of ``genes`` in an expression table: one row per spot, or the slide's one row.
+
+    Rows beyond the table's (the pseudo-spots of ``n_bags``) are NaN: they have no counts.
+    """
+    where = f"{'slide' if kind == 'bulk' else 'section'} {sample!r} table {table_key!r}"
+    y = log_cp10k(table.X, where=where, columns=gene_columns(table, genes, where=where))
+    if n_bags is not None and n_bags > len(y):
+        y = np.vstack([y, np.full((n_bags - len(y), y.shape[1]), np.nan, np.float32)])
+    return y
+
+
+def spill(bags: Bags, folder: Path) -> Bags:
+    """The same bags with their per-cell arrays in files under ``folder``, memory-mapped (read from disk on use).
+
+    A whole slide's features, positions, graph and tiles then cost page cache, which the system
+    reclaims, instead of memory that grows with the cohort.
+    """
+    folder.mkdir(parents=True)
+
+    def mapped(name: str, array: np.ndarray) -> np.ndarray:
+        np.save(folder / f"{name}.npy", np.ascontiguousarray(array))
+        return np.load(folder / f"{name}.npy", mmap_mode="r")
+
+    def mapped_lists(name: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        if not arrays:
+            return []
+        flat = np.concatenate(arrays)
+        return np.split(mapped(name, flat.astype(np.int64)), np.cumsum([len(a) for a in arrays])[:-1])
+
+    graph = sparse.csr_matrix(bags.graph)
+    return replace(
+        bags,
+        x=mapped("x", bags.x),
+        xy=mapped("xy", bags.xy),
+        graph=sparse.csr_matrix(
+            (
+                mapped("graph_data", graph.data),
+                mapped("graph_indices", graph.indices),
+                mapped("graph_indptr", graph.indptr),
+            ),
+            shape=graph.shape,
+        ),
+        seq_cells=mapped_lists("seq_cells", bags.seq_cells),
+        seq_context=mapped_lists("seq_context", bags.seq_context),
+        cell_index=mapped("cell_index", bags.cell_index),
+    )
 
 
 def hex_grid(lo: np.ndarray, hi: np.ndarray, pitch: float) -> np.ndarray:
@@ -196,14 +259,8 @@ def slide_bags(sdata, settings: dict, *, genes: list[str] | None = None, group: 
     _, x, xy, graph = _cells(sdata, settings)
     y = None
     if genes is not None:
-        table_key = _sdata.recorded(sdata, K.ATTR_TABLE)
-        if table_key not in sdata.tables:
-            raise KeyError(f"slide {sample!r} has no expression table {table_key!r} to train or evaluate on.")
-        table = sdata.tables[table_key]
-        if table.n_obs != 1:
-            raise ValueError(f"slide {sample!r}: bulk table {table_key!r} must have one row, has {table.n_obs}.")
-        cols = gene_columns(table, genes, where=f"slide {sample!r} table {table_key!r}")
-        y = log_cp10k(table.X, where=f"slide {sample!r} table {table_key!r}", columns=cols)
+        _, table_key, table = expression_table(sdata, "bulk")
+        y = bag_targets(table, genes, kind="bulk", sample=sample, table_key=table_key)
     return tiled_bag(sample, x, xy, graph, float(settings["tile_um"]), y=y, group=group)
 
 

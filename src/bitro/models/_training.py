@@ -48,6 +48,10 @@ class TrainingData:
     """Bag settings (``DEFAULT_DATA`` of the label kind, updated by the caller's ``data=``)."""
     features: dict
     """The cell features every sample has (method, names, parameters), as the model records them."""
+    mpp: float | None = None
+    """Median pixel size (µm/px) the readers recorded, or ``None``."""
+    spots: dict | None = None
+    """Median spot radius and pitch (µm) of spot samples (``None`` for slides)."""
 
     def target_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-gene mean and std of the training bags' targets (std 1 for constant genes)."""
@@ -55,13 +59,32 @@ class TrainingData:
         std = y.std(axis=0)
         return y.mean(axis=0), np.where(std > 1e-6, std, 1.0)
 
-    def feature_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-feature mean and std over the cells of the training samples (std 1 for constant features)."""
-        x = np.concatenate([self.sections[si].x for si in sorted({si for si, _ in self.train_items})])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing feature: mean NaN, filled as 0 below
-            mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
-        return np.nan_to_num(mean), np.where(std > 1e-8, std, 1.0)
+    def feature_stats(self, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """Per-feature mean and std over the cells of the training samples (std 1 for constant features).
+
+        Accumulated by chunks of cells (Chan et al.'s pairwise update), so a cohort's features are
+        never copied into one array; missing (NaN) values are left out, as ``np.nanmean`` would.
+        """
+        n_features = self.sections[0].x.shape[1]
+        count, mean, m2 = np.zeros(n_features), np.zeros(n_features), np.zeros(n_features)
+        for si in sorted({si for si, _ in self.train_items}):
+            x = self.sections[si].x
+            for start in range(0, len(x), chunk):
+                block = np.asarray(x[start : start + chunk], dtype=np.float64)
+                ok = np.isfinite(block)
+                n_b = ok.sum(axis=0)
+                sum_b = np.where(ok, block, 0).sum(axis=0)
+                mean_b = np.divide(sum_b, n_b, out=np.zeros(n_features), where=n_b > 0)
+                m2_b = (np.where(ok, block - mean_b, 0) ** 2).sum(axis=0)
+                total = count + n_b
+                delta = mean_b - mean
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean = np.where(total > 0, mean + delta * n_b / total, 0.0)
+                    m2 = np.where(total > 0, m2 + m2_b + delta**2 * count * n_b / total, 0.0)
+                count = total
+        # an all-missing feature has no mean: 0 (the value missing features get after scaling)
+        std = np.sqrt(np.divide(m2, count, out=np.zeros(n_features), where=count > 0))
+        return mean, np.where(std > 1e-8, std, 1.0)
 
     def split_record(self) -> dict:
         if self.how == "blocks":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bitro._logging import logger
@@ -16,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def fit(
-    sdatas: SpatialData | Sequence[SpatialData],
+    sdatas: SpatialData | str | os.PathLike | Sequence[SpatialData | str | os.PathLike],
     *,
     target: Literal["spot", "bulk"] = "spot",
     genes: Sequence[str] | None = None,
@@ -54,7 +57,11 @@ def fit(
     sdatas
         One SpatialData per section (``target="spot"``: spots table and spot circles, as
         :mod:`bitro.io` reads them) or per slide (``target="bulk"``: a 1 x genes table, as
-        :func:`bitro.io.cohort` or :func:`bitro.datasets.toy_bulk_cohort` give).
+        :func:`bitro.io.cohort` or :func:`bitro.datasets.toy_bulk_cohort` give), or the path of its
+        zarr store. Stores are read one at a time, preprocessed in place (the steps a store lacks are
+        written into it, crash-safely) and released once their bags (cell features, positions,
+        graph) are in memory-mapped files of a temporary folder (``$TMPDIR``), so a cohort of whole
+        slides trains in about the memory of one slide.
     target
         Label kind: ``"spot"`` (a bag is the cells of a spot) or ``"bulk"`` (all cells of a slide).
     genes
@@ -115,35 +122,43 @@ def fit(
     >>> model.genes[:3]  # doctest: +SKIP
     """
     import lightning as L
-    import torch
 
-    from bitro.models import BiTro
-    from bitro.models._calibration import calibrate
-    from bitro.models._config import (
-        Architecture,
-        data_settings,
-        median_mpp,
-        model_config,
-        spot_geometry,
-        training_record,
-    )
-    from bitro.models._training import TrainingOptions, train
+    from bitro.models._config import data_settings
+    from bitro.models._training import TrainingOptions
 
-    from ._preprocess import features_step, preprocessing_settings
-    from ._samples import as_list
+    from ._preprocess import preprocessing_settings
+    from ._samples import as_samples
     from ._training_data import training_data
 
     target = check_choice(target, "target", ("spot", "bulk"))
     n_genes = check_int(n_genes, "n_genes", min_value=1)
-    sdatas = as_list(sdatas)
+    samples = as_samples(sdatas)
     prep = preprocessing_settings(preprocessing)
     bag_settings = data_settings(target, data)
     options = TrainingOptions.from_arguments(locals(), default_batch_size=bag_settings["batch_size"])
     L.seed_everything(seed, verbose=False)
+    with contextlib.ExitStack() as stack:
+        spill_to = None
+        if any(isinstance(s, Path) for s in samples):  # stores: their bags wait on disk, not in memory
+            spill_to = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bitro-bags-")))
+        td = training_data(
+            samples, target, prep, bag_settings, options, genes=genes, n_genes=n_genes, val=val, groups=groups,
+            spill_to=spill_to,
+        )  # fmt: skip
+        return _train(td, target, prep, bag_settings, options, architecture)
 
-    td = training_data(
-        sdatas, target, prep, bag_settings, options, genes=genes, n_genes=n_genes, val=val, groups=groups
-    )
+
+def _train(td, target: str, prep: dict, bag_settings: dict, options, architecture: dict | None) -> BiTro:
+    """Build the network for ``td``, standardise with its training samples, train, calibrate."""
+    import torch
+
+    from bitro.models import BiTro
+    from bitro.models._calibration import calibrate
+    from bitro.models._config import Architecture, model_config, training_record
+    from bitro.models._training import train
+
+    from ._preprocess import features_step
+
     prep["features"] = features_step(td.features, prep["features"])  # how to measure them on new slides
     arch = Architecture.from_settings(int(td.sections[0].x.shape[1]), architecture)
     module = arch.build({target: len(td.genes)})
@@ -165,8 +180,8 @@ def fit(
             features=td.features,
             preprocessing=prep,
             data=bag_settings,
-            mpp=median_mpp(sdatas),
-            spots=spot_geometry(sdatas) if target == "spot" else None,
+            mpp=td.mpp,
+            spots=td.spots,
             training=training_record(td, hist, history, options, target=target, interrupted=interrupted),
         )
         model = BiTro(module, config, hist)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import gc
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +26,47 @@ def as_list(sdatas) -> list:
     return sdatas
 
 
+def as_samples(sdatas) -> list:
+    """``sdatas`` as a non-empty list of SpatialData objects and zarr store paths (checked to exist)."""
+    from spatialdata import SpatialData
+
+    if isinstance(sdatas, SpatialData | str | os.PathLike):
+        sdatas = [sdatas]
+    out = []
+    for i, item in enumerate(sdatas):
+        if isinstance(item, str | os.PathLike):
+            path = Path(item)
+            if not ((path / "zarr.json").is_file() or (path / ".zgroup").is_file()):
+                raise ValueError(
+                    f"`sdatas[{i}]`: {path} is not a zarr store (no zarr.json); give a SpatialData or a store."
+                )
+            item = path
+        elif not isinstance(item, SpatialData):
+            raise TypeError(
+                f"`sdatas[{i}]` is a {type(item).__name__}: give SpatialData objects or paths of zarr stores."
+            )
+        out.append(item)
+    if not out:
+        raise TypeError("`sdatas` must be a SpatialData, a zarr store path, or a non-empty list of them.")
+    return out
+
+
+@contextlib.contextmanager
+def opened(sample) -> Iterator:
+    """The sample's SpatialData: itself, or its store read (backed: steps that run write into it) and released after."""
+    if not isinstance(sample, Path):
+        yield sample
+        return
+    from bitro.io import read_zarr
+
+    sdata = read_zarr(sample)
+    try:
+        yield sdata
+    finally:
+        del sdata
+        gc.collect()  # a slide's shapes and tables are large: let them go before the next one is read
+
+
 def sample_ids(sdatas: list) -> list[str]:
     """The sample id each reader recorded (unique, else an error)."""
     ids = [_sdata.sample_id(s, f"sample{i}") for i, s in enumerate(sdatas)]
@@ -30,23 +75,33 @@ def sample_ids(sdatas: list) -> list[str]:
     return ids
 
 
+def patient(sdata, sample_id: str) -> str:
+    """Patient of a sample: ``attrs["bitro"]["patient_id"]`` or its table's single ``patient_id``, else its id."""
+    value = _sdata.info(sdata).get(K.PATIENT_ID_KEY)
+    table = sdata.tables.get(_sdata.recorded(sdata, K.ATTR_TABLE))
+    if value is None and table is not None and K.PATIENT_ID_KEY in table.obs:
+        values = table.obs[K.PATIENT_ID_KEY].astype(str).unique()
+        value = values[0] if len(values) == 1 else None
+    return str(value) if value is not None else sample_id
+
+
+def check_groups(groups: Sequence[str] | None, n: int) -> list[str] | None:
+    """``groups=`` as strings, one per sample."""
+    if groups is None:
+        return None
+    groups = [str(g) for g in groups]
+    if len(groups) != n:
+        raise ValueError(f"`groups` has {len(groups)} entries for {n} samples.")
+    return groups
+
+
 def sample_groups(sdatas: list, groups: Sequence[str] | None) -> list[str]:
-    """Patient of each sample (``groups=``, else ``attrs["bitro"]["patient_id"]`` or the table's ``patient_id``), else its own id."""
+    """Patient of each sample (``groups=``, else :func:`patient`)."""
     ids = sample_ids(sdatas)
+    groups = check_groups(groups, len(sdatas))
     if groups is not None:
-        groups = [str(g) for g in groups]
-        if len(groups) != len(sdatas):
-            raise ValueError(f"`groups` has {len(groups)} entries for {len(sdatas)} samples.")
         return groups
-    out = []
-    for sid, sdata in zip(ids, sdatas, strict=True):
-        patient = _sdata.info(sdata).get(K.PATIENT_ID_KEY)
-        table = sdata.tables.get(_sdata.recorded(sdata, K.ATTR_TABLE))
-        if patient is None and table is not None and K.PATIENT_ID_KEY in table.obs:
-            values = table.obs[K.PATIENT_ID_KEY].astype(str).unique()
-            patient = values[0] if len(values) == 1 else None
-        out.append(str(patient) if patient is not None else sid)
-    return out
+    return [patient(sdata, sid) for sid, sdata in zip(ids, sdatas, strict=True)]
 
 
 def spatial_blocks(xy: np.ndarray, fraction: float, seed: int, n_side: int = 4) -> np.ndarray:

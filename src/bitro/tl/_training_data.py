@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 
-from bitro import _constants as K
 from bitro import _sdata
 from bitro._logging import logger
-from bitro.models._config import feature_config
+from bitro.models._config import feature_config, median_mpp, spot_geometry
 from bitro.models._training import TrainingData, TrainingOptions
 
 from ._genes import check_genes, select_genes
 from ._preprocess import ensure_preprocessed
-from ._samples import sample_groups, sample_ids, spatial_blocks, split
+from ._samples import check_groups, opened, patient, spatial_blocks, split
 
 
 def training_data(
-    sdatas: list,
+    samples: list,
     target: str,
     prep: dict,
     data_settings: dict,
@@ -29,26 +30,46 @@ def training_data(
     val=None,
     groups: Sequence[str] | None = None,
     features: dict | None = None,
+    spill_to: Path | None = None,
 ) -> TrainingData:
     """Preprocess, split by group, choose genes (on training samples only) and extract the bags.
 
-    ``prep`` are the preprocessing settings, ``data_settings`` the bag settings; ``options`` gives
-    the seed of the split. ``genes`` (checked) or the ``n_genes`` most variable training genes.
-    ``features`` (a model's) makes samples with other cell features an error.
+    ``samples`` are SpatialData objects or zarr store paths; a store is read, preprocessed (missing
+    steps are written into it), cut into bags and released before the next is read, so only one
+    sample is in memory at a time; with ``spill_to`` (a folder) the bags' per-cell arrays go to
+    memory-mapped files there too. ``prep`` are the preprocessing settings, ``data_settings`` the
+    bag settings; ``options`` gives the seed of the split. ``genes`` (checked) or the ``n_genes``
+    most variable training genes. ``features`` (a model's) makes samples with other cell features
+    an error.
     """
     seed, max_epochs = options.seed, options.max_epochs
-    from bitro.models._data import slide_bags, spot_bags
+    from bitro.models._config import sample_mpp, spot_scale
+    from bitro.models._data import bag_targets, expression_table, slide_bags, spill, spot_bags
 
-    ids = sample_ids(sdatas)
-    grp = sample_groups(sdatas, groups)
-    tables = []
-    for sid, sdata in zip(ids, sdatas, strict=True):
-        ensure_preprocessed(sdata, prep, kind=target, features=features)
-        features = features or feature_config(sdata)  # every later sample must have the same features
-        key = _sdata.recorded(sdata, K.ATTR_TABLE)
-        if key not in sdata.tables:
-            raise KeyError(f"sample {sid!r} has no expression table {key!r} to train on.")
-        tables.append(sdata.tables[key])
+    extract = spot_bags if target == "spot" else slide_bags
+    given_groups = check_groups(groups, len(samples))
+    ids, grp, tables, sections, mpps, scales = [], [], [], [], [], []
+    for i, sample in enumerate(samples):
+        with opened(sample) as sdata:
+            sid = _sdata.sample_id(sdata, f"sample{i}")
+            if sid in ids:
+                raise ValueError(
+                    f"`sdatas`: sample ids must be unique, got {sid!r} twice (samples {ids.index(sid)} and {i})."
+                )
+            ensure_preprocessed(sdata, prep, kind=target, features=features)
+            features = features or feature_config(sdata)  # every later sample must have the same features
+            _, key, table = expression_table(sdata, target)
+            ids.append(sid)
+            grp.append(given_groups[i] if given_groups is not None else patient(sdata, sid))
+            tables.append(table)
+            bags = extract(sdata, data_settings, group=grp[-1])
+            # targets wait for the genes, chosen once every table is here (spots x genes at most: kept)
+            targets = partial(bag_targets, table, kind=target, sample=sid, table_key=key, n_bags=bags.n_bags)
+            sections.append((spill(bags, spill_to / f"sample{i}") if spill_to is not None else bags, targets))
+            mpps.append(sample_mpp(sdata))
+            if target == "spot":
+                scales.append(spot_scale(sdata))
+            del bags
 
     tr, va, how = split(grp, val, ids, seed)
     if how == "blocks" and target == "bulk":
@@ -63,8 +84,9 @@ def training_data(
         hvg = chosen
     for i in range(len(tables)):
         check_genes(chosen, [tables[i]], [ids[i]])
-    extract = spot_bags if target == "spot" else slide_bags
-    sections = [extract(s, data_settings, genes=chosen, group=g) for s, g in zip(sdatas, grp, strict=True)]
+    for sec, targets in sections:
+        sec.y = targets(list(chosen))
+    sections = [sec for sec, _ in sections]
 
     train_items, val_items = [], []
     for si, sec in enumerate(sections):
@@ -94,8 +116,9 @@ def training_data(
     if not train_items:
         raise ValueError("no training bag has both cells and counts.")
     return TrainingData(
-        ids, grp, tr, va, how, list(chosen), list(hvg), sections, train_items, val_items, dict(data_settings), features
-    )
+        ids, grp, tr, va, how, list(chosen), list(hvg), sections, train_items, val_items, dict(data_settings), features,
+        mpp=median_mpp(mpps=mpps), spots=spot_geometry(scales=scales) if target == "spot" else None,
+    )  # fmt: skip
 
 
 def usable(sec) -> np.ndarray:

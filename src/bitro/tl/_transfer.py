@@ -104,7 +104,7 @@ def transfer(
 
     from bitro.models._adapters import check_lora
     from bitro.models._calibration import calibrate
-    from bitro.models._config import Architecture, data_settings, model_config, spot_geometry, training_record
+    from bitro.models._config import Architecture, data_settings, model_config, training_record
     from bitro.models._lora import backbone_identity, mapped_head
     from bitro.models._training import TrainingOptions, train
 
@@ -172,7 +172,7 @@ def transfer(
             "epochs": int(len(hist)),
             "best_epoch": history.best_epoch,
             "data": {k: v for k, v in bag_settings.items() if k != "batch_size"},
-            "spots": new.config.get("spots") or (spot_geometry(sdatas) if target == "spot" else None),
+            "spots": new.config.get("spots") or td.spots,
         }
         training = training_record(td, hist, history, options, target=target, interrupted=interrupted)
         training["source"] = model.config["training"]
