@@ -139,3 +139,20 @@ def test_run_on_a_spaceranger_folder_with_its_full_resolution_image(tmp_path, he
     )
     assert wrong.exit_code == 2
     assert "--fullres-image is for visium" in wrong.output
+
+
+def test_fit_on_slide_stores_saves_a_bulk_model(tmp_path, toy_slides):
+    import bitro as bt
+
+    stores = []
+    for s in toy_slides[:3]:
+        stores.append(tmp_path / f"{s.attrs['bitro']['sample_id']}.zarr")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s.write(stores[-1])
+    args = ["fit", *stores, "--target", "bulk", "--n-genes", "10", "--max-epochs", "2", "--out", tmp_path / "model"]
+    summary = _ok(args)
+    assert summary["genes"] == 10
+    model = bt.models.BiTro.load(tmp_path / "model")
+    assert model.head == "bulk"
+    assert len(model.config["training"]["samples"]) + len(model.config["training"]["validation"]) == 3

@@ -8,8 +8,7 @@ bag's targets when the data has expression.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -189,43 +188,6 @@ def bag_targets(
     if n_bags is not None and n_bags > len(y):
         y = np.vstack([y, np.full((n_bags - len(y), y.shape[1]), np.nan, np.float32)])
     return y
-
-
-def spill(bags: Bags, folder: Path) -> Bags:
-    """The same bags with their per-cell arrays in files under ``folder``, memory-mapped (read from disk on use).
-
-    A whole slide's features, positions, graph and tiles then cost page cache, which the system
-    reclaims, instead of memory that grows with the cohort.
-    """
-    folder.mkdir(parents=True)
-
-    def mapped(name: str, array: np.ndarray) -> np.ndarray:
-        np.save(folder / f"{name}.npy", np.ascontiguousarray(array))
-        return np.load(folder / f"{name}.npy", mmap_mode="r")
-
-    def mapped_lists(name: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        if not arrays:
-            return []
-        flat = np.concatenate(arrays)
-        return np.split(mapped(name, flat.astype(np.int64)), np.cumsum([len(a) for a in arrays])[:-1])
-
-    graph = sparse.csr_matrix(bags.graph)
-    return replace(
-        bags,
-        x=mapped("x", bags.x),
-        xy=mapped("xy", bags.xy),
-        graph=sparse.csr_matrix(
-            (
-                mapped("graph_data", graph.data),
-                mapped("graph_indices", graph.indices),
-                mapped("graph_indptr", graph.indptr),
-            ),
-            shape=graph.shape,
-        ),
-        seq_cells=mapped_lists("seq_cells", bags.seq_cells),
-        seq_context=mapped_lists("seq_context", bags.seq_context),
-        cell_index=mapped("cell_index", bags.cell_index),
-    )
 
 
 def hex_grid(lo: np.ndarray, hi: np.ndarray, pitch: float) -> np.ndarray:

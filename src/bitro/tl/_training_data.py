@@ -36,17 +36,19 @@ def training_data(
 
     ``samples`` are SpatialData objects or zarr store paths; a store is read, preprocessed (missing
     steps are written into it), cut into bags and released before the next is read, so only one
-    sample is in memory at a time; with ``spill_to`` (a folder) the bags' per-cell arrays go to
-    memory-mapped files there too. ``prep`` are the preprocessing settings, ``data_settings`` the
-    bag settings; ``options`` gives the seed of the split. ``genes`` (checked) or the ``n_genes``
-    most variable training genes. ``features`` (a model's) makes samples with other cell features
-    an error.
+    sample is in memory at a time; with ``spill_to`` (a folder) the bags' per-cell arrays go to one
+    memory-mapped file there (:class:`~bitro.models._spill.BagSpill`). ``prep`` are the
+    preprocessing settings, ``data_settings`` the bag settings; ``options`` gives the seed of the
+    split. ``genes`` (checked) or the ``n_genes`` most variable training genes. ``features`` (a
+    model's) makes samples with other cell features an error.
     """
     seed, max_epochs = options.seed, options.max_epochs
     from bitro.models._config import sample_mpp, spot_scale
-    from bitro.models._data import bag_targets, expression_table, slide_bags, spill, spot_bags
+    from bitro.models._data import bag_targets, expression_table, slide_bags, spot_bags
+    from bitro.models._spill import BagSpill
 
     extract = spot_bags if target == "spot" else slide_bags
+    spill = BagSpill(spill_to / "bags.bin") if spill_to is not None else None
     given_groups = check_groups(groups, len(samples))
     ids, grp, tables, sections, mpps, scales = [], [], [], [], [], []
     for i, sample in enumerate(samples):
@@ -65,7 +67,7 @@ def training_data(
             bags = extract(sdata, data_settings, group=grp[-1])
             # targets wait for the genes, chosen once every table is here (spots x genes at most: kept)
             targets = partial(bag_targets, table, kind=target, sample=sid, table_key=key, n_bags=bags.n_bags)
-            sections.append((spill(bags, spill_to / f"sample{i}") if spill_to is not None else bags, targets))
+            sections.append((spill.add(bags) if spill is not None else bags, targets))
             mpps.append(sample_mpp(sdata))
             if target == "spot":
                 scales.append(spot_scale(sdata))
@@ -84,6 +86,8 @@ def training_data(
         hvg = chosen
     for i in range(len(tables)):
         check_genes(chosen, [tables[i]], [ids[i]])
+    if spill is not None:  # every sample written: map the file once
+        sections = list(zip(spill.open(), [targets for _, targets in sections], strict=True))
     for sec, targets in sections:
         sec.y = targets(list(chosen))
     sections = [sec for sec, _ in sections]
