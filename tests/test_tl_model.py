@@ -335,11 +335,10 @@ def test_bulk_fit_from_stores_trains_the_same_model_one_slide_at_a_time(toy_slid
 def test_spilled_bags_read_back_equal_from_one_mapped_file(toy_slides, tmp_path):
     import os
 
+    import bitro as bt
     from bitro.models._config import data_settings
     from bitro.models._data import slide_bags
     from bitro.models._spill import BagSpill
-
-    import bitro as bt
 
     bt.pp.cell_graph(toy_slides[0], within="all")
     bags = slide_bags(toy_slides[0], data_settings("bulk", None))
