@@ -80,6 +80,20 @@ def test_test_time_augmentation_is_mirror_equivariant(tiles):
             unet_segmenter(mpp=0.25, tta=bad)
 
 
+def test_batch_norm_folded_for_inference_gives_the_same_maps(tiles):
+    import torch
+
+    from bitro.pp._unet import folded, predict_maps
+
+    net, _ = load_unet()
+    fast = folded(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is left as it was
+    rgb = tiles[0].rgb[:256, :256]
+    for a, b in zip(predict_maps(net, rgb), predict_maps(fast, rgb), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 def test_bad_weights_and_images(tmp_path, bitro_log):
     with pytest.raises(FileNotFoundError, match="not a nucleus U-Net folder"):
         unet_segmenter(tmp_path / "none", mpp=0.5)
