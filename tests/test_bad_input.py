@@ -167,6 +167,12 @@ IO = [
     ("wsi missing file", lambda c: bt.io.wsi(c.tmp / "none.svs"), FileNotFoundError, r"`path`"),
     ("read_zarr not a store", lambda c: bt.io.read_zarr(c.tmp), ValueError, r"`path`.*not a zarr store"),
     ("read_zarr missing", lambda c: bt.io.read_zarr(c.tmp / "none.zarr"), FileNotFoundError, r"`path`"),
+    (
+        "read_zarr damaged",
+        lambda c: bt.io.read_zarr(_damaged_store(c.tmp)),
+        ValueError,
+        r"`path`: .*damaged.zarr is not a readable SpatialData store \(JSONDecodeError",
+    ),
     ("bulk missing", lambda c: bt.io.bulk(c.tmp / "none.tsv"), FileNotFoundError, r"none.tsv"),
     ("hest missing sample", lambda c: bt.io.hest(c.tmp, "NCBI1"), FileNotFoundError, r"NCBI1"),
     ("visium not a folder", lambda c: bt.io.visium(c.files[0]), ValueError, r"counts.tsv"),
@@ -297,6 +303,13 @@ PP = [
 
 TL = [
     ("fit unknown target", lambda c: bt.tl.fit(c.sections, target="cells"), ValueError, r"`target`"),
+    (
+        "fit damaged store",
+        lambda c: bt.tl.fit([_damaged_store(c.tmp)], target="bulk"),
+        ValueError,
+        r"damaged.zarr is not a readable SpatialData store",
+    ),
+    ("fit a number", lambda c: bt.tl.fit([3], target="bulk"), TypeError, r"`sdatas\[0\]` is a int: give SpatialData"),
     ("fit n_genes zero", lambda c: bt.tl.fit(c.sections, n_genes=0), ValueError, r"`n_genes`"),
     ("fit lr zero", lambda c: bt.tl.fit(c.sections, lr=0), ValueError, r"`lr` must be > 0"),
     ("fit lr text", lambda c: bt.tl.fit(c.sections, lr="1e-3"), TypeError, r"`lr` must be a number"),
@@ -456,6 +469,13 @@ MODELS = [
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def _damaged_store(folder: Path) -> Path:
+    store = folder / "damaged.zarr"
+    store.mkdir(exist_ok=True)
+    (store / "zarr.json").write_text("{not json")
+    return store
 
 
 def _truncated_npy(folder: Path) -> Path:

@@ -43,4 +43,7 @@ def read_zarr(path: str | os.PathLike) -> SpatialData:
     if not (path / "zarr.json").is_file() and not (path / ".zgroup").is_file():
         raise ValueError(f"`path`: {path} is not a zarr store (no zarr.json).")
     recover(path)
-    return sd.read_zarr(path)
+    try:
+        return sd.read_zarr(path)
+    except (OSError, ValueError, KeyError, TypeError) as err:  # damaged metadata or arrays: say which store
+        raise ValueError(f"`path`: {path} is not a readable SpatialData store ({type(err).__name__}: {err}).") from err

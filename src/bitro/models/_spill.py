@@ -55,9 +55,13 @@ class BagSpill:
         )
         return len(self._stubs) - 1
 
+    def close(self) -> None:
+        """Close the file being written (a run that fails before :meth:`open` leaves no open handle)."""
+        self._file.close()
+
     def open(self) -> list[Bags]:
         """Every added sample's :class:`Bags`, its per-cell arrays read-only views of the mapped file."""
-        self._file.close()
+        self.close()
         buffer = np.memmap(self.path, dtype=np.uint8, mode="r") if self.path.stat().st_size else np.zeros(0, np.uint8)
 
         def get(entry) -> np.ndarray:

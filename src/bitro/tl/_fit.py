@@ -145,7 +145,9 @@ def fit(
             samples, target, prep, bag_settings, options, genes=genes, n_genes=n_genes, val=val, groups=groups,
             spill_to=spill_to,
         )  # fmt: skip
-        return _train(td, target, prep, bag_settings, options, architecture)
+        model = _train(td, target, prep, bag_settings, options, architecture)
+        del td  # the mapped bags go before their folder
+    return model
 
 
 def _train(td, target: str, prep: dict, bag_settings: dict, options, architecture: dict | None) -> BiTro:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -51,27 +52,31 @@ def training_data(
     spill = BagSpill(spill_to / "bags.bin") if spill_to is not None else None
     given_groups = check_groups(groups, len(samples))
     ids, grp, tables, sections, mpps, scales = [], [], [], [], [], []
-    for i, sample in enumerate(samples):
-        with opened(sample) as sdata:
-            sid = _sdata.sample_id(sdata, f"sample{i}")
-            if sid in ids:
-                raise ValueError(
-                    f"`sdatas`: sample ids must be unique, got {sid!r} twice (samples {ids.index(sid)} and {i})."
-                )
-            ensure_preprocessed(sdata, prep, kind=target, features=features)
-            features = features or feature_config(sdata)  # every later sample must have the same features
-            _, key, table = expression_table(sdata, target)
-            ids.append(sid)
-            grp.append(given_groups[i] if given_groups is not None else patient(sdata, sid))
-            tables.append(table)
-            bags = extract(sdata, data_settings, group=grp[-1])
-            # targets wait for the genes, chosen once every table is here (spots x genes at most: kept)
-            targets = partial(bag_targets, table, kind=target, sample=sid, table_key=key, n_bags=bags.n_bags)
-            sections.append((spill.add(bags) if spill is not None else bags, targets))
-            mpps.append(sample_mpp(sdata))
-            if target == "spot":
-                scales.append(spot_scale(sdata))
-            del bags
+    # a failure half-way closes the spill file (its folder is the caller's to remove)
+    with contextlib.closing(spill) if spill is not None else contextlib.nullcontext():
+        for i, sample in enumerate(samples):
+            with opened(sample) as sdata:
+                sid = _sdata.sample_id(sdata, f"sample{i}")
+                if sid in ids:
+                    raise ValueError(
+                        f"`sdatas`: sample ids must be unique, got {sid!r} twice (samples {ids.index(sid)} and {i})."
+                    )
+                ensure_preprocessed(sdata, prep, kind=target, features=features)
+                features = features or feature_config(sdata)  # every later sample must have the same features
+                _, key, table = expression_table(sdata, target)
+                ids.append(sid)
+                grp.append(given_groups[i] if given_groups is not None else patient(sdata, sid))
+                tables.append(table)
+                bags = extract(sdata, data_settings, group=grp[-1])
+                # targets wait for the genes, chosen once every table is here (spots x genes at most: kept)
+                targets = partial(bag_targets, table, kind=target, sample=sid, table_key=key, n_bags=bags.n_bags)
+                sections.append((spill.add(bags) if spill is not None else bags, targets))
+                mpps.append(sample_mpp(sdata))
+                if target == "spot":
+                    scales.append(spot_scale(sdata))
+                del bags
+        if spill is not None:  # every sample written: map the file once
+            sections = list(zip(spill.open(), [targets for _, targets in sections], strict=True))
 
     tr, va, how = split(grp, val, ids, seed)
     if how == "blocks" and target == "bulk":
@@ -86,8 +91,6 @@ def training_data(
         hvg = chosen
     for i in range(len(tables)):
         check_genes(chosen, [tables[i]], [ids[i]])
-    if spill is not None:  # every sample written: map the file once
-        sections = list(zip(spill.open(), [targets for _, targets in sections], strict=True))
     for sec, targets in sections:
         sec.y = targets(list(chosen))
     sections = [sec for sec, _ in sections]
