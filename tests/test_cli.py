@@ -150,7 +150,8 @@ def test_fit_on_slide_stores_saves_a_bulk_model(tmp_path, toy_slides):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             s.write(stores[-1])
-    args = ["fit", *stores, "--target", "bulk", "--n-genes", "10", "--max-epochs", "2", "--out", tmp_path / "model"]
+    # the folder of the stores stands for them (as `bitro read cohort` writes them)
+    args = ["fit", tmp_path, "--target", "bulk", "--n-genes", "10", "--max-epochs", "2", "--out", tmp_path / "model"]
     summary = _ok(args)
     assert summary["genes"] == 10
     model = bt.models.BiTro.load(tmp_path / "model")

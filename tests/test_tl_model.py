@@ -385,8 +385,11 @@ def test_feature_statistics_by_chunks_equal_numpy_over_all_cells():
 def test_fit_names_a_path_that_is_not_a_store(tmp_path):
     import bitro as bt
 
-    with pytest.raises(ValueError, match=r"`sdatas\[0\]`: .*nothing.zarr is not a zarr store"):
+    (tmp_path / "nothing.zarr").mkdir()
+    with pytest.raises(ValueError, match=r"`sdatas\[0\]`: .*nothing.zarr is not a zarr store .*nor a folder of them"):
         bt.tl.fit([tmp_path / "nothing.zarr"], target="bulk")
+    with pytest.raises(FileNotFoundError, match=r"`sdatas\[0\]`: .*none.zarr does not exist"):
+        bt.tl.fit(tmp_path / "none.zarr", target="bulk")
 
 
 def test_cross_validate_reports_model_and_baselines_on_the_same_folds(sections):

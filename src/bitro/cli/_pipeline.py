@@ -207,7 +207,9 @@ def features(
 
 
 def fit(
-    stores: Annotated[list[Path], typer.Argument(help="Training stores (sections or slides).", exists=True)],
+    stores: Annotated[
+        list[Path], typer.Argument(help="Training stores (sections or slides), or folders of them.", exists=True)
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to save the model to.")],
     target: Annotated[Target, typer.Option(help="Label kind.")] = Target.spot,
     n_genes: Annotated[int, typer.Option(help="Most variable genes to predict.")] = 50,

@@ -58,7 +58,7 @@ def fit(
         One SpatialData per section (``target="spot"``: spots table and spot circles, as
         :mod:`bitro.io` reads them) or per slide (``target="bulk"``: a 1 x genes table, as
         :func:`bitro.io.cohort` or :func:`bitro.datasets.toy_bulk_cohort` give), or the path of its
-        zarr store. Stores are read one at a time, preprocessed in place (the steps a store lacks are
+        zarr store, or a folder of such stores. Stores are read one at a time, preprocessed in place (the steps a store lacks are
         written into it, crash-safely) and released once their bags (cell features, positions,
         graph) are in memory-mapped files of a temporary folder (``$TMPDIR``), so a cohort of whole
         slides trains in about the memory of one slide.

@@ -35,13 +35,18 @@ def as_samples(sdatas) -> list:
     out = []
     for i, item in enumerate(sdatas):
         if isinstance(item, str | os.PathLike):
-            path = Path(item)
-            if not ((path / "zarr.json").is_file() or (path / ".zgroup").is_file()):
+            path = Path(item).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"`sdatas[{i}]`: {path} does not exist.")
+            inside = sorted(p for p in path.iterdir() if _is_store(p)) if path.is_dir() and not _is_store(path) else []
+            if not (_is_store(path) or inside):
                 raise ValueError(
-                    f"`sdatas[{i}]`: {path} is not a zarr store (no zarr.json); give a SpatialData or a store."
+                    f"`sdatas[{i}]`: {path} is not a zarr store (no zarr.json) nor a folder of them; "
+                    "give a SpatialData, a store or a folder of stores."
                 )
-            item = path
-        elif not isinstance(item, SpatialData):
+            out.extend(inside or [path])  # a folder: the stores in it (e.g. the ones `bitro read cohort` wrote)
+            continue
+        if not isinstance(item, SpatialData):
             raise TypeError(
                 f"`sdatas[{i}]` is a {type(item).__name__}: give SpatialData objects or paths of zarr stores."
             )
@@ -49,6 +54,10 @@ def as_samples(sdatas) -> list:
     if not out:
         raise TypeError("`sdatas` must be a SpatialData, a zarr store path, or a non-empty list of them.")
     return out
+
+
+def _is_store(path: Path) -> bool:
+    return (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
 
 
 @contextlib.contextmanager
