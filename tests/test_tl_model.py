@@ -345,6 +345,7 @@ def test_spilled_bags_read_back_equal_from_one_mapped_file(toy_slides, tmp_path)
     spill = BagSpill(tmp_path / "bags.bin")
     for _ in range(40):  # a cohort of 40 slides
         spill.add(bags)
+    assert not (tmp_path / "bags.bin").exists()  # unlinked at once: a killed run leaves no file behind
     fds = len(os.listdir("/proc/self/fd"))
     back = spill.open()
     assert len(os.listdir("/proc/self/fd")) <= fds + 1  # one descriptor for the cohort, not one per array

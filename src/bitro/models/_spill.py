@@ -8,6 +8,8 @@ one per array or sample) keeps a cohort of thousands of slides to one open file 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +27,9 @@ class BagSpill:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "wb")  # open until `open()`: samples are added one by one
+        self._file = open(self.path, "w+b")  # open until `open()`: samples are added one by one
+        with contextlib.suppress(OSError):  # POSIX: the name goes now, the data when the last user does,
+            os.unlink(self.path)  # so a killed run leaves no cohort-sized file behind (Windows: kept, removed after)
         self._stubs: list[tuple[Bags, dict]] = []
 
     def _put(self, array: np.ndarray) -> tuple[int, str, tuple]:
@@ -61,8 +65,10 @@ class BagSpill:
 
     def open(self) -> list[Bags]:
         """Every added sample's :class:`Bags`, its per-cell arrays read-only views of the mapped file."""
-        self.close()
-        buffer = np.memmap(self.path, dtype=np.uint8, mode="r") if self.path.stat().st_size else np.zeros(0, np.uint8)
+        self._file.flush()
+        size = os.fstat(self._file.fileno()).st_size
+        buffer = np.memmap(self._file, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        self.close()  # the mapping holds its own reference to the data
 
         def get(entry) -> np.ndarray:
             offset, dtype, shape = entry
