@@ -58,10 +58,10 @@ def fit(
         One SpatialData per section (``target="spot"``: spots table and spot circles, as
         :mod:`bitro.io` reads them) or per slide (``target="bulk"``: a 1 x genes table, as
         :func:`bitro.io.cohort` or :func:`bitro.datasets.toy_bulk_cohort` give), or the path of its
-        zarr store, or a folder of such stores. Stores are read one at a time, preprocessed in place (the steps a store lacks are
-        written into it, crash-safely) and released once their bags (cell features, positions,
-        graph) are in memory-mapped files of a temporary folder (``$TMPDIR``), so a cohort of whole
-        slides trains in about the memory of one slide.
+        zarr store, or a folder of such stores. Stores are read one at a time, preprocessed in
+        place (the steps a store lacks are written into it, crash-safely) and released once their
+        bags (cell features, positions, graph) are in one memory-mapped temporary file (in
+        ``$TMPDIR``), so a cohort of whole slides trains in about the memory of one slide.
     target
         Label kind: ``"spot"`` (a bag is the cells of a spot) or ``"bulk"`` (all cells of a slide).
     genes
