@@ -41,6 +41,11 @@ STAGING = ".bitro-staging"
 ELEMENT_TYPES = ("images", "labels", "points", "shapes", "tables")
 
 
+def is_store(path: Path) -> bool:
+    """``path`` is a zarr store (v3 ``zarr.json`` or v2 ``.zgroup`` at its root)."""
+    return (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
+
+
 def _checkpoint(stage: str) -> None:
     """A named point of a commit; does nothing (the kill tests replace it to stop the process there)."""
 
@@ -150,7 +155,7 @@ def commit(store: str | os.PathLike, elements: Mapping[str, Any], attrs: Mapping
     from spatialdata import SpatialData
 
     store = Path(store)
-    if not (store / "zarr.json").is_file() and not (store / ".zgroup").is_file():
+    if not is_store(store):
         raise FileNotFoundError(f"{store} is not a zarr store (the SpatialData object's `path` points nowhere).")
     recover(store)
     staging = store / STAGING / uuid.uuid4().hex[:12]
@@ -359,7 +364,7 @@ def write_store(sdata, path: str | os.PathLike, *, overwrite: bool = False) -> N
     ``sdata`` becomes backed by ``path``.
     """
     path = Path(path).expanduser()
-    if path.exists() and not ((path / "zarr.json").is_file() or (path / ".zgroup").is_file()):
+    if path.exists() and not is_store(path):
         raise FileExistsError(f"{path} exists and is not a zarr store; it is not replaced. Pass another path.")
     with replace_folder(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)

@@ -37,10 +37,10 @@ def read_zarr(path: str | os.PathLike) -> SpatialData:
     """
     import spatialdata as sd
 
-    from bitro._store import recover
+    from bitro._store import is_store, recover
 
     path = check_path(path, name="path", kind="dir")
-    if not (path / "zarr.json").is_file() and not (path / ".zgroup").is_file():
+    if not is_store(path):
         raise ValueError(f"`path`: {path} is not a zarr store (no zarr.json).")
     recover(path)
     try:

@@ -181,9 +181,8 @@ def spot_scale(sdata) -> tuple[float | None, float | None]:
     return (float(np.median(radius)) if radius is not None else None), pitch
 
 
-def spot_geometry(sdatas=None, *, scales: list | None = None) -> dict[str, float]:
-    """Median spot radius and pitch (µm) of the training sections (or of their :func:`spot_scale`), for pseudo-spots."""
-    scales = scales if scales is not None else [spot_scale(s) for s in sdatas]
+def spot_geometry(scales: list[tuple[float | None, float | None]]) -> dict[str, float]:
+    """Median spot radius and pitch (µm) over the training sections' :func:`spot_scale`, for pseudo-spots."""
     radii = [r for r, _ in scales if r is not None]
     pitches = [p for _, p in scales if p is not None]
     return {"radius_um": float(np.median(radii)), "pitch_um": float(np.median(pitches))}
@@ -194,9 +193,8 @@ def sample_mpp(sdata) -> float:
     return float(_sdata.info(sdata).get(K.ATTR_MPP, math.nan))
 
 
-def median_mpp(sdatas=None, *, mpps: list[float] | None = None) -> float | None:
-    """Median pixel size (µm/px) the readers recorded (or of ``mpps``), or ``None``."""
-    mpps = mpps if mpps is not None else [sample_mpp(s) for s in sdatas]
+def median_mpp(mpps: list[float]) -> float | None:
+    """Median of the samples' :func:`sample_mpp` (µm/px), or ``None`` when none recorded one."""
     return float(np.nanmedian(mpps)) if np.isfinite(mpps).any() else None
 
 

@@ -30,6 +30,8 @@ def as_samples(sdatas) -> list:
     """``sdatas`` as a non-empty list of SpatialData objects and zarr store paths (checked to exist)."""
     from spatialdata import SpatialData
 
+    from bitro._store import is_store
+
     if isinstance(sdatas, SpatialData | str | os.PathLike):
         sdatas = [sdatas]
     out = []
@@ -38,8 +40,8 @@ def as_samples(sdatas) -> list:
             path = Path(item).expanduser()
             if not path.exists():
                 raise FileNotFoundError(f"`sdatas[{i}]`: {path} does not exist.")
-            inside = sorted(p for p in path.iterdir() if _is_store(p)) if path.is_dir() and not _is_store(path) else []
-            if not (_is_store(path) or inside):
+            inside = sorted(p for p in path.iterdir() if is_store(p)) if path.is_dir() and not is_store(path) else []
+            if not (is_store(path) or inside):
                 raise ValueError(
                     f"`sdatas[{i}]`: {path} is not a zarr store (no zarr.json) nor a folder of them; "
                     "give a SpatialData, a store or a folder of stores."
@@ -54,10 +56,6 @@ def as_samples(sdatas) -> list:
     if not out:
         raise TypeError("`sdatas` must be a SpatialData, a zarr store path, or a non-empty list of them.")
     return out
-
-
-def _is_store(path: Path) -> bool:
-    return (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
 
 
 @contextlib.contextmanager

@@ -124,7 +124,7 @@ def training_data(
         raise ValueError("no training bag has both cells and counts.")
     return TrainingData(
         ids, grp, tr, va, how, list(chosen), list(hvg), sections, train_items, val_items, dict(data_settings), features,
-        mpp=median_mpp(mpps=mpps), spots=spot_geometry(scales=scales) if target == "spot" else None,
+        mpp=median_mpp(mpps), spots=spot_geometry(scales) if target == "spot" else None,
     )  # fmt: skip
 
 
