@@ -87,7 +87,7 @@ def test_distributed_and_lazy_give_the_same_cells(toy_ws):
     level0 = lazy[lazy.attrs[K.ATTRS_KEY][K.ATTR_IMAGE]]["scale0"]["image"]
     assert not isinstance(level0.data, np.ndarray)
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
     ) as cluster:
         with distributed.Client(cluster):
             segment_cells(lazy, method="watershed", tile_size=256)

@@ -100,7 +100,7 @@ def test_stores_are_predicted_in_place_on_a_given_client(tmp_path, cmu_crop):
     folder = tmp_path / "stores"
     for name, (y, x) in list(BOXES.items())[:2]:
         write_store(bt.io.wsi(cmu_crop(name, y, x, 512)), folder / f"{name}.zarr")
-    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
         table = bt.tl.predict_slides(folder, tmp_path / "out", segmentation="watershed", scheduler=client)
         assert list(table["status"]) == ["done", "done"]
         assert list(table["store"]) == [str(folder / "s1.zarr"), str(folder / "s2.zarr")]

@@ -258,10 +258,13 @@ class _Cluster:
         from distributed import Client, LocalCluster
 
         if self.scheduler is None:
+            # ":0": a free port for the scheduler's HTTP server (None still binds 8787, and a second
+            # cluster on the machine then warns that the port is taken)
             cluster = LocalCluster(
-                n_workers=self.n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=self.n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
             )
             client = Client(cluster)
+            logger.info("local dask cluster of %d workers, dashboard %s", self.n_workers, client.dashboard_link)
             self.made = [client, cluster]
             return client
         if isinstance(self.scheduler, Client):
