@@ -134,3 +134,62 @@ def test_missing_features_count_as_the_training_mean():
     a = module(_batch([seq], [0], 1), "spot")
     b = module(_batch([with_mean], [0], 1), "spot")
     np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), atol=1e-6)
+
+
+def _dense_gat(layer, h, adj):
+    """The graph attention written over the dense adjacency (the form the sparse one must equal)."""
+    b, n, d = h.shape
+    z = layer.lin(h).view(b, n, layer.n_heads, d // layer.n_heads)
+    a_src, a_dst = (z * layer.att_src).sum(-1), (z * layer.att_dst).sum(-1)
+    e = torch.nn.functional.leaky_relu(a_dst[:, :, None, :] + a_src[:, None, :, :], 0.2)
+    alpha = torch.softmax(e.masked_fill(~adj[..., None], float("-inf")), dim=2)
+    out = torch.einsum("bijh,bjhd->bihd", alpha, z).reshape(b, n, d)
+    return layer.norm(h + torch.nn.functional.gelu(out))
+
+
+def test_neighbour_attention_equals_dense_attention_and_its_gradients():
+    from bitro.models._module import GATLayer, neighbours
+
+    torch.manual_seed(0)
+    layer = GATLayer(16, 4, dropout=0.1).eval()
+    h = torch.randn(3, 40, 16, requires_grad=True)
+    adj = torch.rand(3, 40, 40) < 0.15
+    adj[0, 30:] = False  # rows with only their self-loop (padding), and rows of very different degree
+    adj |= torch.eye(40, dtype=torch.bool)
+    index, real = neighbours(adj)
+    assert index.shape[-1] == int(adj.sum(-1).max())
+    assert int(real.sum()) == int(adj.sum())
+    sparse, dense = layer(h, index, real), _dense_gat(layer, h, adj)
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+    (g_sparse,) = torch.autograd.grad(sparse.square().sum(), h)
+    (g_dense,) = torch.autograd.grad(dense.square().sum(), h)
+    torch.testing.assert_close(g_sparse, g_dense, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_dropout_has_the_dropout_distribution():
+    from bitro.models._module import Dropout, attention, dropout_mask
+
+    torch.manual_seed(0)
+    keep, scale = dropout_mask(torch.Size((1000, 1001)), 0.1, torch.device("cpu"))
+    assert abs(keep.float().mean().item() - 0.9) < 0.002
+    assert abs(scale - 1 / 0.9) < 1e-4
+    assert abs(keep[:, :500].float().mean().item() - keep[:, 501:].float().mean().item()) < 0.004  # no stripes
+    x = torch.rand(200, 300) + 0.5
+    layer = Dropout(0.25).train()
+    out = layer(x)
+    dropped = out == 0
+    assert abs(dropped.float().mean().item() - 0.25) < 0.01
+    torch.testing.assert_close(out[~dropped], x[~dropped] / 0.75)  # the kept values rescaled, none changed
+    assert torch.equal(layer.eval()(x), x)
+    torch.manual_seed(3)
+    a = layer.train()(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, layer(x))  # seeded like torch's own dropout
+    # attention: without dropout the fused kernel; with it, unbiased (the mean of many draws -> no dropout)
+    q, k, v = (torch.randn(2, 4, 30, 8) for _ in range(3))
+    valid = torch.rand(2, 30) < 0.8
+    exact = attention(q, k, v, valid, 0.0)
+    weights = torch.softmax((q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~valid[:, None, None], float("-inf")), -1)
+    torch.testing.assert_close(exact, weights @ v, atol=1e-5, rtol=1e-5)
+    mean = torch.stack([attention(q, k, v, valid, 0.2) for _ in range(400)]).mean(0)
+    assert (mean - exact).abs().mean() < 0.02 < (attention(q, k, v, valid, 0.2) - exact).abs().mean()
