@@ -157,3 +157,10 @@ def test_fit_on_slide_stores_saves_a_bulk_model(tmp_path, toy_slides):
     model = bt.models.BiTro.load(tmp_path / "model")
     assert model.head == "bulk"
     assert len(model.config["training"]["samples"]) + len(model.config["training"]["validation"]) == 3
+    # and a LoRA adapter of it to the same stores, saved on its own
+    args = ["transfer", tmp_path, "--model", tmp_path / "model", "--target", "bulk", "--max-epochs", "1"]
+    summary = _ok([*args, "--out", tmp_path / "adapter"])
+    assert summary["mode"] == "lora"
+    assert summary["genes"] == 10
+    base = bt.models.BiTro.load(tmp_path / "model")
+    assert base.load_adapter(tmp_path / "adapter") in base.adapters

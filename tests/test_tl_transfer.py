@@ -175,6 +175,23 @@ def test_spot_to_bulk_direction(toy_sections, toy_slides):
     assert bt.get.predictions(slides[3], level="slide").shape == (1, 15)
 
 
+def test_transfer_from_stores_equals_transfer_from_the_objects(bulk_model, toy_slides, tmp_path):
+    """A cohort given as store paths (read one at a time, bags memory-mapped) adapts to the same weights."""
+    stores = tmp_path / "cohort"
+    for s in toy_slides[:3]:
+        s.write(stores / f"{s.attrs['bitro']['sample_id']}.zarr")
+    options = {"target": "bulk", "val": None, "max_epochs": 2, "seed": 1, "progress": False}
+    from_stores = bt.tl.transfer(stores, bulk_model, **options)  # a folder of stores
+    in_memory = bt.tl.transfer(toy_slides[:3], bulk_model, **options)
+    assert from_stores.genes == in_memory.genes == bulk_model.genes
+    assert from_stores.config["transfer"]["samples"] == in_memory.config["transfer"]["samples"]
+    assert len(from_stores.config["transfer"]["samples"]) == 3
+    a, b = from_stores.module.state_dict(), in_memory.module.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 def test_gene_panel_is_remapped_by_name(bulk_model):
     from bitro.models._lora import mapped_head
 

@@ -268,7 +268,7 @@ def predict(
 
 
 def transfer(
-    stores: Annotated[list[Path], typer.Argument(help="Target stores.", exists=True)],
+    stores: Annotated[list[Path], typer.Argument(help="Target stores, or folders of them.", exists=True)],
     model: Annotated[Path, typer.Option(help="The source model folder.", exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the adapter (lora) or the model.")],
     target: Annotated[Target, typer.Option(help="Label kind of the target data.")] = Target.spot,
@@ -283,8 +283,8 @@ def transfer(
 
     set_verbosity(verbose, progress=True)
     source = bt.models.BiTro.load(model)
-    new = bt.tl.transfer(
-        [open_store(s) for s in stores], source, target=target.value, mode=mode.value, max_epochs=max_epochs, seed=seed
+    new = bt.tl.transfer(  # the stores' paths: read one at a time (see bt.tl.fit)
+        stores, source, target=target.value, mode=mode.value, max_epochs=max_epochs, seed=seed
     )
     if mode is Mode.lora:
         new.save_adapter(out, overwrite=overwrite)

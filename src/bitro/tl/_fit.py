@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bitro._logging import logger
@@ -128,7 +125,7 @@ def fit(
 
     from ._preprocess import preprocessing_settings
     from ._samples import as_samples
-    from ._training_data import training_data
+    from ._training_data import spill_folder, training_data
 
     target = check_choice(target, "target", ("spot", "bulk"))
     n_genes = check_int(n_genes, "n_genes", min_value=1)
@@ -137,10 +134,7 @@ def fit(
     bag_settings = data_settings(target, data)
     options = TrainingOptions.from_arguments(locals(), default_batch_size=bag_settings["batch_size"])
     L.seed_everything(seed, verbose=False)
-    with contextlib.ExitStack() as stack:
-        spill_to = None
-        if any(isinstance(s, Path) for s in samples):  # stores: their bags wait on disk, not in memory
-            spill_to = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bitro-bags-")))
+    with spill_folder(samples) as spill_to:  # stores: their bags wait on disk, not in memory
         td = training_data(
             samples, target, prep, bag_settings, options, genes=genes, n_genes=n_genes, val=val, groups=groups,
             spill_to=spill_to,

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from bitro import _constants as K
-from bitro import _sdata
 from bitro._expression import gene_columns, log_cp10k, table_genes
 from bitro._logging import logger
 
@@ -87,14 +85,11 @@ def check_genes(genes: Sequence[str], tables: list, ids: list[str]) -> list[str]
     return genes
 
 
-def shared_genes(sdatas: list, source_genes: list[str]) -> list[str]:
-    """The ``source_genes`` that every sample's expression table has (dropped ones logged); an error if none."""
+def shared_genes(tables: list, source_genes: list[str]) -> list[str]:
+    """The ``source_genes`` that every expression table has (dropped ones logged); an error if none."""
     present = set(source_genes)
-    for sdata in sdatas:
-        key = _sdata.recorded(sdata, K.ATTR_TABLE)
-        if key not in sdata.tables:
-            raise KeyError(f"sample {_sdata.sample_id(sdata)!r} has no expression table {key!r}.")
-        present &= set(table_genes(sdata.tables[key]))
+    for table in tables:
+        present &= set(table_genes(table))
     shared = [g for g in source_genes if g in present]
     if not shared:
         raise ValueError(

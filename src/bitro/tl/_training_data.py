@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -14,9 +15,19 @@ from bitro._logging import logger
 from bitro.models._config import feature_config, median_mpp, spot_geometry
 from bitro.models._training import TrainingData, TrainingOptions
 
-from ._genes import check_genes, select_genes
+from ._genes import check_genes, select_genes, shared_genes
 from ._preprocess import ensure_preprocessed
 from ._samples import check_groups, opened, patient, spatial_blocks, split
+
+
+@contextlib.contextmanager
+def spill_folder(samples: list) -> Iterator[Path | None]:
+    """A temporary folder for the bags of ``samples`` when any is a store (removed after), else None."""
+    if not any(isinstance(s, Path) for s in samples):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="bitro-bags-") as folder:
+        yield Path(folder)
 
 
 def training_data(
@@ -28,6 +39,7 @@ def training_data(
     *,
     genes: Sequence[str] | None,
     n_genes: int | None = None,
+    source_genes: Sequence[str] | None = None,
     val=None,
     groups: Sequence[str] | None = None,
     features: dict | None = None,
@@ -40,8 +52,9 @@ def training_data(
     sample is in memory at a time; with ``spill_to`` (a folder) the bags' per-cell arrays go to one
     memory-mapped file there (:class:`~bitro.models._spill.BagSpill`). ``prep`` are the
     preprocessing settings, ``data_settings`` the bag settings; ``options`` gives the seed of the
-    split. ``genes`` (checked) or the ``n_genes`` most variable training genes. ``features`` (a
-    model's) makes samples with other cell features an error.
+    split. ``genes`` (checked), else the ``source_genes`` every sample has (a transfer's default),
+    else the ``n_genes`` most variable training genes. ``features`` (a model's) makes samples with
+    other cell features an error.
     """
     seed, max_epochs = options.seed, options.max_epochs
     from bitro.models._config import sample_mpp, spot_scale
@@ -84,6 +97,8 @@ def training_data(
             "bulk: a single patient gives no validation split; training %d epochs without early stopping", max_epochs
         )
         how = "none"
+    if genes is None and source_genes is not None:
+        genes = shared_genes(tables, list(source_genes))
     if genes is None:
         chosen = hvg = select_genes([tables[i] for i in tr], n_genes=n_genes, batch=[ids[i] for i in tr])
     else:

@@ -58,7 +58,9 @@ def transfer(
     Parameters
     ----------
     sdatas
-        Target data: sections (``target="spot"``) or slides (``target="bulk"``), as for :func:`bitro.tl.fit`.
+        Target data: sections (``target="spot"``) or slides (``target="bulk"``), as SpatialData
+        objects, zarr store paths or a folder of stores, as for :func:`bitro.tl.fit` (stores are
+        read one at a time and their bags kept in a memory-mapped file, not the slides in memory).
     model
         The trained source model; it is not modified (the result is a copy).
     target
@@ -100,18 +102,13 @@ def transfer(
     >>> spots.save_adapter("toy_lora")  # the adapter alone, a fraction of the model's size
     """
     import lightning as L
-    import torch
 
     from bitro.models._adapters import check_lora
-    from bitro.models._calibration import calibrate
-    from bitro.models._config import Architecture, data_settings, model_config, training_record
-    from bitro.models._lora import backbone_identity, mapped_head
-    from bitro.models._training import TrainingOptions, train
+    from bitro.models._config import data_settings
+    from bitro.models._training import TrainingOptions
 
-    from ._genes import shared_genes
-    from ._preprocess import ensure_preprocessed
-    from ._samples import as_list
-    from ._training_data import training_data
+    from ._samples import as_samples
+    from ._training_data import spill_folder, training_data
 
     target = check_choice(target, "target", ("spot", "bulk"))
     mode = check_choice(mode, "mode", ("lora", "full", "head"))
@@ -121,7 +118,7 @@ def transfer(
             raise ValueError(f"`adapter_name`: the model already has an adapter {adapter_name!r}; pick another name.")
     if mode != "lora" and model.peft is not None:
         raise ValueError(f"mode={mode!r} on a model with LoRA adapters: merge_adapter() first, or use mode='lora'.")
-    sdatas = as_list(sdatas)
+    samples = as_samples(sdatas)
     L.seed_everything(seed, verbose=False)  # new head rows, LoRA matrices and dropout follow `seed`
     source_kind = target if target in model.config["genes"] else model.head
     source = model.base_head(source_kind)  # a base head an adapter replaced: start from it, not the adapter's
@@ -130,13 +127,41 @@ def transfer(
     bag_settings = data_settings(target, model.config.get("data") if target == model.head else None, data)
     options = TrainingOptions.from_arguments(locals(), default_batch_size=bag_settings["batch_size"])
 
-    for sdata in sdatas:
-        ensure_preprocessed(sdata, prep, kind=target, features=model.config["features"])
-    chosen = [str(g) for g in genes] if genes is not None else shared_genes(sdatas, source.genes)
-    features = model.config["features"]
-    td = training_data(
-        sdatas, target, prep, bag_settings, options, genes=chosen, val=val, groups=groups, features=features
-    )
+    with spill_folder(samples) as spill_to:
+        td = training_data(
+            samples, target, prep, bag_settings, options, genes=genes, source_genes=source.genes, val=val,
+            groups=groups, features=model.config["features"], spill_to=spill_to,
+        )  # fmt: skip
+        new = _adapt(
+            model, td, source, source_kind, target=target, mode=mode, adapter_name=adapter_name,
+            lora_settings={"r": r, "alpha": alpha, "dropout": dropout, "target_modules": target_modules},
+            prep=prep, bag_settings=bag_settings, options=options,
+        )  # fmt: skip
+        del td  # the mapped bags go before their folder
+    return new
+
+
+def _adapt(
+    model: BiTro,
+    td,
+    source,
+    source_kind: str,
+    *,
+    target: str,
+    mode: str,
+    adapter_name: str,
+    lora_settings: dict,
+    prep: dict,
+    bag_settings: dict,
+    options,
+) -> BiTro:
+    """A copy of ``model`` with the ``target`` head mapped from ``source``, trained on ``td`` in ``mode``."""
+    import torch
+
+    from bitro.models._calibration import calibrate
+    from bitro.models._config import Architecture, model_config, training_record
+    from bitro.models._lora import backbone_identity, mapped_head
+    from bitro.models._training import train
 
     new = copy.deepcopy(model)
     base_identity = backbone_identity(new.module)
@@ -146,7 +171,7 @@ def transfer(
     head.target_std.copy_(torch.as_tensor(y_std))
     lora = None
     if mode == "lora":
-        lora = new.add_lora(adapter_name, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
+        lora = new.add_lora(adapter_name, **lora_settings)
     if mode == "full":
         new.drop_heads(keep=target)
     new.use_head(target, head)
