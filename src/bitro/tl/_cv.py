@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def cross_validate(
-    sdatas: Sequence[SpatialData],
+    sdatas: SpatialData | str | os.PathLike | Sequence[SpatialData | str | os.PathLike],
     *,
     target: Literal["spot", "bulk"] = "spot",
     groups: Sequence[str] | None = None,
@@ -46,7 +47,9 @@ def cross_validate(
     Parameters
     ----------
     sdatas
-        Sections (``target="spot"``) or slides (``target="bulk"``), as for :func:`bitro.tl.fit`.
+        Sections (``target="spot"``) or slides (``target="bulk"``), as for :func:`bitro.tl.fit`:
+        SpatialData objects, zarr store paths or a folder of stores (read one at a time; a slide's
+        bags are released once its scores' inputs, a few numbers per bag, are kept).
     target
         Label kind.
     groups
@@ -80,16 +83,25 @@ def cross_validate(
     >>> cv = bt.tl.cross_validate(sections, n_genes=20, max_epochs=5)  # doctest: +SKIP
     >>> cv.groupby("method")["pearson_mean"].mean()  # doctest: +SKIP
     """
+    from bitro import _sdata
     from bitro.models._config import data_settings
     from bitro.models._data import slide_bags, spot_bags
 
     from ._fit import fit
     from ._preprocess import ensure_preprocessed, preprocessing_settings
-    from ._samples import as_list, sample_groups, sample_ids
+    from ._samples import as_samples, check_groups, opened, patient
 
-    sdatas = as_list(sdatas)
-    ids = sample_ids(sdatas)
-    grp = sample_groups(sdatas, groups)
+    samples = as_samples(sdatas)
+    prep = preprocessing_settings(fit_kwargs.get("preprocessing"))
+    given = check_groups(groups, len(samples))
+    ids, grp = [], []
+    for i, sample in enumerate(samples):  # one sample in memory at a time (stores are read, then released)
+        with opened(sample) as sdata:
+            ensure_preprocessed(sdata, prep, kind=target)  # test samples too: the settings the fold's model gets
+            ids.append(_sdata.sample_id(sdata, f"sample{i}"))
+            grp.append(given[i] if given is not None else patient(sdata, ids[-1]))
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"`sdatas`: sample ids must be unique, got {ids}.")
     unique = sorted(set(grp))
     if len(unique) < 2:
         raise ValueError(f"cross-validation needs at least 2 groups (patients or samples), got {unique}.")
@@ -97,9 +109,6 @@ def cross_validate(
         n_folds = len(unique) if target == "spot" else min(5, len(unique))
     if not 2 <= n_folds <= len(unique):
         raise ValueError(f"`n_folds` must be between 2 and the number of groups ({len(unique)}), got {n_folds}.")
-    prep = preprocessing_settings(fit_kwargs.get("preprocessing"))
-    for s in sdatas:  # test samples too: with the same settings the fold's model gets
-        ensure_preprocessed(s, prep, kind=target)
     order = np.random.default_rng(seed).permutation(unique)
     fold_of = {g: i % n_folds for i, g in enumerate(order)}
 
@@ -109,45 +118,47 @@ def cross_validate(
         train = [i for i in range(len(ids)) if fold_of[grp[i]] != fold]
         logger.info("fold %d: test %s, training %s", fold, [ids[i] for i in test], [ids[i] for i in train])
         t0 = time.perf_counter()
-        model = fit([sdatas[i] for i in train], target=target, groups=[grp[i] for i in train], seed=seed, **fit_kwargs)
+        model = fit([samples[i] for i in train], target=target, groups=[grp[i] for i in train], seed=seed, **fit_kwargs)
         fit_s = time.perf_counter() - t0
         models.append(model)
         genes = model.genes
         data = data_settings(target, model.config["data"])
         extract = spot_bags if target == "spot" else slide_bags
-        train_bags = [extract(sdatas[i], data, genes=genes) for i in train]
-        test_bags = [extract(sdatas[i], data, genes=genes) for i in test]
-        hvg = np.array([genes.index(g) for g in model.hvg[:N_TOP_HVG]])
 
-        val_score = _validation_score(model, sdatas, ids, data, hvg, extract) if target == "spot" else np.nan
-        preds: dict[str, list[np.ndarray]] = {"bitro": [model.predict_bags(b)[0] for b in test_bags]}
+        def bags_of(i, genes=genes, data=data, extract=extract):
+            with opened(samples[i]) as sdata:
+                return extract(sdata, data, genes=genes)
+
+        hvg = np.array([genes.index(g) for g in model.hvg[:N_TOP_HVG]])
+        val_score = _validation_score(model, bags_of, ids, hvg) if target == "spot" else np.nan
+        # what scoring needs of each test sample, its bags released after: (id, targets, BiTro, features)
+        tests = []
+        for i in test:
+            b = bags_of(i)
+            tests.append((b.sample_id, b.y, model.predict_bags(b)[0], _aggregate([b])[0] if baselines else None))
+            del b
+        preds: dict[str, list[np.ndarray]] = {"bitro": [t[2] for t in tests]}
         if baselines:
-            x_tr, y_tr = _aggregate(train_bags)
+            x_tr, y_tr = _aggregate(bags_of(i) for i in train)
             ok = np.isfinite(y_tr).all(axis=1)
-            x_te = [_aggregate([b])[0] for b in test_bags]
+            x_te = [t[3] for t in tests]
             ridge = ridge_baseline(x_tr[ok], y_tr[ok], np.vstack(x_te), seed=seed)
             bounds = np.cumsum([0] + [len(x) for x in x_te])
-            preds["ridge"] = [ridge[bounds[j] : bounds[j + 1]] for j in range(len(test_bags))]
-            preds["mean"] = [mean_baseline(y_tr[ok], b.n_bags) for b in test_bags]
+            preds["ridge"] = [ridge[bounds[j] : bounds[j + 1]] for j in range(len(tests))]
+            preds["mean"] = [mean_baseline(y_tr[ok], len(t[1])) for t in tests]
 
         for method, pred in preds.items():
             if target == "spot":
-                for b, p in zip(test_bags, pred, strict=True):
-                    m = spot_metrics(b.y, p, hvg_index=hvg)
+                for (sid, y, _, _), p in zip(tests, pred, strict=True):
+                    m = spot_metrics(y, p, hvg_index=hvg)
                     val = {"val_pearson_hvg_mean": val_score} if method == "bitro" else {}
-                    rows.append(
-                        dict(fold=fold, test=b.sample_id, method=method, n_train=len(train), fit_s=fit_s, **val, **m)
-                    )
-                    per_gene.setdefault(method, []).append(pd.Series(pearson_per_gene(b.y, p), index=genes))
+                    rows.append(dict(fold=fold, test=sid, method=method, n_train=len(train), fit_s=fit_s, **val, **m))
+                    per_gene.setdefault(method, []).append(pd.Series(pearson_per_gene(y, p), index=genes))
             else:
-                y = np.vstack([b.y for b in test_bags])
+                y = np.vstack([t[1] for t in tests])
                 p = np.vstack(pred)
                 m = bulk_metrics(y, p)
-                rows.append(
-                    dict(
-                        fold=fold, test=",".join(b.sample_id for b in test_bags), method=method, n_train=len(train), **m
-                    )
-                )
+                rows.append(dict(fold=fold, test=",".join(t[0] for t in tests), method=method, n_train=len(train), **m))
                 per_gene.setdefault(method, []).append(pd.Series(pearson_per_gene(y, p), index=genes))
 
     df = pd.DataFrame(rows)
@@ -161,18 +172,18 @@ def cross_validate(
     return (df, models) if return_models else df
 
 
-def _validation_score(model, sdatas, ids, data, hvg, extract) -> float:
+def _validation_score(model, bags_of, ids, hvg) -> float:
     """Mean top-HVG Pearson of ``model`` on the sections it validated on (for choosing settings; never the test)."""
     val = model.config["training"].get("validation") or []
     scores = []
     for i in (ids.index(v) for v in val if v in ids):
-        bags = extract(sdatas[i], data, genes=model.genes)
+        bags = bags_of(i)
         scores.append(spot_metrics(bags.y, model.predict_bags(bags)[0], hvg_index=hvg)["pearson_hvg_mean"])
     return float(np.mean(scores)) if scores else float("nan")
 
 
 def _aggregate(bags_list) -> tuple[np.ndarray, np.ndarray]:
-    """Spot- (or slide-) aggregated cell features and targets of a list of :class:`Bags`."""
+    """Spot- (or slide-) aggregated cell features and targets of :class:`Bags` (any iterable: one at a time)."""
     xs, ys = [], []
     for bags in bags_list:
         bag_of_cell = np.full(len(bags.x), -1, np.int64)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def transfer(
-    sdatas: SpatialData | Sequence[SpatialData],
+    sdatas: SpatialData | str | os.PathLike | Sequence[SpatialData | str | os.PathLike],
     model: BiTro,
     *,
     target: Literal["spot", "bulk"] = "spot",
