@@ -181,6 +181,7 @@ def test_fast_dropout_has_the_dropout_distribution():
     assert abs(dropped.float().mean().item() - 0.25) < 0.01
     torch.testing.assert_close(out[~dropped], x[~dropped] / 0.75)  # the kept values rescaled, none changed
     assert torch.equal(layer.eval()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))  # as F.dropout with p = 1
     torch.manual_seed(3)
     a = layer.train()(x)
     torch.manual_seed(3)
