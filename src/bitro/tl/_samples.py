@@ -14,18 +14,6 @@ from bitro import _constants as K
 from bitro import _sdata
 
 
-def as_list(sdatas) -> list:
-    """``sdatas`` as a non-empty list of SpatialData objects (one object is a list of one)."""
-    from spatialdata import SpatialData
-
-    if isinstance(sdatas, SpatialData):
-        return [sdatas]
-    sdatas = list(sdatas)
-    if not sdatas or not all(isinstance(s, SpatialData) for s in sdatas):
-        raise TypeError("`sdatas` must be a SpatialData or a non-empty list of SpatialData objects.")
-    return sdatas
-
-
 def as_samples(sdatas) -> list:
     """``sdatas`` as a non-empty list of SpatialData objects and zarr store paths (checked to exist)."""
     from spatialdata import SpatialData
@@ -74,14 +62,6 @@ def opened(sample) -> Iterator:
         gc.collect()  # a slide's shapes and tables are large: let them go before the next one is read
 
 
-def sample_ids(sdatas: list) -> list[str]:
-    """The sample id each reader recorded (unique, else an error)."""
-    ids = [_sdata.sample_id(s, f"sample{i}") for i, s in enumerate(sdatas)]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"`sdatas`: sample ids must be unique, got {ids}.")
-    return ids
-
-
 def patient(sdata, sample_id: str) -> str:
     """Patient of a sample: ``attrs["bitro"]["patient_id"]`` or its table's single ``patient_id``, else its id."""
     value = _sdata.info(sdata).get(K.PATIENT_ID_KEY)
@@ -100,15 +80,6 @@ def check_groups(groups: Sequence[str] | None, n: int) -> list[str] | None:
     if len(groups) != n:
         raise ValueError(f"`groups` has {len(groups)} entries for {n} samples.")
     return groups
-
-
-def sample_groups(sdatas: list, groups: Sequence[str] | None) -> list[str]:
-    """Patient of each sample (``groups=``, else :func:`patient`)."""
-    ids = sample_ids(sdatas)
-    groups = check_groups(groups, len(sdatas))
-    if groups is not None:
-        return groups
-    return [patient(sdata, sid) for sid, sdata in zip(ids, sdatas, strict=True)]
 
 
 def spatial_blocks(xy: np.ndarray, fraction: float, seed: int, n_side: int = 4) -> np.ndarray:
