@@ -144,8 +144,7 @@ class BiTro(AdapterMixin):
         n_cells, g = len(bags.x), len(mean)
         cell_pred = np.full((n_cells, g), np.nan, np.float32)
         cell_logit = np.full(n_cells, -np.inf, np.float64)
-        cell_sum = np.zeros((n_cells, g)) if n_samples else None
-        cell_sq = np.zeros((n_cells, g)) if n_samples else None
+        cell_std = np.full((n_cells, g), np.nan, np.float32) if n_samples else None
         seqs = [s for s in range(len(bags.seq_cells)) if len(bags.seq_cells[s])]
         state, sample_states = None, [None] * n_samples
 
@@ -171,6 +170,9 @@ class BiTro(AdapterMixin):
                     cell_logit[bags.seq_cells[s]] = logits_np[i, :m]
                 if n_samples:
                     module.train()  # dropout on (the network has no batch norm)
+                    # a cell is in one sequence: its samples all come in this batch, so its spread is
+                    # summed here (batch-sized), not in float64 arrays over every cell of the slide
+                    total = square = 0.0
                     for t in range(n_samples):
                         sampled, sampled_logits = values(batch)
                         part = pool_state(sampled, sampled_logits, batch["bag"], bags.n_bags)
@@ -178,14 +180,16 @@ class BiTro(AdapterMixin):
                             part if sample_states[t] is None else merge_pool_state(sample_states[t], part)
                         )
                         sampled = sampled.cpu().numpy()
-                        for i, s in enumerate(chunk):
-                            m = len(bags.seq_cells[s])
-                            cell_sum[bags.seq_cells[s]] += sampled[i, :m]
-                            cell_sq[bags.seq_cells[s]] += sampled[i, :m] ** 2
+                        total, square = total + sampled, square + sampled**2
+                    with np.errstate(invalid="ignore"):
+                        var = square / n_samples - (total / n_samples) ** 2
+                    spread = np.sqrt(np.maximum(var, 0)).astype(np.float32)
+                    for i, s in enumerate(chunk):
+                        cell_std[bags.seq_cells[s]] = spread[i, : len(bags.seq_cells[s])]
             module.eval()
         bag_pred = np.full((bags.n_bags, g), np.nan, np.float32)
         weight = np.full(n_cells, np.nan, np.float32)
-        bag_std = cell_std = None
+        bag_std = None
         if state is not None:
             denom, num, bag_max = (t.cpu().numpy() for t in state)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -199,9 +203,9 @@ class BiTro(AdapterMixin):
             with np.errstate(invalid="ignore", divide="ignore"):
                 samples = np.stack([(st[1] / st[0][:, None]).cpu().numpy() for st in sample_states])
                 bag_std = samples.std(axis=0).astype(np.float32)
-                var = cell_sq / n_samples - (cell_sum / n_samples) ** 2
-            cell_std = np.sqrt(np.maximum(var, 0)).astype(np.float32)
             cell_std[~np.isfinite(cell_pred).all(axis=1)] = np.nan
+        elif n_samples:
+            cell_std = None
         return Prediction(bag_pred, cell_pred, weight, bag_std, cell_std)
 
     # --- persistence -----------------------------------------------------------------------------
