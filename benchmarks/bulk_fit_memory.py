@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from _child import run_child
 
 MAKE = r"""
 import sys, warnings
@@ -78,14 +77,6 @@ print(json.dumps({
 """
 
 
-def _python(code: str, *args) -> str:
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    lines = out.stdout.strip().splitlines()
-    return lines[-1] if lines else ""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slides", type=int, nargs="+", default=[2, 4, 8], help="cohort sizes (slides)")
@@ -96,13 +87,13 @@ def main() -> None:
         folder = args.keep or tmp
         if len(list(Path(folder).glob("*.zarr"))) < max(args.slides):
             Path(folder).mkdir(parents=True, exist_ok=True)
-            _python(MAKE, max(args.slides), args.cells, folder)
-        cells = int(_python(COUNT, max(args.slides), folder))
+            run_child(MAKE, max(args.slides), args.cells, folder)
+        cells = int(run_child(COUNT, max(args.slides), folder))
         print(f"{max(args.slides)} toy slides of {cells} segmented cells on average", flush=True)
         rows = {"memory": [], "stores": []}
         for n in args.slides:
             for mode in rows:
-                r = json.loads(_python(CHILD, mode, n, folder))
+                r = json.loads(run_child(CHILD, mode, n, folder))
                 rows[mode].append(r)
                 print(
                     f"{n:>3} slides, {mode:>6}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from _child import run_child
 
 MAKE = r"""
 import sys, warnings
@@ -81,19 +80,12 @@ print(json.dumps({
 """
 
 
-def _python(code: str, *args) -> str:
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    return out.stdout.strip().splitlines()[-1]
-
-
 def run(n_spots: int, method: str, uncertainty: bool, n_jobs: int) -> dict:
     """Render the slide in one process, run the pipeline on it in another (whose peak RSS is the pipeline's)."""
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "slide.zarr"
-        true_cells = int(_python(MAKE, n_spots, store))
-        result = json.loads(_python(CHILD, store, method, "1" if uncertainty else "0", n_jobs))
+        true_cells = int(run_child(MAKE, n_spots, store))
+        result = json.loads(run_child(CHILD, store, method, "1" if uncertainty else "0", n_jobs))
     return {**result, "true_cells": true_cells}
 
 
