@@ -194,3 +194,44 @@ def test_fast_dropout_has_the_dropout_distribution():
     torch.testing.assert_close(exact, weights @ v, atol=1e-5, rtol=1e-5)
     mean = torch.stack([attention(q, k, v, valid, 0.2) for _ in range(400)]).mean(0)
     assert (mean - exact).abs().mean() < 0.02 < (attention(q, k, v, valid, 0.2) - exact).abs().mean()
+
+
+def test_batch_size_never_changes_a_prediction():
+    """Bags whose tiles fall in many batches (one tile per batch) pool as in one batch; empty bags stay NaN.
+
+    (The Monte Carlo spread depends on the batches, as the dropout masks are drawn per batch.)
+    """
+    from dataclasses import replace
+
+    from scipy import sparse
+
+    from bitro.models import default_model
+    from bitro.models._data import tiled_bag
+
+    model = default_model()
+    rng = np.random.default_rng(5)
+    n = 400
+    xy = rng.uniform(0, 600, size=(n, 2)).astype(np.float32)
+    x = rng.normal(size=(n, model.config["architecture"]["n_features"])).astype(np.float32)
+    near = np.linalg.norm(xy[:, None] - xy[None], axis=2) < 30
+    bags = tiled_bag("slide", x, xy, sparse.csr_matrix(near & ~np.eye(n, dtype=bool)), 100.0)
+    n_seqs = len(bags.seq_cells)
+    assert n_seqs > 20
+    # four bags (the last without a cell) whose tiles interleave, so every bag spans many batches
+    bags = replace(bags, seq_bag=np.arange(n_seqs) % 3, bag_names=np.array(["a", "b", "c", "empty"]))
+    whole = model.predict_bags(bags, batch_size=10_000, n_samples=3)
+    one_by_one = model.predict_bags(bags, batch_size=1, n_samples=3)
+    for name in ("bags", "cells", "weight"):
+        np.testing.assert_allclose(getattr(one_by_one, name), getattr(whole, name), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert np.isnan(whole.bags[3]).all()
+    assert np.isfinite(whole.bags[:3]).all()
+    assert np.isnan(one_by_one.bags_std[3]).all()
+    assert (one_by_one.bags_std[:3] > 0).all()
+    np.testing.assert_allclose(
+        np.bincount(
+            np.repeat(np.arange(n_seqs) % 3, [len(c) for c in bags.seq_cells]),
+            weights=whole.weight[np.concatenate(bags.seq_cells)],
+        ),
+        1,
+        rtol=1e-5,
+    )

@@ -129,7 +129,7 @@ class BiTro(AdapterMixin):
         import torch
 
         from ._data import collate, sequence_arrays
-        from ._module import merge_pool_state, pool_state
+        from ._module import empty_pool_state, merge_pool_rows, pool_state
 
         head = head or self.head
         active = self.adapters.get(self.active_adapter) if self.active_adapter is not None else None
@@ -146,7 +146,10 @@ class BiTro(AdapterMixin):
         cell_logit = np.full(n_cells, -np.inf, np.float64)
         cell_std = np.full((n_cells, g), np.nan, np.float32) if n_samples else None
         seqs = [s for s in range(len(bags.seq_cells)) if len(bags.seq_cells[s])]
-        state, sample_states = None, [None] * n_samples
+        # online-softmax pooling state of every bag, for the prediction and for each MC sample; a batch
+        # pools over its own bags only and merges those rows (batch-sized work, not bag-count-sized)
+        state = empty_pool_state(bags.n_bags, g, device)
+        sample_states = [empty_pool_state(bags.n_bags, g, device) for _ in range(n_samples)]
 
         def values(batch):
             expression, logits = module.cells(batch, head)
@@ -157,12 +160,13 @@ class BiTro(AdapterMixin):
             torch.manual_seed(0)  # the dropout masks of the samples: the same uncertainty on every run
             for start in range(0, len(seqs), batch_size):
                 chunk = seqs[start : start + batch_size]
-                batch = collate([sequence_arrays(bags, s) for s in chunk], bags.seq_bag[chunk], bags.n_bags)
+                rows, local = np.unique(bags.seq_bag[chunk], return_inverse=True)
+                batch = collate([sequence_arrays(bags, s) for s in chunk], local, len(rows))
                 batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+                rows = torch.from_numpy(rows).to(device)
                 module.eval()
                 unscaled, logits = values(batch)
-                part = pool_state(unscaled, logits, batch["bag"], bags.n_bags)
-                state = part if state is None else merge_pool_state(state, part)
+                merge_pool_rows(state, rows, pool_state(unscaled, logits, batch["bag"], len(rows)))
                 cells_np, logits_np = unscaled.cpu().numpy(), logits.cpu().numpy()
                 for i, s in enumerate(chunk):
                     m = len(bags.seq_cells[s])
@@ -175,9 +179,8 @@ class BiTro(AdapterMixin):
                     total = square = 0.0
                     for t in range(n_samples):
                         sampled, sampled_logits = values(batch)
-                        part = pool_state(sampled, sampled_logits, batch["bag"], bags.n_bags)
-                        sample_states[t] = (
-                            part if sample_states[t] is None else merge_pool_state(sample_states[t], part)
+                        merge_pool_rows(
+                            sample_states[t], rows, pool_state(sampled, sampled_logits, batch["bag"], len(rows))
                         )
                         sampled = sampled.cpu().numpy()
                         total, square = total + sampled, square + sampled**2
@@ -190,7 +193,7 @@ class BiTro(AdapterMixin):
         bag_pred = np.full((bags.n_bags, g), np.nan, np.float32)
         weight = np.full(n_cells, np.nan, np.float32)
         bag_std = None
-        if state is not None:
+        if seqs:
             denom, num, bag_max = (t.cpu().numpy() for t in state)
             with np.errstate(invalid="ignore", divide="ignore"):
                 bag_pred = (num / denom[:, None]).astype(np.float32)
@@ -199,7 +202,7 @@ class BiTro(AdapterMixin):
                 cell_bag[bags.seq_cells[s]] = bags.seq_bag[s]
             ok = cell_bag >= 0
             weight[ok] = np.exp(cell_logit[ok] - bag_max[cell_bag[ok]]) / denom[cell_bag[ok]]
-        if n_samples and state is not None:
+        if n_samples and seqs:
             with np.errstate(invalid="ignore", divide="ignore"):
                 samples = np.stack([(st[1] / st[0][:, None]).cpu().numpy() for st in sample_states])
                 bag_std = samples.std(axis=0).astype(np.float32)

@@ -310,3 +310,23 @@ def merge_pool_state(a: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tensor, 
     sa = torch.where(torch.isfinite(ma), torch.exp(ma - safe), torch.zeros_like(ma))
     sb = torch.where(torch.isfinite(mb), torch.exp(mb - safe), torch.zeros_like(mb))
     return da * sa + db * sb, na * sa[:, None] + nb * sb[:, None], m
+
+
+def empty_pool_state(n_bags: int, n_genes: int, device) -> tuple[Tensor, Tensor, Tensor]:
+    """The pooling state of ``n_bags`` bags without any cell yet (float64; see :func:`pool_state`)."""
+    return (
+        torch.zeros(n_bags, dtype=torch.float64, device=device),
+        torch.zeros(n_bags, n_genes, dtype=torch.float64, device=device),
+        torch.full((n_bags,), float("-inf"), dtype=torch.float64, device=device),
+    )
+
+
+def merge_pool_rows(state: tuple[Tensor, Tensor, Tensor], rows: Tensor, part: tuple[Tensor, Tensor, Tensor]) -> None:
+    """Merge ``part``, the state of the bags ``rows`` (in that order), into those rows of ``state``, in place.
+
+    A batch of a slide holds a few of its bags: merging only their rows keeps each batch's work
+    (and its temporaries) batch-sized rather than proportional to the slide's bags.
+    """
+    merged = merge_pool_state(tuple(t[rows] for t in state), part)
+    for whole, new in zip(state, merged, strict=True):
+        whole[rows] = new
