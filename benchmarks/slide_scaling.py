@@ -56,7 +56,9 @@ def watch():  # resident memory of this process and its worker processes togethe
         time.sleep(0.2)
 
 threading.Thread(target=watch, daemon=True).start()
-times = {}
+times, peaks = {}, {}
+maxrss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process's peak so far, MB
+peaks["start"] = maxrss()
 t0 = time.perf_counter()
 sdata = bt.io.read_zarr(store)
 times["read"] = time.perf_counter() - t0
@@ -64,17 +66,21 @@ image = sdata[sdata.attrs["bitro"]["image_key"]]["scale0"]["image"]
 t0 = time.perf_counter()
 bt.pp.segment_cells(sdata, method=method, progress=False)
 times["segment"] = time.perf_counter() - t0
+peaks["segment"] = maxrss()
 t0 = time.perf_counter()
 bt.pp.cell_features(sdata, method="morphology", mpp=bt.models.default_model().config["features"]["params"].get("mpp"))
 times["features"] = time.perf_counter() - t0
+peaks["features"] = maxrss()
 t0 = time.perf_counter()
 bt.tl.predict(sdata, uncertainty=uncertainty)
 times["predict"] = time.perf_counter() - t0
+peaks["predict"] = maxrss()
 print(json.dumps({
     "megapixels": image.shape[1] * image.shape[2] / 1e6,
     "cells": int(bt.get.predictions(sdata, level="cells").n_obs),
     "times": times,
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_rss_mb": maxrss(),
+    "peaks_mb": peaks,
     "peak_tree_rss_mb": peak["tree"] / 2**20,
 }))
 """
@@ -106,7 +112,9 @@ def main() -> None:
             f"{r['cells']:>8} cells ({r['true_cells']} true, {r['megapixels']:.0f} Mpx): "
             + ", ".join(f"{k} {v:.1f} s ({r['cells'] / v:.0f}/s)" for k, v in t.items() if v > 0.05)
             + f"; total {total:.1f} s ({r['cells'] / total:.0f} cells/s), peak RSS {r['peak_rss_mb']:.0f} MB "
-            f"(with the worker processes: {r['peak_tree_rss_mb']:.0f} MB)",
+            f"(with the worker processes: {r['peak_tree_rss_mb']:.0f} MB); the process's peak after each step: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in r["peaks_mb"].items())
+            + " MB",
             flush=True,
         )
     if len(rows) >= 2:
