@@ -235,3 +235,23 @@ def test_batch_size_never_changes_a_prediction():
         1,
         rtol=1e-5,
     )
+
+
+def test_a_sequence_sees_exactly_its_cells_edges():
+    """The adjacency of a sequence is the graph restricted to its cells, in their order (context last, unsorted)."""
+    from scipy import sparse
+
+    from bitro.models._data import sub_adjacency
+
+    rng = np.random.default_rng(3)
+    n = 300
+    graph = sparse.random(n, n, density=0.03, format="csr", random_state=4) > 0
+    graph = sparse.csr_matrix(graph)
+    graph.data[::7] = False  # a stored False is no edge
+    for idx in (rng.choice(n, 40, replace=False), np.array([5, 1, 0, 299]), np.array([], int), np.array([7, 3, 7])):
+        expected = graph[idx][:, idx].toarray()
+        got = sub_adjacency(graph, idx)
+        assert got.dtype == bool
+        assert got.shape == (len(idx), len(idx))
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(sub_adjacency(graph.tocsc(), idx), graph[idx][:, idx].toarray())
