@@ -115,7 +115,12 @@ def cell_table(sdata, bags, prediction, *, var: pd.DataFrame, uns: dict):
 
 
 def _rows(values: np.ndarray, index: np.ndarray, n_rows: int) -> np.ndarray:
-    """``values`` placed at rows ``index`` of an array of ``n_rows`` rows (NaN elsewhere)."""
+    """``values`` placed at rows ``index`` of an array of ``n_rows`` rows (NaN elsewhere).
+
+    ``values`` itself when it already is that array (every row, in order: a slide-sized copy saved).
+    """
+    if values.dtype == np.float32 and len(index) == n_rows and np.array_equal(index, np.arange(n_rows)):
+        return values
     out = np.full((n_rows, *values.shape[1:]), np.nan, dtype=np.float32)
     out[index] = values
     return out
