@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -435,9 +436,19 @@ def test_cross_validate_reports_model_and_baselines_on_the_same_folds(sections):
     assert "grouped by sample" in cv.attrs["protocol"]
 
 
-def test_cross_validate_from_stores_scores_what_the_objects_score(sections, tmp_path):
-    """Stores are read one at a time in every fold; the folds, models and scores are those of the objects."""
+def test_cross_validate_from_stores_scores_what_the_objects_score(sections, tmp_path, monkeypatch):
+    """Stores are read one at a time, once per fold; the folds, models and scores are those of the objects."""
     import bitro as bt
+    import bitro.io
+
+    reads = []
+    read_zarr = bitro.io.read_zarr
+
+    def counted(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return read_zarr(path, *args, **kwargs)
+
+    monkeypatch.setattr(bitro.io, "read_zarr", counted)
 
     stores = [tmp_path / f"toy{i}.zarr" for i in range(2)]
     for s, path in zip(sections[:2], stores, strict=True):
@@ -446,6 +457,9 @@ def test_cross_validate_from_stores_scores_what_the_objects_score(sections, tmp_
         s.write(path)
     options = {"n_genes": 10, "max_epochs": 1, "progress": False}
     from_stores = bt.tl.cross_validate(stores, **options)
+    # one pass to find ids and groups, then per fold the training store once (training, validation score and
+    # ridge all use the bags cut then) and the test store once
+    assert sorted(reads) == ["toy0.zarr"] * 3 + ["toy1.zarr"] * 3
     in_memory = bt.tl.cross_validate(sections[:2], **options)
     assert from_stores.attrs["protocol"] == in_memory.attrs["protocol"]
     columns = ["fold", "test", "method", "n_obs", "pearson_mean", "val_pearson_hvg_mean"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 import warnings
@@ -87,7 +88,7 @@ def cross_validate(
     from bitro.models._config import data_settings
     from bitro.models._data import slide_bags, spot_bags
 
-    from ._fit import fit
+    from ._fit import fit, fitting
     from ._preprocess import ensure_preprocessed, preprocessing_settings
     from ._samples import as_samples, check_groups, opened, patient
 
@@ -112,34 +113,37 @@ def cross_validate(
     order = np.random.default_rng(seed).permutation(unique)
     fold_of = {g: i % n_folds for i, g in enumerate(order)}
 
+    signature = inspect.signature(fit)
     rows, per_gene, models = [], {}, []
     for fold in range(n_folds):
         test = [i for i in range(len(ids)) if fold_of[grp[i]] == fold]
         train = [i for i in range(len(ids)) if fold_of[grp[i]] != fold]
         logger.info("fold %d: test %s, training %s", fold, [ids[i] for i in test], [ids[i] for i in train])
         t0 = time.perf_counter()
-        model = fit([samples[i] for i in train], target=target, groups=[grp[i] for i in train], seed=seed, **fit_kwargs)
-        fit_s = time.perf_counter() - t0
+        arguments = signature.bind(
+            [samples[i] for i in train], target=target, groups=[grp[i] for i in train], seed=seed, **fit_kwargs
+        )
+        arguments.apply_defaults()
+        # the training samples' bags serve the validation score and the ridge baseline too: stores are read once
+        with fitting(arguments.arguments) as (model, td):
+            fit_s = time.perf_counter() - t0
+            genes = model.genes
+            hvg = np.array([genes.index(g) for g in model.hvg[:N_TOP_HVG]])
+            val_score = _validation_score(model, td, hvg) if target == "spot" else np.nan
+            if baselines:
+                x_tr, y_tr = _aggregate(td.sections)
         models.append(model)
-        genes = model.genes
         data = data_settings(target, model.config["data"])
         extract = spot_bags if target == "spot" else slide_bags
-
-        def bags_of(i, genes=genes, data=data, extract=extract):
-            with opened(samples[i]) as sdata:
-                return extract(sdata, data, genes=genes)
-
-        hvg = np.array([genes.index(g) for g in model.hvg[:N_TOP_HVG]])
-        val_score = _validation_score(model, bags_of, ids, hvg) if target == "spot" else np.nan
         # what scoring needs of each test sample, its bags released after: (id, targets, BiTro, features)
         tests = []
         for i in test:
-            b = bags_of(i)
+            with opened(samples[i]) as sdata:
+                b = extract(sdata, data, genes=genes)
             tests.append((b.sample_id, b.y, model.predict_bags(b)[0], _aggregate([b])[0] if baselines else None))
             del b
         preds: dict[str, list[np.ndarray]] = {"bitro": [t[2] for t in tests]}
         if baselines:
-            x_tr, y_tr = _aggregate(bags_of(i) for i in train)
             ok = np.isfinite(y_tr).all(axis=1)
             x_te = [t[3] for t in tests]
             ridge = ridge_baseline(x_tr[ok], y_tr[ok], np.vstack(x_te), seed=seed)
@@ -172,12 +176,11 @@ def cross_validate(
     return (df, models) if return_models else df
 
 
-def _validation_score(model, bags_of, ids, hvg) -> float:
+def _validation_score(model, td, hvg) -> float:
     """Mean top-HVG Pearson of ``model`` on the sections it validated on (for choosing settings; never the test)."""
     val = model.config["training"].get("validation") or []
     scores = []
-    for i in (ids.index(v) for v in val if v in ids):
-        bags = bags_of(i)
+    for bags in (td.sections[td.ids.index(v)] for v in val if v in td.ids):
         scores.append(spot_metrics(bags.y, model.predict_bags(bags)[0], hvg_index=hvg)["pearson_hvg_mean"])
     return float(np.mean(scores)) if scores else float("nan")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from bitro._logging import logger
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
     from bitro.models import BiTro
+    from bitro.models._training import TrainingData
 
 
 def fit(
@@ -118,6 +120,18 @@ def fit(
     >>> model = bt.tl.fit(sections, n_genes=20, max_epochs=5)  # doctest: +SKIP
     >>> model.genes[:3]  # doctest: +SKIP
     """
+    with fitting(locals()) as (model, _):
+        return model
+
+
+@contextlib.contextmanager
+def fitting(arguments: dict[str, Any]) -> Iterator[tuple[BiTro, TrainingData]]:
+    """Train as :func:`fit` does with ``arguments`` (its parameters by name, every one given).
+
+    Yields the model and its :class:`~bitro.models._training.TrainingData`, whose bags (memory-mapped
+    for stores) stay readable until the block ends: callers that score the training samples too
+    (cross-validation's baselines) do not read the stores again.
+    """
     import lightning as L
 
     from bitro.models._config import data_settings
@@ -127,21 +141,23 @@ def fit(
     from ._samples import as_samples
     from ._training_data import spill_folder, training_data
 
-    target = check_choice(target, "target", ("spot", "bulk"))
-    n_genes = check_int(n_genes, "n_genes", min_value=1)
-    samples = as_samples(sdatas)
-    prep = preprocessing_settings(preprocessing)
-    bag_settings = data_settings(target, data)
-    options = TrainingOptions.from_arguments(locals(), default_batch_size=bag_settings["batch_size"])
-    L.seed_everything(seed, verbose=False)
+    arguments = dict(arguments)
+    target = arguments["target"] = check_choice(arguments["target"], "target", ("spot", "bulk"))
+    n_genes = check_int(arguments["n_genes"], "n_genes", min_value=1)
+    samples = as_samples(arguments["sdatas"])
+    prep = preprocessing_settings(arguments["preprocessing"])
+    bag_settings = data_settings(target, arguments["data"])
+    options = TrainingOptions.from_arguments(arguments, default_batch_size=bag_settings["batch_size"])
+    L.seed_everything(options.seed, verbose=False)
     with spill_folder(samples) as spill_to:  # stores: their bags wait on disk, not in memory
         td = training_data(
-            samples, target, prep, bag_settings, options, genes=genes, n_genes=n_genes, val=val, groups=groups,
-            spill_to=spill_to,
+            samples, target, prep, bag_settings, options, genes=arguments["genes"], n_genes=n_genes,
+            val=arguments["val"], groups=arguments["groups"], spill_to=spill_to,
         )  # fmt: skip
-        model = _train(td, target, prep, bag_settings, options, architecture)
-        del td  # the mapped bags go before their folder
-    return model
+        try:
+            yield _train(td, target, prep, bag_settings, options, arguments["architecture"]), td
+        finally:
+            del td  # the mapped bags go before their folder
 
 
 def _train(td, target: str, prep: dict, bag_settings: dict, options, architecture: dict | None) -> BiTro:
