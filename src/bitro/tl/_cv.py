@@ -49,8 +49,10 @@ def cross_validate(
     ----------
     sdatas
         Sections (``target="spot"``) or slides (``target="bulk"``), as for :func:`bitro.tl.fit`:
-        SpatialData objects, zarr store paths or a folder of stores (read one at a time; a slide's
-        bags are released once its scores' inputs, a few numbers per bag, are kept).
+        SpatialData objects, zarr store paths or a folder of stores (read one at a time: once to
+        find ids and patients, then once per fold, where training, the validation score and the
+        ridge baseline share the bags cut for training; a test slide's bags are released once its
+        scores' inputs, a few numbers per bag, are kept).
     target
         Label kind.
     groups
