@@ -65,6 +65,64 @@ def test_training_recipe_runs_a_few_iterations_and_round_trips(tiles, tmp_path):
         save_unet(net, config, tmp_path / "w")
 
 
+def test_a_stopped_training_resumes_to_the_same_weights(tiles, tmp_path, monkeypatch):
+    import torch
+
+    from bitro.pp import _unet_train
+
+    settings = {"iterations": 4, "batch_size": 2, "crop": 64, "val_every": 2, "seed": 0, "channels": (4, 8, 16)}
+    grid = {"fg_threshold": (0.5,), "marker_threshold": (0.5,), "boundary_threshold": (0.5,)}
+    straight, _, history = train_unet(tiles[:1], tiles[1:], boundary=True, thresholds=grid, **settings)
+    assert straight.n_maps == 3
+
+    write = _unet_train._write_checkpoint
+
+    def write_then_stop(path, state):  # killed right after the first checkpoint (iteration 2)
+        write(path, state)
+        raise KeyboardInterrupt
+
+    checkpoint = tmp_path / "run" / "state.pt"
+    monkeypatch.setattr(_unet_train, "_write_checkpoint", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_unet(tiles[:1], tiles[1:], boundary=True, thresholds=grid, checkpoint=checkpoint, **settings)
+    monkeypatch.setattr(_unet_train, "_write_checkpoint", write)
+    resumed, config, resumed_history = train_unet(
+        tiles[:1], tiles[1:], boundary=True, thresholds=grid, checkpoint=checkpoint, **settings
+    )
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert [h["loss"] for h in resumed_history] == [h["loss"] for h in history]
+    assert config["maps"] == ["foreground", "distance", "boundary"]
+    # another run's checkpoint is refused by name, not silently continued
+    with pytest.raises(ValueError, match=r"other settings or tiles \(seed\)"):
+        train_unet(tiles[:1], tiles[1:], boundary=True, checkpoint=checkpoint, **{**settings, "seed": 1})
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt is not a readable"):
+        train_unet(tiles[:1], tiles[1:], checkpoint=tmp_path / "junk.pt", **settings)
+
+
+def test_a_network_with_rims_saves_loads_and_cuts_touching_nuclei(tiles, tmp_path):
+    from bitro.pp._unet import NucleusUNet, instances
+
+    net = NucleusUNet((4, 8), n_maps=3).eval()
+    save_unet(net, {"boundary_threshold": 0.3}, tmp_path / "w")
+    loaded, config = load_unet(tmp_path / "w")
+    assert loaded.n_maps == 3 and config["maps"] == ["foreground", "distance", "boundary"]
+    assert unet_segmenter(tmp_path / "w", mpp=0.5, tta=2)(tiles[0].rgb[:64, :64]).shape == (64, 64)
+    # two discs whose distance cores touch: one nucleus without the rim map, two with it
+    yy, xx = np.mgrid[:40, :60]
+    left, right = (yy - 20) ** 2 + (xx - 22) ** 2 < 144, (yy - 20) ** 2 + (xx - 38) ** 2 < 144
+    prob = (left | right).astype(np.float32)
+    dist = np.where(prob > 0, 0.9, 0.0).astype(np.float32)
+    rim = np.zeros_like(prob)
+    rim[:, 29:31] = 1.0  # where the two meet
+    kwargs = {"fg_threshold": 0.5, "marker_threshold": 0.5, "min_area_px": 0}
+    assert instances(prob, dist, **kwargs).max() == 1
+    assert instances(prob, dist, boundary=rim, **kwargs).max() == 2
+    with pytest.raises(ValueError, match="`n_maps` must be 2"):
+        NucleusUNet((4, 8), n_maps=4)
+
+
 def test_test_time_augmentation_is_mirror_equivariant(tiles):
     rgb = tiles[0].rgb[:256, :320]
     segment = unet_segmenter(mpp=0.25, tta=8)

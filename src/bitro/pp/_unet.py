@@ -5,7 +5,9 @@ per pixel, the probability of being inside a nucleus and the distance to the nuc
 (normalised per nucleus: 0 at the edge, 1 at the centre), as in Naylor et al. 2019 (IEEE TMI 38(2),
 the paper of the TNBC data it is trained on). Instances are the marker-controlled watershed of the
 distance map (markers: the cores where the distance is high) inside the foreground: touching nuclei
-separate along the valleys of the distance.
+separate along the valleys of the distance. A network trained with a third map (``"maps"`` of its
+config), the probability of lying on a nucleus's rim (contour-aware, as DCAN, Chen et al. 2016),
+also cuts the markers where that rim is likely, where two touching nuclei meet.
 
 Weights are safetensors + JSON (``config.json``: architecture, scale, normalisation and the
 post-processing thresholds chosen on validation patients); nothing is unpickled. The bundled
@@ -36,12 +38,17 @@ FORMAT = 1
 MPP_RANGE_TRAINED = (0.2, 1.0)
 """Pixel sizes (µm/px) the augmentations covered around the working scale; outside it a warning."""
 
+MAPS = ("foreground", "distance", "boundary")
+"""The maps a network may predict, in this order: the first two always, the rim (``"boundary"``) optionally."""
+
 DEFAULT_CONFIG = {
     "architecture": "unet",
     "channels": [16, 32, 64, 128, 256],
+    "maps": ["foreground", "distance"],
     "mpp": 0.5,
     "fg_threshold": 0.5,
     "marker_threshold": 0.5,
+    "boundary_threshold": 0.5,
     "min_area_um2": 6.0,
 }
 
@@ -58,19 +65,24 @@ def _block(n_in: int, n_out: int) -> nn.Sequential:
 
 
 class NucleusUNet(nn.Module):
-    """U-Net: RGB in [0, 1] -> two logits per pixel (inside a nucleus; normalised distance to its boundary)."""
+    """U-Net: RGB in [0, 1] -> a logit per pixel for each of ``n_maps`` maps (see :data:`MAPS`).
 
-    def __init__(self, channels=(16, 32, 64, 128, 256)) -> None:
+    The maps: inside a nucleus; normalised distance to its boundary; with ``n_maps=3``, on its rim.
+    """
+
+    def __init__(self, channels=(16, 32, 64, 128, 256), n_maps: int = 2) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
         if len(channels) < 2 or min(channels) < 1:
             raise ValueError(f"`channels` must list at least 2 positive widths, got {channels}.")
-        self.channels = channels
+        if n_maps not in (2, 3):
+            raise ValueError(f"`n_maps` must be 2 (foreground, distance) or 3 (and boundary), got {n_maps!r}.")
+        self.channels, self.n_maps = channels, int(n_maps)
         self.encoder = nn.ModuleList([_block(3 if i == 0 else channels[i - 1], c) for i, c in enumerate(channels)])
         self.decoder = nn.ModuleList(
             [_block(channels[i] + channels[i + 1], channels[i]) for i in range(len(channels) - 1)]
         )
-        self.head = nn.Conv2d(channels[0], 2, 1)
+        self.head = nn.Conv2d(channels[0], self.n_maps, 1)
 
     @property
     def multiple(self) -> int:
@@ -119,7 +131,8 @@ def save_unet(net: NucleusUNet, config: dict, path: str | os.PathLike, *, overwr
     from bitro._files import write_json, write_weights
     from bitro._store import replace_folder
 
-    config = {**DEFAULT_CONFIG, **config, "channels": list(net.channels), "format": FORMAT}
+    config = {**DEFAULT_CONFIG, **config, "channels": list(net.channels), "maps": list(MAPS[: net.n_maps])}
+    config["format"] = FORMAT
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
     with replace_folder(path, overwrite=overwrite, owned={CONFIG_NAME, WEIGHTS_NAME, "ATTRIBUTION.txt"}) as out:
         write_weights(state, out / WEIGHTS_NAME, config=config, fmt=FORMAT)
@@ -141,7 +154,11 @@ def load_unet(path: str | os.PathLike | None = None) -> tuple[NucleusUNet, dict]
         )
     state, metadata = read_weights(folder / WEIGHTS_NAME, what="nucleus model's weights")
     check_digest(metadata, config, weights=folder / WEIGHTS_NAME, config_path=folder / CONFIG_NAME)
-    net = NucleusUNet(config["channels"])
+    maps = list(config.get("maps", DEFAULT_CONFIG["maps"]))
+    if maps not in (list(MAPS[:2]), list(MAPS)):
+        raise ValueError(f"{folder / CONFIG_NAME}: `maps` must be {list(MAPS[:2])} or {list(MAPS)}, got {maps}.")
+    config = {**config, "maps": maps, "boundary_threshold": config.get("boundary_threshold", 0.5)}
+    net = NucleusUNet(config["channels"], n_maps=len(maps))
     try:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as err:
@@ -173,22 +190,21 @@ TTA = {
 
 def predict_maps(
     net: NucleusUNet, rgb: np.ndarray, *, device: torch.device | str = "cpu", tta: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground probability and normalised distance ``(H, W)`` float32 of a uint8 RGB tile at the net's scale.
+) -> tuple[np.ndarray, ...]:
+    """The network's maps ``(H, W)`` float32 of a uint8 RGB tile at its scale (see :data:`MAPS`).
 
-    The tile is padded (reflected) to a multiple of the network's stride and cropped back. ``tta`` > 1
-    averages the maps of that many mirrored / turned copies (see :data:`TTA`).
+    Foreground probability and normalised distance, and the rim probability for a three-map
+    network. The tile is padded (reflected) to a multiple of the network's stride and cropped back.
+    ``tta`` > 1 averages the maps of that many mirrored / turned copies (see :data:`TTA`).
     """
     if tta != 1:
-        prob, dist = np.zeros(rgb.shape[:2], np.float32), np.zeros(rgb.shape[:2], np.float32)
+        sums = None
         for k, flip in TTA[tta]:
             view = np.rot90(rgb, k)
-            p, d = predict_maps(net, np.ascontiguousarray(view[:, ::-1] if flip else view), device=device)
-            if flip:
-                p, d = p[:, ::-1], d[:, ::-1]
-            prob += np.rot90(p, -k)
-            dist += np.rot90(d, -k)
-        return prob / tta, dist / tta
+            maps = predict_maps(net, np.ascontiguousarray(view[:, ::-1] if flip else view), device=device)
+            maps = [np.rot90(m[:, ::-1] if flip else m, -k) for m in maps]
+            sums = maps if sums is None else [s + m for s, m in zip(sums, maps, strict=True)]
+        return tuple(s / tta for s in sums)
     h, w = rgb.shape[:2]
     m = net.multiple
     ph, pw = (-h) % m, (-w) % m
@@ -199,20 +215,34 @@ def predict_maps(
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         out = torch.sigmoid(net(x))[0, :, :h, :w].float().cpu().numpy()
-    return out[0], out[1]
+    return tuple(out)
 
 
 def instances(
-    prob: np.ndarray, dist: np.ndarray, *, fg_threshold: float, marker_threshold: float, min_area_px: float
+    prob: np.ndarray,
+    dist: np.ndarray,
+    *,
+    fg_threshold: float,
+    marker_threshold: float,
+    min_area_px: float,
+    boundary: np.ndarray | None = None,
+    boundary_threshold: float = 0.5,
 ) -> np.ndarray:
-    """Instance labels (int32) from the two maps: watershed of the distance, seeded by its high cores, inside the foreground."""
+    """Instance labels (int32) from the maps: watershed of the distance, seeded by its high cores, inside the foreground.
+
+    With a ``boundary`` (rim probability) map, the cores are also cut where the rim is at least
+    ``boundary_threshold``: two touching nuclei whose distance cores merge still get a marker each.
+    """
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
     mask = prob > fg_threshold
     if not mask.any():
         return np.zeros(prob.shape, np.int32)
-    markers, _ = ndi.label((dist > marker_threshold) & mask)
+    cores = (dist > marker_threshold) & mask
+    if boundary is not None:
+        cores &= boundary < boundary_threshold
+    markers, _ = ndi.label(cores)
     labels = watershed(-dist, markers, mask=mask).astype(np.int32)
     # a foreground region without any marker (a small or faint nucleus) becomes one instance itself
     orphans, n_orphans = ndi.label(mask & (labels == 0))
@@ -283,17 +313,19 @@ class UNetSegmenter:
             h, w = rgb.shape[:2]
             size = (max(int(round(h * scale)), 1), max(int(round(w * scale)), 1))
             tile = rgb if size == (h, w) else resize(rgb, size, order=1, preserve_range=True, anti_aliasing=scale < 1)
-            prob, dist = predict_maps(net, np.asarray(tile, dtype=np.uint8), device=self._device, tta=self.tta)
-        if prob.shape != (h, w):  # the maps back at the tile's own pixels (smooth), then the instances there
-            prob = resize(prob, (h, w), order=1, preserve_range=True, anti_aliasing=False)
-            dist = resize(dist, (h, w), order=1, preserve_range=True, anti_aliasing=False)
-        settings = {k: self.thresholds.get(k, config[k]) for k in ("fg_threshold", "marker_threshold", "min_area_um2")}
+            maps = predict_maps(net, np.asarray(tile, dtype=np.uint8), device=self._device, tta=self.tta)
+        if maps[0].shape != (h, w):  # the maps back at the tile's own pixels (smooth), then the instances there
+            maps = [resize(m, (h, w), order=1, preserve_range=True, anti_aliasing=False) for m in maps]
+        names = ("fg_threshold", "marker_threshold", "boundary_threshold", "min_area_um2")
+        settings = {k: self.thresholds.get(k, config.get(k, DEFAULT_CONFIG[k])) for k in names}
         return instances(
-            prob,
-            dist,
+            maps[0],
+            maps[1],
             fg_threshold=settings["fg_threshold"],
             marker_threshold=settings["marker_threshold"],
             min_area_px=settings["min_area_um2"] / self.mpp**2,
+            boundary=maps[2] if len(maps) > 2 else None,
+            boundary_threshold=settings["boundary_threshold"],
         )
 
 
@@ -306,6 +338,7 @@ def unet_segmenter(
     marker_threshold: float | None = None,
     min_area_um2: float | None = None,
     tta: int = 1,
+    boundary_threshold: float | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """A tile segmenter with bitro's nucleus U-Net (the bundled weights, or a folder saved by ``save_unet``).
 
@@ -317,8 +350,9 @@ def unet_segmenter(
         µm per pixel of the tiles the returned function receives.
     device
         Torch device (default ``bt.settings.device``: CUDA when present).
-    fg_threshold, marker_threshold, min_area_um2
-        Post-processing overrides (default: the values chosen on validation patients, in the config).
+    fg_threshold, marker_threshold, min_area_um2, boundary_threshold
+        Post-processing overrides (default: the values chosen on validation patients, in the config;
+        ``boundary_threshold`` acts only for a network that predicts the nuclei's rims).
     tta
         Test-time augmentation: average the network's maps over this many mirrored / quarter-turned
         copies of each tile (1, 2, 4 or 8). More accurate outlines and splits, at ``tta`` times the
@@ -344,7 +378,11 @@ def unet_segmenter(
             config["mpp"],
         )
     thresholds = {}
-    for name, value in (("fg_threshold", fg_threshold), ("marker_threshold", marker_threshold)):
+    for name, value in (
+        ("fg_threshold", fg_threshold),
+        ("marker_threshold", marker_threshold),
+        ("boundary_threshold", boundary_threshold),
+    ):
         if value is not None:
             thresholds[name] = check_float(value, name, min_value=0, max_value=1)
     if min_area_um2 is not None:

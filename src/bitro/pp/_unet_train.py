@@ -4,14 +4,17 @@ Tiles are sampled at the network's scale with a random zoom around it (so it hol
 scans and nuclei of other sizes), the eight flips / quarter turns, and stain / colour augmentation
 (hematoxylin and eosin densities scaled and shifted in optical-density space, brightness, contrast,
 saturation, blur, noise), so that it holds on other scanners and staining protocols. Targets are the
-nucleus mask and each nucleus's distance to its own boundary, normalised to 1 at its centre.
-Training is seeded; the weights of the best validation F1 are kept, and the post-processing
-thresholds are then chosen on the validation tiles only.
+nucleus mask and each nucleus's distance to its own boundary, normalised to 1 at its centre (and,
+for a three-map network, each nucleus's one-pixel rim). Training is seeded and can be resumed from
+a checkpoint (the same weights as a run that was never stopped); the weights of the best validation
+F1 are kept, and the post-processing thresholds are then chosen on the validation tiles only.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,6 +96,13 @@ def distance_target(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def boundary_target(labels: np.ndarray) -> np.ndarray:
+    """Each nucleus's rim: its pixels next to another label or the background (float32 0 / 1)."""
+    from skimage.segmentation import find_boundaries
+
+    return (find_boundaries(labels, mode="inner") & (labels > 0)).astype(np.float32)
+
+
 def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, *, strength: float = 1.0) -> np.ndarray:
     """Hematoxylin / eosin density scaled and shifted (Tellez et al. 2018), then colour jitter; float32 in [0, 1]."""
     from skimage.color import hed2rgb, rgb2hed
@@ -116,8 +126,10 @@ def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, *, strength: float =
     return np.clip(out, 0, 1).astype(np.float32)
 
 
-def sample_crop(tile: Tile, rng: np.random.Generator, *, size: int, net_mpp: float, zoom_range=(0.75, 1.33)):
-    """A random augmented crop ``(size, size)`` at about the network's scale: image, mask, distance, valid."""
+def sample_crop(
+    tile: Tile, rng: np.random.Generator, *, size: int, net_mpp: float, zoom_range=(0.75, 1.33), n_maps: int = 2
+):
+    """A random augmented crop ``(size, size)`` at about the network's scale: image, mask, distance, [rim,] valid."""
     from skimage.transform import resize
 
     zoom = tile.mpp / net_mpp * math.exp(rng.uniform(math.log(zoom_range[0]), math.log(zoom_range[1])))
@@ -143,20 +155,35 @@ def sample_crop(tile: Tile, rng: np.random.Generator, *, size: int, net_mpp: flo
         return np.ascontiguousarray(a[:, ::-1] if flip else a)
 
     image, labels, valid = turn(image), turn(labels), turn(valid)
-    return image, (labels > 0).astype(np.float32), distance_target(labels), valid
+    rim = (boundary_target(labels),) if n_maps == 3 else ()
+    return image, (labels > 0).astype(np.float32), distance_target(labels), *rim, valid
 
 
-def batches(tiles: Sequence[Tile], *, batch_size: int, size: int, net_mpp: float, seed: int):
-    """Endless batches of augmented crops as torch tensors ``x (B, 3, S, S)``, ``y (B, 3, S, S)`` (mask, distance, valid)."""
+def batches(
+    tiles: Sequence[Tile],
+    *,
+    batch_size: int,
+    size: int,
+    net_mpp: float,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
+    n_maps: int = 2,
+):
+    """Endless batches of augmented crops as torch tensors ``x (B, 3, S, S)``, ``y (B, n_maps + 1, S, S)``.
+
+    ``y`` holds the targets (mask, distance, [rim]) and, last, the valid pixels. The crops are drawn
+    from ``rng`` (default: a new generator seeded by ``seed``), which advances one batch per ``next``.
+    """
     import torch
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed) if rng is None else rng
     # tiles drawn in proportion to their area, so large tiles are not under-sampled
     weight = np.array([t.labels.size * (t.mpp / net_mpp) ** 2 for t in tiles], dtype=float)
     weight /= weight.sum()
     while True:
         crops = [
-            sample_crop(tiles[i], rng, size=size, net_mpp=net_mpp) for i in rng.choice(len(tiles), batch_size, p=weight)
+            sample_crop(tiles[i], rng, size=size, net_mpp=net_mpp, n_maps=n_maps)
+            for i in rng.choice(len(tiles), batch_size, p=weight)
         ]
         x = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2).contiguous()
         y = torch.from_numpy(np.stack([np.stack(c[1:]) for c in crops]))
@@ -164,17 +191,23 @@ def batches(tiles: Sequence[Tile], *, batch_size: int, size: int, net_mpp: float
 
 
 def loss_fn(logits, y):
-    """BCE + soft Dice on the nucleus mask, BCE on the distance map; pixels outside the tile (padding) ignored."""
+    """BCE + soft Dice on the nucleus mask, BCE on the distance map (and on the rim, with a third map).
+
+    Pixels outside the tile (padding, ``y``'s last channel 0) are ignored.
+    """
     import torch
     import torch.nn.functional as F
 
-    mask, dist, valid = y[:, 0], y[:, 1], y[:, 2]
+    mask, dist, valid = y[:, 0], y[:, 1], y[:, -1]
     n = valid.sum().clamp(min=1)
-    bce = (F.binary_cross_entropy_with_logits(logits[:, 0], mask, reduction="none") * valid).sum() / n
+
+    def bce(channel, target):
+        return (F.binary_cross_entropy_with_logits(logits[:, channel], target, reduction="none") * valid).sum() / n
+
     prob = torch.sigmoid(logits[:, 0]) * valid
     dice = 1 - (2 * (prob * mask).sum() + 1) / (prob.sum() + (mask * valid).sum() + 1)
-    dist_loss = (F.binary_cross_entropy_with_logits(logits[:, 1], dist, reduction="none") * valid).sum() / n
-    return bce + dice + dist_loss
+    loss = bce(0, mask) + dice + bce(1, dist)
+    return loss + bce(2, y[:, 2]) if logits.shape[1] == 3 else loss
 
 
 # --- training ----------------------------------------------------------------------------------------
@@ -210,8 +243,15 @@ def train_unet(
     seed: int = 0,
     threads: int | None = None,
     thresholds: dict[str, Sequence[float]] | None = None,
+    boundary: bool = False,
+    checkpoint: str | os.PathLike | None = None,
 ):
     """Train the U-Net; keep the weights of the best validation F1, then choose the thresholds on validation.
+
+    ``boundary=True`` trains a third map, each nucleus's rim (see :func:`boundary_target`).
+    With a ``checkpoint`` file, the whole training state is written there (atomically) at every
+    validation, and a run started with an existing checkpoint of the same settings and tiles
+    resumes from it: the same weights as a run that was never stopped.
 
     Returns ``(net, config, history)``: the network (eval mode), its config (scale and the chosen
     post-processing thresholds) and a list of ``{"iteration", "loss", "val_f1", ...}`` rows.
@@ -220,19 +260,35 @@ def train_unet(
 
     import torch
 
-    from ._unet import DEFAULT_CONFIG, NucleusUNet
+    from ._unet import DEFAULT_CONFIG, MAPS, NucleusUNet
 
     if threads:
         torch.set_num_threads(int(threads))
+    n_maps = 3 if boundary else 2
     torch.manual_seed(seed)
-    net = NucleusUNet(channels)
-    config = dict(DEFAULT_CONFIG, channels=list(channels), mpp=float(net_mpp))
+    net = NucleusUNet(channels, n_maps=n_maps)
+    config = dict(DEFAULT_CONFIG, channels=list(channels), mpp=float(net_mpp), maps=list(MAPS[:n_maps]))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=iterations, pct_start=0.1)
-    stream = batches(train, batch_size=batch_size, size=crop, net_mpp=net_mpp, seed=seed)
-    history, best, best_state, running = [], -1.0, None, []
-    start = time.perf_counter()
-    for it in range(1, iterations + 1):
+    rng = np.random.default_rng(seed)
+    stream = batches(train, batch_size=batch_size, size=crop, net_mpp=net_mpp, rng=rng, n_maps=n_maps)
+    history, best, best_state, running, done = [], -1.0, None, [], 0
+    settings = {
+        "iterations": iterations, "batch_size": batch_size, "crop": crop, "lr": lr, "weight_decay": weight_decay,
+        "channels": list(channels), "net_mpp": float(net_mpp), "val_every": val_every, "seed": seed,
+        "maps": n_maps, "train": [t.name for t in train], "val": [t.name for t in val],
+    }  # fmt: skip
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = _read_checkpoint(Path(checkpoint), settings)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        torch.set_rng_state(state["torch_rng"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        history, best, best_state, done = json.loads(state["history"]), state["best"], state["best_state"], state["it"]
+        logger.info("nucleus U-Net: resumed from %s at iteration %d of %d", checkpoint, done, iterations)
+    start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    for it in range(done + 1, iterations + 1):
         net.train()
         x, y = next(stream)
         loss = loss_fn(net(x), y)
@@ -251,6 +307,14 @@ def train_unet(
             logger.info("nucleus U-Net %s", row)
             if not val or scores["f1"] > best:
                 best, best_state = scores["f1"], copy.deepcopy(net.state_dict())
+            if checkpoint is not None:
+                state = {
+                    "settings": json.dumps(settings), "it": it, "net": net.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "numpy_rng": json.dumps(rng.bit_generator.state), "history": json.dumps(history), "best": best,
+                    "best_state": best_state,
+                }  # fmt: skip
+                _write_checkpoint(Path(checkpoint), state)
     net.load_state_dict(best_state)
     net.eval()
     if val:
@@ -259,13 +323,53 @@ def train_unet(
 
 
 def choose_thresholds(net, val: Sequence[Tile], config: dict, grid: dict | None = None) -> dict[str, float]:
-    """The foreground and marker thresholds with the best pooled validation F1 (AJI breaks ties)."""
-    grid = grid or {"fg_threshold": (0.4, 0.5, 0.6), "marker_threshold": (0.3, 0.4, 0.5, 0.6, 0.7)}
+    """The post-processing thresholds with the best pooled validation F1 (AJI breaks ties).
+
+    Foreground and marker thresholds, and the rim threshold for a three-map network.
+    """
+    import itertools
+
+    grid = {
+        "fg_threshold": (0.4, 0.5, 0.6),
+        "marker_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+        "boundary_threshold": (0.3, 0.5, 0.7),
+        **(grid or {}),
+    }
+    if net.n_maps < 3:
+        grid.pop("boundary_threshold")
     best, chosen = (-1.0, -1.0), {}
-    for fg in grid["fg_threshold"]:
-        for marker in grid["marker_threshold"]:
-            s = score_tiles(net, val, config, fg_threshold=fg, marker_threshold=marker)
-            if (s["f1"], s["aji"]) > best:
-                best, chosen = (s["f1"], s["aji"]), {"fg_threshold": fg, "marker_threshold": marker}
+    for values in itertools.product(*grid.values()):
+        candidate = dict(zip(grid, values, strict=True))
+        s = score_tiles(net, val, config, **candidate)
+        if (s["f1"], s["aji"]) > best:
+            best, chosen = (s["f1"], s["aji"]), candidate
     logger.info("thresholds chosen on validation tiles: %s (F1 %.3f, AJI %.3f)", chosen, *best)
     return chosen
+
+
+def _write_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` through a temporary file and an atomic rename: a kill leaves the previous checkpoint whole."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _read_checkpoint(path: Path, settings: dict) -> dict:
+    """A checkpoint's state (tensors and plain values only: nothing unpickled), or a clear error if it is another run's."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = json.loads(state["settings"])
+    except Exception as err:
+        raise ValueError(f"`checkpoint`: {path} is not a readable nucleus U-Net training checkpoint ({err}).") from err
+    differ = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
+    if differ:
+        raise ValueError(
+            f"`checkpoint`: {path} was written by a run with other settings or tiles ({', '.join(differ)}); "
+            "resume with the same ones, or give another checkpoint path."
+        )
+    return state
