@@ -125,7 +125,7 @@ def main() -> None:
         scale = t.mpp / config["mpp"]
         h, w = t.labels.shape
         tile = resize(t.rgb, (round(h * scale), round(w * scale)), order=1, preserve_range=True, anti_aliasing=True)
-        prob, dist = predict_maps(fast, tile.astype(np.uint8))
+        prob, dist, *_ = predict_maps(fast, tile.astype(np.uint8))  # a three-map net's rims are left out here
         maps.append(tuple(resize(m, (h, w), order=1, preserve_range=True) for m in (prob, dist)))
     min_px = config["min_area_um2"] / val[0].mpp ** 2
     variants = [{"fg": fg, "marker": mk, "opening": r, "sigma": s} for fg in (0.3, 0.4, 0.5) for mk in (0.4, 0.5, 0.6)
