@@ -102,6 +102,7 @@ def segment_cells(
         Return a segmented copy instead of writing into ``sdata``.
     **method_kwargs
         Passed to the tile segmenter (e.g. ``fg_threshold=`` / ``marker_threshold=`` / ``tta=`` of the U-Net,
+        ``boundary_threshold=`` of a U-Net trained with rims (``scripts/train_nucleus_unet.py --boundary``),
         ``offset=`` / ``floor_factor=`` of the watershed, see ``bitro.pp._watershed.watershed_tile``).
 
     Returns
