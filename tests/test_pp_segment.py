@@ -223,6 +223,87 @@ def test_bad_input(toy_st):
     assert isinstance(toy_st, sd.SpatialData)
 
 
+def test_key_added_never_takes_another_elements_name(toy_st, tmp_path):
+    import bitro as bt
+
+    toy_st.write(tmp_path / "s.zarr")
+    sdata = bt.io.read_zarr(tmp_path / "s.zarr")
+    info = sdata.attrs[K.ATTRS_KEY]
+    taken = {
+        "table": "table element 'table'",  # another element type: spatialdata would refuse it after the store had it
+        info[K.ATTR_IMAGE]: "image element",
+        info[K.ATTR_SPOTS]: "attrs\\['bitro'\\]\\['spots_key'\\]",  # the spots: segmenting would replace them
+        info[K.ATTR_TRUE_CELLS]: "true_cells_key",
+        K.CELLS_TABLE_KEY: "the cells table itself",
+        info[K.ATTR_SPOTS].upper(): "already the name",  # a case variant
+        "": "not a valid SpatialData element name",
+        "bad/name": "not a valid SpatialData element name",
+    }
+    for key, reason in taken.items():
+        with pytest.raises(ValueError, match=f"`key_added`: .*{reason}"):
+            segment_cells(sdata, method="watershed", key_added=key)
+    again = bt.io.read_zarr(tmp_path / "s.zarr")  # the store was never touched
+    assert len(again[info[K.ATTR_SPOTS]]) == len(toy_st[info[K.ATTR_SPOTS]])
+    assert K.CELLS_TABLE_KEY not in again.tables
+    segment_cells(sdata, method="watershed", key_added="nuclei")
+    assert bt.io.read_zarr(tmp_path / "s.zarr").attrs[K.ATTRS_KEY][K.ATTR_CELLS_SHAPES] == "nuclei"
+
+
+def test_a_new_segmentation_unrecords_what_the_old_cells_gave(toy_st):
+    import bitro as bt
+
+    segment_cells(toy_st, method="watershed")
+    bt.tl.predict(toy_st, uncertainty=False)
+    before = bt.get.predictions(toy_st, level="cells").n_obs
+    segment_cells(toy_st, method="watershed", min_area_um2=30)  # fewer cells: ids now mean other nuclei
+    n_cells = toy_st[K.CELLS_TABLE_KEY].n_obs
+    assert n_cells < before
+    info = toy_st.attrs[K.ATTRS_KEY]
+    for attr in (K.ATTR_FEATURES, K.ATTR_SPOT_ASSIGNMENT, K.ATTR_GRAPH, K.ATTR_PRED_CELLS, K.ATTR_PRED_SPOTS):
+        assert attr not in info
+    with pytest.raises(KeyError, match="again after a new segmentation"):
+        bt.get.predictions(toy_st, level="cells")
+    with pytest.raises(ValueError, match=f"another segmentation \\({before} cells"):
+        bt.get.predictions(toy_st, level="cells", key=f"{K.PRED_KEY}_cells")
+    bt.tl.predict(toy_st, uncertainty=False)
+    assert bt.get.predictions(toy_st, level="cells").n_obs == n_cells
+    # bitro's own old layer (its predictions gone stale) may be segmented into again
+    segment_cells(toy_st, method="import", path="watershed_boundaries", key_added="copied")
+    segment_cells(toy_st, method="watershed")
+    assert toy_st.attrs[K.ATTRS_KEY][K.ATTR_CELLS_SHAPES] == "watershed_boundaries"
+
+
+def test_float_images_in_0_1_and_0_255_give_the_same_cells_and_features(toy_st):
+    import copy
+
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import get_transformation
+
+    import bitro as bt
+
+    key = toy_st.attrs[K.ATTRS_KEY][K.ATTR_IMAGE]
+    level0 = toy_st.images[key]["scale0"]["image"]
+    features = []
+    for white in (1.0, 255.0):
+        sdata = copy.deepcopy(toy_st)
+        del sdata.images[key]
+        sdata.images[key] = Image2DModel.parse(
+            level0.data.astype("float32") * np.float32(white / 255), dims=("c", "y", "x"), c_coords=["r", "g", "b"],
+            transformations=get_transformation(level0, get_all=True),
+        )  # fmt: skip
+        segment_cells(sdata, method="watershed")
+        bt.pp.cell_features(sdata)
+        features.append(sdata[K.CELLS_TABLE_KEY].obsm[K.FEATURES_KEY])
+    assert features[0].shape == features[1].shape
+    np.testing.assert_allclose(features[0], features[1], rtol=1e-4, atol=1e-5)
+    sdata.images[key] = Image2DModel.parse(
+        level0.data.astype("float32") * 4, dims=("c", "y", "x"), c_coords=["r", "g", "b"],
+        transformations=get_transformation(level0, get_all=True),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=f"Image '{key}' holds floats up to .*in \\[0, 1\\] or \\[0, 255\\]"):
+        segment_cells(sdata, method="watershed")
+
+
 def test_watershed_tile_zero_nuclei():
     labels = watershed_tile(np.full((100, 120, 3), 230, np.uint8), mpp=0.5)
     assert labels.shape == (100, 120)

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -67,34 +67,110 @@ def sample_id(sdata: SpatialData, default: str = "sample") -> str:
     return str(info(sdata).get(K.ATTR_SAMPLE_ID, default))
 
 
-def _with_version(entries: Mapping[str, Any], base: Mapping[str, Any]) -> dict:
+def _with_version(entries: Mapping[str, Any], base: Mapping[str, Any], drop: Iterable[str] = ()) -> dict:
     from bitro import __version__
 
-    merged = dict(base)
+    merged = {k: v for k, v in base.items() if k not in set(drop)}
     merged.update({k: v for k, v in entries.items() if v is not None})
     merged[K.ATTR_VERSION] = __version__
     return merged
 
 
 def write(
-    sdata: SpatialData, elements: Mapping[str, Any] | None = None, *, attrs: Mapping[str, Any] | None = None
+    sdata: SpatialData,
+    elements: Mapping[str, Any] | None = None,
+    *,
+    attrs: Mapping[str, Any] | None = None,
+    drop_attrs: Iterable[str] = (),
 ) -> None:
     """Add or replace ``elements`` and merge ``attrs`` into ``attrs["bitro"]``: the one way bitro writes.
 
     On a zarr-backed object the new elements are complete on disk before the old ones go, and the
     attrs change last (:func:`bitro._store.commit`); a failure leaves disk and memory as they were.
-    ``None`` values in ``attrs`` are ignored; the package version is recorded.
+    Names are checked first: an element may replace one of its own type, never take the name of
+    another type's (spatialdata would refuse it in memory after the store had it). ``None`` values
+    in ``attrs`` are ignored; the entries named in ``drop_attrs`` are removed; the package version is
+    recorded.
     """
     from bitro._store import commit
 
+    for name, element in (elements or {}).items():
+        check_element_name(sdata, name, _kind(sdata, name, element))
     elements = {name: _tidy(element) for name, element in (elements or {}).items()}
-    new_info = _with_version(attrs or {}, sdata.attrs.get(K.ATTRS_KEY, {})) if attrs is not None else None
+    drop_attrs = tuple(drop_attrs)
+    if drop_attrs and attrs is None:
+        attrs = {}
+    new_info = _with_version(attrs or {}, sdata.attrs.get(K.ATTRS_KEY, {}), drop_attrs) if attrs is not None else None
     if sdata.is_backed():
         commit(sdata.path, elements, {K.ATTRS_KEY: new_info} if new_info is not None else None)
     for name, element in elements.items():
         sdata[name] = element
     if new_info is not None:
         sdata.attrs[K.ATTRS_KEY] = new_info
+
+
+def check_element_name(sdata: SpatialData, name: str, kind: str, *, argument: str | None = None) -> None:
+    """``name`` is a valid element name that ``sdata`` can hold a ``kind`` element under, or a clear error.
+
+    ``kind`` is ``"images"``, ``"labels"``, ``"points"``, ``"shapes"`` or ``"tables"``. An element may
+    replace one of the same kind and name; it may not take the name (in any letter case) of an
+    element of another kind, or a case variant of another element's name. ``argument`` names the
+    parameter the name came from in the error.
+    """
+    from spatialdata._core.validation import check_valid_name
+
+    what = f"`{argument}`: " if argument else "element name "
+    try:
+        check_valid_name(name)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what}{name!r} is not a valid SpatialData element name ({err})") from None
+    for other_kind, other, _ in sdata.gen_elements():
+        if other.lower() == str(name).lower() and (other_kind != kind or other != name):
+            raise ValueError(
+                f"{what}{name!r} is already the name of the {other_kind[:-1]} element {other!r} of `sdata`; "
+                "choose another name."
+            )
+
+
+def _kind(sdata: SpatialData, name: str, element) -> str:
+    """The element type an element will be filed under (cheap: by its class, not by validating it)."""
+    import geopandas as gpd
+    from anndata import AnnData
+
+    if isinstance(element, AnnData):
+        return "tables"
+    if isinstance(element, gpd.GeoDataFrame):
+        return "shapes"
+    if hasattr(element, "dims") or hasattr(element, "children"):  # DataArray / DataTree: an image or labels
+        if name in sdata.labels:
+            return "labels"
+        if name in sdata.images:
+            return "images"
+        from spatialdata.models import Image2DModel, Image3DModel, get_model
+
+        return "images" if get_model(element) in (Image2DModel, Image3DModel) else "labels"
+    return "points"
+
+
+def image_white(element, name: str = "image") -> float:
+    """The value of white of an image's floats: 1 (floats in [0, 1]) or 255 (floats in [0, 255]); 1 for integers.
+
+    Decided once per image, from its coarsest pyramid level, so every step (segmentation, features,
+    encoders) reads the same colours whatever a tile holds; other float ranges get a clear error.
+    """
+    pyramid = levels(element)
+    if not np.issubdtype(pyramid[0].dtype, np.floating):
+        return 1.0
+    with np.errstate(invalid="ignore"):
+        peak = float(np.nanmax(np.asarray(pyramid[-1].data[:3]), initial=0.0))
+    if peak <= 1.0 + 1e-6:
+        return 1.0
+    if peak <= 255.0 + 1e-3:
+        return 255.0
+    raise ValueError(
+        f"Image {name!r} holds floats up to {peak:.4g}; bitro reads float images in [0, 1] or [0, 255] "
+        "(or integers): rescale it."
+    )
 
 
 def _tidy(element):

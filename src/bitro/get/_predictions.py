@@ -53,14 +53,32 @@ def predictions(
     attr = K.ATTR_PRED_CELLS if level == "cells" else K.ATTR_PRED_SPOTS
     key = key if key is not None else _sdata.info(sdata).get(attr)
     if key is None or key not in sdata.tables:
+        what = f"no prediction table {key!r}" if key is not None else "no predictions recorded"
         raise KeyError(
-            f"`key`: no prediction table {key!r} for level {level!r} in `sdata` (tables: {list(sdata.tables)}); "
-            "run bt.tl.predict first."
+            f"`key`: {what} for level {level!r} in `sdata` (tables: {list(sdata.tables)}); run bt.tl.predict "
+            "first (again after a new segmentation)."
         )
     table = sdata.tables[key]
     if level != "cells" and key.endswith("_cells"):
         raise ValueError(f"`key`: {key!r} holds cell predictions; pass level='cells'.")
+    if level == "cells":
+        _check_current(sdata, key, table)
     return table
+
+
+def _check_current(sdata: SpatialData, key: str, table) -> None:
+    """Cell predictions annotate the current cells layer, cell for cell, or a clear error (segmented again since)."""
+    info = _sdata.info(sdata)
+    shapes = info.get(K.ATTR_CELLS_SHAPES)
+    cells = sdata.tables.get(info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY))
+    region = table.uns.get("spatialdata_attrs", {}).get("region")
+    region = [region] if isinstance(region, str) else list(region if region is not None else [])
+    if shapes not in region or cells is None or cells.n_obs != table.n_obs:
+        raise ValueError(
+            f"`key`: {key!r} holds predictions for another segmentation ({table.n_obs} cells of {region}); the "
+            f"current cells layer is {shapes!r}"
+            f"{f' with {cells.n_obs} cells' if cells is not None else ''}. Run bt.tl.predict again."
+        )
 
 
 def prediction_df(

@@ -16,6 +16,16 @@ from bitro import _constants as K
 from bitro import _sdata
 from bitro._logging import logger
 
+DERIVED = (
+    K.ATTR_FEATURES,
+    K.ATTR_FEATURES_MPP,
+    K.ATTR_SPOT_ASSIGNMENT,
+    K.ATTR_GRAPH,
+    K.ATTR_PRED_CELLS,
+    K.ATTR_PRED_SPOTS,
+)
+"""attrs entries that describe results made from a cells layer: a new layer makes them stale."""
+
 
 def write_cells(
     sdata, polygons, *, image: str, method: str, key_added: str | None = None, segmentation_mpp: float | None = None
@@ -24,7 +34,9 @@ def write_cells(
 
     Replaces a previous cells layer of the same names (on a backed object the new layer is complete
     on disk before the old one goes); ``segmentation_mpp`` (the pixel size segmented at) is recorded
-    in attrs.
+    in attrs. What was derived from the previous cells (features, spot assignment, graph: columns of
+    the replaced table; predictions) is no longer recorded in attrs, so no step reads it for the new
+    cells (the prediction tables stay, unreferenced, until ``bt.tl.predict`` replaces them).
     Returns ``(shapes_key, table_key)``.
     """
     import anndata as ad
@@ -55,9 +67,14 @@ def write_cells(
     table = TableModel.parse(
         ad.AnnData(obs=obs), region=shapes_key, region_key=K.REGION_KEY, instance_key=K.CELL_ID_KEY
     )
+    previous = (sdata.attrs.get(K.ATTRS_KEY) or {}).get(K.ATTR_CELLS_SHAPES)
+    stale = [k for k in DERIVED if k in (sdata.attrs.get(K.ATTRS_KEY) or {})]
+    if previous is not None and stale:
+        logger.info("new cells replace %s: %s no longer recorded (made from the old cells)", previous, ", ".join(stale))
     _sdata.write(
         sdata,
         {shapes_key: shapes, K.CELLS_TABLE_KEY: table},
+        drop_attrs=DERIVED,
         attrs={
             K.ATTR_CELLS_SHAPES: shapes_key,
             K.ATTR_CELLS_TABLE: K.CELLS_TABLE_KEY,

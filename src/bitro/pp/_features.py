@@ -208,6 +208,9 @@ def cell_features(
     table = _sdata.editable_table(sdata, table_key)
     geometry = _cell_geometry(sdata[shapes_key], table.obs[K.CELL_ID_KEY].to_numpy())
     image = _sdata.level0(sdata.images[img_key]).data
+    white = _sdata.image_white(sdata.images[img_key], img_key)
+    if white != 1.0:  # floats in [0, 255]: read as [0, 1] like every float image
+        image = image / np.float32(white)
     scale = 1.0
     if target_mpp is not None:
         target = check_mpp(target_mpp, "mpp")
@@ -215,8 +218,9 @@ def cell_features(
             from ._windows import ResampledImage
 
             image = ResampledImage(
-                sdata.images[img_key], level0_mpp=mpp, target_mpp=target, cs=_sdata.coordinate_system(sdata)
-            )
+                sdata.images[img_key], level0_mpp=mpp, target_mpp=target, cs=_sdata.coordinate_system(sdata),
+                white=white,
+            )  # fmt: skip
             scale = mpp / target  # image pixels per polygon pixel
             logger.info("cell features measured at %.3g µm/px (the image has %.3g)", target, mpp)
             mpp = target

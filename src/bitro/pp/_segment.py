@@ -156,6 +156,7 @@ def segment_cells(
         raise ValueError(
             f"`min_area_um2` ({min_area_um2}) is larger than `max_area_um2` ({max_area_um2}): no cell could pass."
         )
+    key_added = check_cells_key(sdata, f"{method}{K.BOUNDARIES_SUFFIX}" if key_added is None else key_added)
     sdata = _sdata.copy_or_self(sdata, copy)
 
     n_skipped = n_tiles = 0
@@ -168,6 +169,9 @@ def segment_cells(
         polygons = np.asarray(gdf.geometry.values, dtype=object)
     else:
         data = _level_rgb(sdata, key, level)
+        white = _sdata.image_white(sdata.images[key], key)
+        if np.issubdtype(data.dtype, np.floating) and white != 255.0:
+            data = data * np.float32(255.0 / white)  # one scale for the whole image, not a guess per tile
         if method == "watershed":
             segmenter = functools.partial(
                 watershed_tile,
@@ -224,6 +228,43 @@ def segment_cells(
     return sdata if copy else None
 
 
+def check_cells_key(sdata, key: str) -> str:
+    """``key`` can name a new cells layer's shapes, or a clear error naming ``key_added``.
+
+    It may replace the current cells layer or an unused element, never an element that is another
+    element's subject: the spots, a tissue outline, true cells, or shapes another table annotates.
+    """
+    _sdata.check_element_name(sdata, key, "shapes", argument="key_added")
+    if key.lower() == K.CELLS_TABLE_KEY.lower():
+        raise ValueError(f"`key_added`: {key!r} is the name of the cells table itself; choose another name.")
+    entries = sdata.attrs.get(K.ATTRS_KEY) or {}
+    if key not in sdata.shapes or key == entries.get(K.ATTR_CELLS_SHAPES):
+        return key
+    roles = [attr for attr, value in entries.items() if attr.endswith("_key") and value == key]
+    # the cells table and bitro's prediction tables annotate (or annotated) a cells layer: they may be replaced
+    own_tables = {entries.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY), entries.get(K.ATTR_PRED_CELLS)}
+    annotating = [
+        name
+        for name, table in sdata.tables.items()
+        if name not in own_tables
+        and not name.startswith(K.PRED_KEY)
+        and key in _regions(table.uns.get("spatialdata_attrs", {}).get("region"))
+    ]
+    if roles or annotating:
+        used = f"attrs['bitro'][{roles[0]!r}]" if roles else f"table {annotating[0]!r}"
+        raise ValueError(
+            f"`key_added`: {key!r} names shapes that {used} refers to; segmenting into it would replace them. "
+            "Choose another name."
+        )
+    return key
+
+
+def _regions(region) -> list[str]:
+    if region is None:
+        return []
+    return [region] if isinstance(region, str) else [str(r) for r in region]
+
+
 def _kept(sdata) -> str:
     """`` (the existing cells layer X is kept)`` when there is one, for the no-cells warning."""
     key = (sdata.attrs.get(K.ATTRS_KEY) or {}).get(K.ATTR_CELLS_SHAPES)
@@ -264,14 +305,15 @@ def _tiles(shape, tile_size: int, overlap: int):
 
 
 def _to_uint8(tile: np.ndarray) -> np.ndarray:
-    """uint8 RGB of a tile: 16-bit (and wider) integers scaled by their type's range, floats in [0, 1] by 255."""
+    """uint8 RGB of a tile: 16-bit (and wider) integers scaled by their type's range, floats taken as [0, 255].
+
+    ``segment_cells`` scales a float image to [0, 255] once (see :func:`bitro._sdata.image_white`).
+    """
     tile = np.asarray(tile)
     if tile.dtype == np.uint8:
         return tile
     if np.issubdtype(tile.dtype, np.integer) and np.iinfo(tile.dtype).max > 255:
         return (tile.astype(np.float64) * (255.0 / np.iinfo(tile.dtype).max)).round().clip(0, 255).astype(np.uint8)
-    if np.issubdtype(tile.dtype, np.floating) and tile.size and np.nanmax(tile) <= 1.0:
-        tile = tile * 255.0
     return np.clip(np.nan_to_num(tile), 0, 255).astype(np.uint8)
 
 

@@ -51,11 +51,13 @@ class ResampledImage:
     read, so memory stays bounded by the tile.
     """
 
-    def __init__(self, element, *, level0_mpp: float, target_mpp: float, cs: str) -> None:
+    def __init__(self, element, *, level0_mpp: float, target_mpp: float, cs: str, white: float = 1.0) -> None:
         from bitro import _sdata
 
         index, mpp = level_for(element, level0_mpp, target_mpp, cs)
         self.source = _sdata.levels(element)[index].data
+        if white != 1.0:  # floats in [0, 255] (see bitro._sdata.image_white): read as [0, 1]
+            self.source = self.source / np.float32(white)
         self.factor = mpp / target_mpp  # target pixels per source pixel
         c, h, w = self.source.shape
         self.shape = (c, int(round(h * self.factor)), int(round(w * self.factor)))
