@@ -304,6 +304,21 @@ def test_float_images_in_0_1_and_0_255_give_the_same_cells_and_features(toy_st):
         segment_cells(sdata, method="watershed")
 
 
+def test_tile_overlap_and_value_range_messages_say_what_to_change(toy_st):
+    with pytest.raises(
+        ValueError, match=r"the default `overlap` \(two nuclei: 1200 px\) must be smaller than `tile_size`"
+    ):
+        segment_cells(toy_st, method="watershed", diameter_um=300)
+    with pytest.warns(UserWarning, match=r"`overlap` \(4 px\) is under one expected nucleus diameter \(16 px\)"):
+        segment_cells(toy_st, method="watershed", tile_size=256, overlap=4)
+    key = toy_st.attrs[K.ATTRS_KEY][K.ATTR_IMAGE]
+    for scale in toy_st.images[key]:  # 8-bit values stored as 16-bit: read as nearly black
+        node = toy_st.images[key][scale]["image"]
+        node.data = node.data.astype(np.uint16)
+    with pytest.warns(UserWarning, match="No tissue.*uint16 pixels reach only 2.., 8-bit values"):
+        segment_cells(toy_st, method="watershed")
+
+
 def test_watershed_tile_zero_nuclei():
     labels = watershed_tile(np.full((100, 120, 3), 230, np.uint8), mpp=0.5)
     assert labels.shape == (100, 120)

@@ -134,7 +134,7 @@ def segment_cells(
 
         target_mpp = working_mpp(model)
     level, mpp = level_for(sdata.images[key], level0_mpp, target_mpp, _sdata.coordinate_system(sdata))
-    tile_size = check_int(tile_size, "tile_size", min_value=64)
+    tile_size = given_tile = check_int(tile_size, "tile_size", min_value=64)
     if method == "unet" and mpp > 1.5 * target_mpp:
         # the U-Net upsamples a coarse image to its scale: keep the upsampled tile near tile_size pixels
         # (a 1024 px tile at 4.7 µm/px would grow to 9 600 px a side, ~1 GB per feature map)
@@ -143,11 +143,23 @@ def segment_cells(
     if diameter_um is not None:
         diameter_um = check_float(diameter_um, "diameter_um", min_value=0, strict_min=True)
     d_px = (diameter_um or DEFAULT_DIAMETER_UM) / mpp
-    if overlap is None:
+    default_overlap = overlap is None
+    if default_overlap:
         overlap = max(32, int(np.ceil(2 * d_px)))
     overlap = check_int(overlap, "overlap", min_value=0)
     if overlap >= tile_size:
-        raise ValueError(f"`overlap` ({overlap}) must be smaller than `tile_size` ({tile_size}).")
+        what = f"`overlap` ({overlap})" if not default_overlap else f"the default `overlap` (two nuclei: {overlap} px)"
+        tile = f"`tile_size` ({tile_size})" if tile_size == given_tile else (
+            f"the tile ({tile_size} px: `tile_size` {given_tile} scaled to the U-Net's {target_mpp:g} µm/px)"
+        )  # fmt: skip
+        raise ValueError(f"{what} must be smaller than {tile}: give a larger `tile_size` or a smaller `overlap`.")
+    if overlap < d_px and method != "import":
+        warnings.warn(
+            f"`overlap` ({overlap} px) is under one expected nucleus diameter ({d_px:.0f} px): nuclei cut by a "
+            "tile border are in no tile whole and are lost. Leave `overlap` at its default (two diameters).",
+            UserWarning,
+            stacklevel=2,
+        )
     n_jobs = resolve_n_jobs(n_jobs)
     for name, value in (("min_area_um2", min_area_um2), ("max_area_um2", max_area_um2)):
         if value is not None:
@@ -214,7 +226,7 @@ def segment_cells(
         if n_skipped == n_tiles:
             warnings.warn(
                 f"No tissue found in image {key!r} (every tile is background): no cells; nothing written"
-                f"{_kept(sdata)}.",
+                f"{_kept(sdata)}.{_range_hint(sdata, key)}",
                 UserWarning,
                 stacklevel=2,
             )
@@ -263,6 +275,21 @@ def _regions(region) -> list[str]:
     if region is None:
         return []
     return [region] if isinstance(region, str) else [str(r) for r in region]
+
+
+def _range_hint(sdata, key: str) -> str:
+    """A hint when an integer image wider than 8 bits holds only 8-bit values (read as nearly black)."""
+    pyramid = _sdata.levels(sdata.images[key])
+    dtype = pyramid[0].dtype
+    if not np.issubdtype(dtype, np.integer) or np.iinfo(dtype).max <= 255:
+        return ""
+    peak = int(np.asarray(pyramid[-1].data[:3]).max(initial=0))
+    if peak > 255:
+        return ""
+    return (
+        f" Its {dtype} pixels reach only {peak}, 8-bit values read on the {dtype} scale (nearly black): store it as "
+        "uint8, or rescale it to the full range."
+    )
 
 
 def _kept(sdata) -> str:

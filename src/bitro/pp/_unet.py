@@ -371,11 +371,12 @@ def unet_segmenter(
     if not lo <= mpp <= hi:
         logger.warning(
             "the image has %.3g µm/px, outside the %.2g-%.2g µm/px the nucleus model was trained for; tiles are "
-            "resampled to %.2g µm/px, but nuclei may be too blurred or too coarse to segment well",
+            "resampled to %.2g µm/px, %s",
             mpp,
             lo,
             hi,
             config["mpp"],
+            "so details finer than that are lost" if mpp < lo else "but nuclei may be too coarse to segment well",
         )
     thresholds = {}
     for name, value in (
