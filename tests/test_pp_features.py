@@ -288,3 +288,46 @@ def test_scanline_rasterisation_equals_skimage_polygon_fill():
             rr, cc = draw_polygon(xy[:, 1] - y0 - 0.5, xy[:, 0] - x0 - 0.5, shape)
             expected[rr, cc] = label
         np.testing.assert_array_equal(_rasterise(polygons, x0, y0, shape), expected)
+
+
+def test_pixels_without_data_make_their_cells_texture_unknown_not_garbage(toy_st):
+    import warnings
+
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import get_transformation
+
+    import bitro as bt
+
+    key = toy_st.attrs[K.ATTRS_KEY][K.ATTR_IMAGE]
+    bt.pp.segment_cells(toy_st, method="watershed")
+    level0 = toy_st.images[key]["scale0"]["image"]
+    rgb = level0.data.astype("float32") / np.float32(255)
+    cells = toy_st[K.CELLS_TABLE_KEY].obs
+    cx, cy = (int(v) for v in cells[[K.CENTROID_X_PX, K.CENTROID_Y_PX]].median())
+    runs = []
+    for hole in (False, True):
+        pixels = rgb.copy()
+        if hole:
+            pixels[:, cy - 20 : cy + 20, cx - 20 : cx + 20] = np.nan  # a block without data (outside a scanned region)
+        toy_st.images[key] = Image2DModel.parse(
+            pixels,
+            dims=("c", "y", "x"),
+            c_coords=["r", "g", "b"],
+            transformations=get_transformation(level0, get_all=True),
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="invalid value encountered in cast")
+            warnings.filterwarnings("ignore", message=".*non-finite")
+            bt.pp.cell_features(toy_st)
+        table = toy_st[K.CELLS_TABLE_KEY]
+        runs.append(table.obsm[K.FEATURES_KEY].copy())
+    names = table.uns[K.FEATURES_KEY]["names"]
+    texture = [
+        names.index(n) if isinstance(names, list) else names[n] for n in ("h_glcm_contrast", "h_glcm_homogeneity")
+    ]
+    x, y = table.obs[K.CENTROID_X_PX].to_numpy(), table.obs[K.CENTROID_Y_PX].to_numpy()
+    inside = (np.abs(x - cx) < 16) & (np.abs(y - cy) < 16)
+    far = (np.abs(x - cx) > 60) | (np.abs(y - cy) > 60)
+    assert inside.any()
+    assert np.isnan(runs[1][inside][:, texture]).all()
+    np.testing.assert_array_equal(runs[0][far], runs[1][far])

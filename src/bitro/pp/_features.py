@@ -517,7 +517,8 @@ def _tile_intensity(job, n_out: int) -> np.ndarray:
     e_ring, e_ring_std = _grouped(ring_lab, e[ring], n)
 
     # co-occurrence texture on quantised hematoxylin (pairs of horizontal / vertical neighbours in one nucleus)
-    q = np.clip((h - H_RANGE[0]) / (H_RANGE[1] - H_RANGE[0]) * GLCM_LEVELS, 0, GLCM_LEVELS - 1).astype(np.int16)
+    # levels as floats: a NaN pixel (no data) stays NaN, so its cell's texture is NaN, not the cast's garbage
+    q = np.floor(np.clip((h - H_RANGE[0]) / (H_RANGE[1] - H_RANGE[0]) * GLCM_LEVELS, 0, GLCM_LEVELS - 1))
     pair_lab, diff = [], []
     for a, b, la, lb in (
         (q[:, :-1], q[:, 1:], labels[:, :-1], labels[:, 1:]),
