@@ -530,3 +530,15 @@ def test_spot_circles_without_their_table_get_pseudo_spots(trained, sections):
     cells = bt.get.predictions(test, level="cells")
     assert np.isfinite(cells.X).all()
     assert cells.obs["bag"].str.startswith("pseudo").all()  # no cell is pooled into a spot without a table
+
+
+def test_prediction_prefix_never_replaces_another_table(toy_st):
+    import bitro as bt
+    from bitro import _constants as K
+
+    n_true = toy_st["true_cells"].n_obs
+    for prefix in ("bitro", "true"):  # -> bitro_cells (the cells table), true_cells (the toy's true cells)
+        with pytest.raises(ValueError, match=f"`key_added`: the prediction table '{prefix}_cells' would replace"):
+            bt.tl.predict(toy_st, key_added=prefix)
+    assert toy_st["true_cells"].n_obs == n_true
+    assert K.CELLS_TABLE_KEY not in toy_st.tables  # failed before any step ran

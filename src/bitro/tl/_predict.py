@@ -109,6 +109,7 @@ def predict(
     head = target or model.head
     if head not in model.config["genes"]:
         raise ValueError(f"`target`: the model has no {head!r} head (heads: {list(model.config['genes'])}).")
+    _check_prediction_keys(sdata, [f"{key_added}_{K.PRED_LEVELS[head]}", f"{key_added}_cells"])
     sdata = _sdata.copy_or_self(sdata, copy)
     info = _sdata.info(sdata)
     sample = _sdata.sample_id(sdata)
@@ -181,6 +182,21 @@ def predict(
         cells_key,
     )
     return sdata if copy else None
+
+
+def _check_prediction_keys(sdata: SpatialData, names: list[str]) -> None:
+    """The prediction tables may replace earlier predictions, never another table (e.g. the cells or the spots)."""
+    info = sdata.attrs.get(K.ATTRS_KEY) or {}
+    protected = {info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY), info.get(K.ATTR_TABLE, K.TABLE_KEY)}
+    for name in names:
+        _sdata.check_element_name(sdata, name, "tables", argument="key_added")
+        table = sdata.tables.get(name)
+        written_here = table is not None and "n_bags_without_cells" in table.uns.get("params", {})
+        if name in protected or (table is not None and not written_here):
+            raise ValueError(
+                f"`key_added`: the prediction table {name!r} would replace a table of `sdata` that is not a "
+                "prediction; choose another prefix."
+            )
 
 
 def resolve_model(model) -> BiTro:
