@@ -107,7 +107,8 @@ def test_a_network_with_rims_saves_loads_and_cuts_touching_nuclei(tiles, tmp_pat
     net = NucleusUNet((4, 8), n_maps=3).eval()
     save_unet(net, {"boundary_threshold": 0.3}, tmp_path / "w")
     loaded, config = load_unet(tmp_path / "w")
-    assert loaded.n_maps == 3 and config["maps"] == ["foreground", "distance", "boundary"]
+    assert loaded.n_maps == 3
+    assert config["maps"] == ["foreground", "distance", "boundary"]
     assert unet_segmenter(tmp_path / "w", mpp=0.5, tta=2)(tiles[0].rgb[:64, :64]).shape == (64, 64)
     # two discs whose distance cores touch: one nucleus without the rim map, two with it
     yy, xx = np.mgrid[:40, :60]

@@ -191,7 +191,7 @@ def _check_prediction_keys(sdata: SpatialData, names: list[str]) -> None:
     for name in names:
         _sdata.check_element_name(sdata, name, "tables", argument="key_added")
         table = sdata.tables.get(name)
-        written_here = table is not None and "n_bags_without_cells" in table.uns.get("params", {})
+        written_here = table is not None and K.PRED_KEY in table.uns  # predict's tables carry their settings there
         if name in protected or (table is not None and not written_here):
             raise ValueError(
                 f"`key_added`: the prediction table {name!r} would replace a table of `sdata` that is not a "
