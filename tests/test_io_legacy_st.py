@@ -188,3 +188,19 @@ def test_empty_counts(tmp_path):
         fh.write("\tA\tB\n")
     with pytest.raises(ValueError, match="empty"):
         bt.io.legacy_st(counts, spots, image, sample_id="s1")
+
+
+def test_spots_without_positions_and_cut_files(tmp_path):
+    counts, spots, image = _write_section(tmp_path)
+    table = pd.read_csv(spots, sep="\t")
+    table.loc[1, "pixel_x"] = np.nan  # an empty cell in the selection file
+    table.to_csv(spots, sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"spots\.tsv: 1 spots have missing or non-numeric positions"):
+        bt.io.legacy_st(counts, spots, image, sample_id="s1")
+    table.dropna().to_csv(spots, sep=",", index=False)  # comma-separated
+    with pytest.raises(ValueError, match="lacks the columns.*Is it tab-separated"):
+        bt.io.legacy_st(counts, spots, image, sample_id="s1")
+    counts, spots, image = _write_section(tmp_path)
+    counts.write_bytes(counts.read_bytes()[:-20])  # a download cut short
+    with pytest.raises(ValueError, match=r"counts\.tsv\.gz: could not read it .*ends early"):
+        bt.io.legacy_st(counts, spots, image, sample_id="s1")

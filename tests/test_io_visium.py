@@ -551,3 +551,13 @@ def test_counts_file_outside_path_with_regex_characters_in_its_name(tmp_path):
     sdata = visium_quiet(SR3, dataset_id="elsewhere", counts_file=other / "counts[1].h5")
     assert sdata[K.TABLE_KEY].shape == (SR3_SPOTS, SR3_GENES)
     assert sdata[K.TABLE_KEY].X.sum(dtype=np.float64) == SR3_COUNTS
+
+
+def test_a_cut_short_matrix_folder_is_named(tmp_path):
+    folder = tmp_path / "outs"
+    shutil.copytree(SR3 / "spatial", folder / "spatial")
+    shutil.copytree(SR3 / "filtered_feature_bc_matrix", folder / "filtered_feature_bc_matrix")
+    barcodes = folder / "filtered_feature_bc_matrix" / "barcodes.tsv.gz"
+    barcodes.write_bytes(barcodes.read_bytes()[:-30])  # a download cut short
+    with pytest.raises(ValueError, match=r"`counts_file`: a file of .*filtered_feature_bc_matrix could not be read"):
+        visium_quiet(folder, counts_file="filtered_feature_bc_matrix")

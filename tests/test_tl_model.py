@@ -542,3 +542,30 @@ def test_prediction_prefix_never_replaces_another_table(toy_st):
             bt.tl.predict(toy_st, key_added=prefix)
     assert toy_st["true_cells"].n_obs == n_true
     assert K.CELLS_TABLE_KEY not in toy_st.tables  # failed before any step ran
+
+
+def test_duplicated_gene_and_spot_names_get_errors_that_name_them(toy_sections):
+    import anndata as ad
+
+    import bitro as bt
+    from bitro._expression import gene_columns
+
+    table = ad.AnnData(
+        np.ones((2, 3)), var=pd.DataFrame({"gene_name": ["CD99", "CD99", "TP53"]}, index=["E1", "E2", "E3"])
+    )
+    assert list(gene_columns(table, ["TP53", "E1"], where="x")) == [2, 0]  # a unique symbol, an id
+    with pytest.raises(
+        ValueError, match=r"x: 1 gene symbols name several genes of the data \({'CD99': \['E1', 'E2'\]}\)"
+    ):
+        gene_columns(table, ["CD99"], where="x")
+    sections = toy_sections[:2]
+    names = sections[0]["table"].var_names.to_list()
+    sections[0]["table"].var_names = [names[1], *names[1:]]
+    with pytest.raises(ValueError, match=r"sample 'toy0': the gene names \(var_names\) are not unique"):
+        bt.tl.fit(sections, n_genes=5, val=None, max_epochs=1, progress=False)
+    sections = toy_sections[2:]
+    ids = sections[0]["table"].obs["spot_id"].to_numpy().copy()
+    ids[1] = ids[0]
+    sections[0]["table"].obs["spot_id"] = ids
+    with pytest.raises(ValueError, match="section 'toy2': table 'table' names a spot in more than one row"):
+        bt.tl.fit(sections, n_genes=5, val=None, max_epochs=1, progress=False)

@@ -39,19 +39,41 @@ def log_cp10k(counts, *, where: str, columns=None) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def table_genes(table) -> pd.Index:
-    """Gene names of a table (its ``var_names``; :func:`gene_columns` also matches ``var["gene_name"]``)."""
-    return pd.Index(table.var_names.astype(str))
+def table_genes(table, *, where: str | None = None) -> pd.Index:
+    """Gene names of a table (its ``var_names``; :func:`gene_columns` also matches ``var["gene_name"]``).
+
+    With ``where``, duplicated names get a clear error (a gene must name one column).
+    """
+    names = pd.Index(table.var_names.astype(str))
+    if where is not None and not names.is_unique:
+        dup = list(names[names.duplicated()].unique()[:5])
+        raise ValueError(
+            f"{where}: the gene names (var_names) are not unique (e.g. {dup}); make them unique "
+            "(AnnData.var_names_make_unique) or name genes by their ids."
+        )
+    return names
 
 
 def gene_columns(table, genes: list[str], *, where: str) -> np.ndarray:
-    """Column of each gene in ``table``, with a clear error listing a few missing genes."""
-    names = table_genes(table)
+    """Column of each gene in ``table``, with a clear error listing a few missing genes.
+
+    A gene not among ``var_names`` may be a symbol of ``var["gene_name"]``; a symbol that names
+    several genes (common with Ensembl ids) is ambiguous and gets an error listing their ids.
+    """
+    names = table_genes(table, where=where)
     idx = names.get_indexer(genes)
-    if (idx < 0).any():
-        if K.GENE_NAME_KEY in table.var:
-            by_name = pd.Index(table.var[K.GENE_NAME_KEY].astype(str)).get_indexer(genes)
-            idx = np.where(idx < 0, by_name, idx)
+    if (idx < 0).any() and K.GENE_NAME_KEY in table.var:
+        symbols = pd.Index(table.var[K.GENE_NAME_KEY].astype(str))
+        shared = symbols.duplicated(keep=False)
+        ambiguous = sorted({g for g, i in zip(genes, idx, strict=True) if i < 0} & set(symbols[shared]))
+        if ambiguous:
+            ids = {g: list(names[symbols == g][:3]) for g in ambiguous[:3]}
+            raise ValueError(
+                f"{where}: {len(ambiguous)} gene symbols name several genes of the data ({ids}); give their ids."
+            )
+        unique_rows = np.flatnonzero(~shared)
+        hit = pd.Index(symbols[unique_rows]).get_indexer(genes)
+        idx = np.where((idx < 0) & (hit >= 0), unique_rows[np.maximum(hit, 0)], idx)
     if (idx < 0).any():
         missing = [g for g, i in zip(genes, idx, strict=True) if i < 0]
         raise KeyError(

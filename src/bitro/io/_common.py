@@ -138,5 +138,7 @@ def read_table(path, *, what: str, **kwargs) -> pd.DataFrame:
     """``pandas.read_csv`` whose parse errors name the file and what it was expected to hold."""
     try:
         return pd.read_csv(path, **kwargs)
+    except EOFError as err:  # a compressed file cut short, e.g. a partial download
+        raise ValueError(f"{path}: could not read it as {what}: it ends early ({err}); is it complete?") from err
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
         raise ValueError(f"{path}: could not read it as {what}: {err}") from err

@@ -171,7 +171,18 @@ def _read_spots(path) -> pd.DataFrame:
     spots = read_table(path, what="a spot selection file", sep="\t")
     missing = {"x", "y", "pixel_x", "pixel_y"} - set(spots.columns)
     if missing:
-        raise ValueError(f"{path}: the spot file lacks the columns {sorted(missing)} (has {list(spots.columns)}).")
+        hint = " Is it tab-separated?" if len(spots.columns) == 1 else ""
+        raise ValueError(
+            f"{path}: the spot file lacks the columns {sorted(missing)} (has {list(spots.columns)}).{hint}"
+        )
+    coords = spots[["x", "y", "pixel_x", "pixel_y"]].apply(pd.to_numeric, errors="coerce")
+    bad = coords.isna().any(axis=1)
+    if bad.any():
+        rows = spots.index[bad][:3].tolist()
+        raise ValueError(
+            f"{path}: {int(bad.sum())} spots have missing or non-numeric positions (x, y, pixel_x, pixel_y; "
+            f"e.g. rows {rows}); fix or remove them."
+        )
     if "selected" in spots.columns:
         n_off = int((spots["selected"] != 1).sum())
         if n_off == len(spots):

@@ -157,7 +157,10 @@ def _decode(values) -> list[str]:
 def _peek_counts(counts: Path) -> dict:
     """Barcodes, feature names/types, shape and library id of a counts file, without reading the matrix."""
     if counts.is_dir():
-        return _peek_mtx(counts)
+        try:
+            return _peek_mtx(counts)
+        except (EOFError, OSError) as err:  # a truncated .gz (a partial download) or an unreadable file
+            raise ValueError(f"`counts_file`: a file of {counts} could not be read ({err}); is it complete?") from err
     import h5py
 
     try:

@@ -136,6 +136,12 @@ def spot_bags(
     centres, _ = _sdata.spots_um(sdata, spots_key)
     shape_pos = pd.Index(sdata.shapes[spots_key].index.astype(str))
     spot_ids = table.obs[instance_key].astype(str).to_numpy()
+    if not pd.Index(spot_ids).is_unique:
+        dup = list(pd.Index(spot_ids)[pd.Index(spot_ids).duplicated()].unique()[:5])
+        raise ValueError(
+            f"section {sample!r}: table {table_key!r} names a spot in more than one row "
+            f"(obs[{instance_key!r}], e.g. {dup}); one row per spot is needed to pair it with its cells."
+        )
     spot_row = shape_pos.get_indexer(spot_ids)
     if (spot_row < 0).any():
         raise ValueError(f"{int((spot_row < 0).sum())} spots of table {table_key!r} have no circle in {spots_key!r}.")

@@ -28,9 +28,10 @@ def select_genes(tables: list, *, n_genes: int, batch: list[str] | None = None) 
     import scanpy as sc
     from scipy import sparse
 
-    common = table_genes(tables[0])
-    for table in tables[1:]:
-        common = common.intersection(table_genes(table), sort=False)
+    where = [f"sample {batch[i]!r}" if batch else f"training table {i}" for i in range(len(tables))]
+    common = table_genes(tables[0], where=where[0])
+    for i, table in enumerate(tables[1:], start=1):
+        common = common.intersection(table_genes(table, where=where[i]), sort=False)
     if not len(common):
         raise ValueError("the training samples share no gene.")
     counts, labels = [], []
