@@ -120,3 +120,12 @@ def test_cohort_errors(expression, tmp_path):
         bt.io.cohort(expression, [tmp_path / "missing.svs"])
     with pytest.raises(ValueError, match="(?i)pass it as `mpp=`"):  # the frozen slide records no pixel size
         bt.io.cohort(expression, [TCGA_SLIDE])
+
+
+def test_duplicated_sample_ids_in_the_expression_are_refused(expression):
+    with pytest.warns(UserWarning, match="not unique"):
+        doubled = ad.concat([expression[:1], expression[:1]])  # two rows named TCGA-CR-7395-01A: which is the slide's?
+    with pytest.raises(
+        ValueError, match=r"`expression`: its obs_names have duplicated sample ids: \['TCGA-CR-7395-01A'\]"
+    ):
+        bt.io.cohort(doubled, [TCGA_SLIDE], mpp=0.25)

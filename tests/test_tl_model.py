@@ -569,3 +569,28 @@ def test_duplicated_gene_and_spot_names_get_errors_that_name_them(toy_sections):
     sections[0]["table"].obs["spot_id"] = ids
     with pytest.raises(ValueError, match="section 'toy2': table 'table' names a spot in more than one row"):
         bt.tl.fit(sections, n_genes=5, val=None, max_epochs=1, progress=False)
+
+
+def test_names_as_strings_and_arrays_and_inputs_without_what_the_target_needs(toy_sections, toy_cohort):
+    import scipy.sparse as sp
+
+    import bitro as bt
+    from bitro import _constants as K
+
+    sections = toy_sections[:3]
+    gene = sections[0]["table"].var_names[0]
+    model = bt.tl.fit(sections, genes=gene, val=np.array(["toy2"]), max_epochs=1, seed=0, progress=False)
+    assert model.config["genes"]["spot"] == [gene]  # a string is one gene, never its characters
+    assert model.config["training"]["validation"] == ["toy2"]
+    with pytest.raises(ValueError, match=r"`val` lists names more than once: \['toy2'\]"):
+        bt.tl.fit(sections, genes=gene, val=["toy2", "toy2"], max_epochs=1, progress=False)
+    test = toy_sections[3]
+    bt.tl.predict(test, model, uncertainty=False)
+    assert bt.tl.evaluate(test, genes=gene, spatial=False)["n_obs"].iloc[0] > 0
+    test["table"].X = sp.csr_matrix(test["table"].X.shape)  # a section without counts
+    with pytest.raises(ValueError, match="toy3: table 'table' has no counts to score against"):
+        bt.tl.evaluate(test, spatial=False)
+    slides = toy_cohort[0][:2]
+    with pytest.raises(ValueError, match="no spots .* for target='spot'; a whole slide with bulk expression"):
+        bt.tl.fit(slides, target="spot", val=None, max_epochs=1, progress=False)
+    assert K.CELLS_TABLE_KEY not in slides[0].tables  # refused before segmenting

@@ -71,3 +71,24 @@ def check_name(value, name: str) -> str:
             f"`{name}` may only contain letters, digits, '_', '.', '-' and must not start with '__', got {value!r}."
         )
     return value
+
+
+def check_names(value, name: str, *, unique: bool = True) -> list[str]:
+    """A list of names from a string (one name), a list, tuple, array or index; a clear error naming ``name``.
+
+    A single string is one name, never its characters; duplicates are refused (``unique=True``), naming a few.
+    """
+    if isinstance(value, str):
+        return [value]
+    try:
+        names = [str(v) for v in (value.tolist() if hasattr(value, "tolist") else value)]
+    except TypeError:
+        raise TypeError(f"`{name}` must be a name or a list of names, got {type(value).__name__}.") from None
+    if unique and len(set(names)) != len(names):
+        seen, dup = set(), []
+        for n in names:
+            if n in seen and n not in dup:
+                dup.append(n)
+            seen.add(n)
+        raise ValueError(f"`{name}` lists names more than once: {dup[:5]}.")
+    return names

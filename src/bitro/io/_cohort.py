@@ -166,15 +166,12 @@ def cohort(
 
 
 def _column(adata, key: str | None, name: str) -> list[str]:
-    if key is None:
-        return [str(s) for s in adata.obs_names]
-    if key not in adata.obs:
+    if key is not None and key not in adata.obs:
         raise KeyError(f"`{name}`: {key!r} is not a column of expression.obs (has {list(adata.obs.columns)}).")
-    values = adata.obs[key].astype(str)
-    if values.duplicated().any():
-        raise ValueError(
-            f"`{name}`: {key!r} has duplicated sample ids: {values[values.duplicated()].unique()[:5].tolist()}."
-        )
+    values = pd.Series(adata.obs_names if key is None else adata.obs[key]).astype(str)
+    if values.duplicated().any():  # two rows would pair with one slide, as two samples of one id
+        where = f"`{name}`: {key!r} has" if key is not None else "`expression`: its obs_names have"
+        raise ValueError(f"{where} duplicated sample ids: {values[values.duplicated()].unique()[:5].tolist()}.")
     return values.tolist()
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 from bitro import _constants as K
 from bitro import _sdata
 from bitro._logging import logger
+from bitro._validate import check_names
 
 from ._metrics import bulk_metrics, pearson_per_gene, spot_metrics
 
@@ -42,7 +43,7 @@ def _entry(s, key: str | None, genes: Sequence[str] | None):
     pred = predictions(s, level=level, key=key)
     if level == "cells":
         raise ValueError("`key`: cell predictions have no measured counts to be scored against; pass the spot table.")
-    use = list(pred.var_names) if genes is None else [str(g) for g in genes]
+    use = list(pred.var_names) if genes is None else check_names(genes, "genes")
     missing = [g for g in use if g not in pred.var_names]
     if missing:
         raise KeyError(f"`genes`: {len(missing)} genes were not predicted (e.g. {missing[:5]}).")
@@ -60,6 +61,14 @@ def _entry(s, key: str | None, genes: Sequence[str] | None):
     y_pred = np.asarray(pred.X[rows][:, cols], dtype=np.float64)
     sd = np.asarray(pred.layers[K.STD_LAYER][rows][:, cols], dtype=np.float64) if K.STD_LAYER in pred.layers else None
     truth = log_cp10k(observed.X, where=sample, columns=gene_columns(observed, use, where=sample)).astype(np.float64)
+    no_counts = int(np.isnan(truth).all(axis=1).sum()) if truth.shape[1] else 0
+    if no_counts and no_counts == len(truth):
+        raise ValueError(
+            f"{sample}: table {table_key!r} has no counts to score against (every row's library size is 0)."
+        )
+    if no_counts:
+        logger.warning("%s: %d of %d spots have no counts (library size 0) and are not scored", sample, no_counts,
+                       len(truth))  # fmt: skip
     xy = np.asarray(pred.obsm["spatial"])[rows] if "spatial" in pred.obsm else None
     kind = pred.uns.get(K.PRED_KEY, {}).get("params", {}).get("target", "spot")
     return {
@@ -188,8 +197,9 @@ def evaluate(
     else:
         for e in entries:
             metrics = spot_metrics(e["truth"], e["pred"], hvg_index=top)
-            if metrics["n_obs_dropped"]:
-                logger.info("%s: %d spots without a prediction are not scored", e["sample"], metrics["n_obs_dropped"])
+            no_prediction = int((np.isnan(e["pred"]).all(axis=1) & ~np.isnan(e["truth"]).all(axis=1)).sum())
+            if no_prediction:
+                logger.info("%s: %d spots without a prediction are not scored", e["sample"], no_prediction)
             metrics["coverage_80"] = _coverage(e["truth"], e["pred"], e["sd"])
             columns = {key_added: pearson_per_gene(e["truth"], e["pred"])}
             if spatial and e["xy"] is not None:

@@ -76,11 +76,11 @@ def select_genes(tables: list, *, n_genes: int, batch: list[str] | None = None) 
 
 def check_genes(genes: Sequence[str], tables: list, ids: list[str]) -> list[str]:
     """An explicit gene list, checked against every training table (clear error listing missing genes)."""
-    genes = [str(g) for g in genes]
+    from bitro._validate import check_names
+
+    genes = check_names(genes, "genes")
     if not genes:
         raise ValueError("`genes` is empty.")
-    if len(set(genes)) != len(genes):
-        raise ValueError("`genes` contains duplicates.")
     for sid, table in zip(ids, tables, strict=True):
         gene_columns(table, genes, where=f"`genes` for sample {sid!r}")
     return genes

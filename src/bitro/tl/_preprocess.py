@@ -63,6 +63,13 @@ def ensure_preprocessed(sdata, settings: dict, *, kind: str, features: dict | No
     from bitro.pp import assign_cells, cell_features, cell_graph, segment_cells
 
     sample = _sdata.sample_id(sdata, "?")
+    spots = _sdata.info(sdata).get(K.ATTR_SPOTS)
+    if kind == "spot" and (spots is None or spots not in sdata.shapes):
+        # before any step runs: segmenting a slide only to fail at the spot assignment wastes minutes
+        raise ValueError(
+            f"{sample}: no spots (attrs['bitro']['spots_key'] is {spots!r}) for target='spot'; a whole slide "
+            "with bulk expression trains with target='bulk', and bt.tl.predict gives it pseudo-spots."
+        )
     cells_key = _sdata.recorded(sdata, K.ATTR_CELLS_TABLE)
     if cells_key not in sdata.tables:
         logger.info("%s: no cells layer, segmenting (%s)", sample, settings["segmentation"])

@@ -101,8 +101,10 @@ def split(
     n = len(ids)
     if val is None or (isinstance(val, float | int) and not isinstance(val, bool) and val == 0):
         return list(range(n)), [], "none"
-    if isinstance(val, str) or isinstance(val, Sequence):
-        val_ids = [val] if isinstance(val, str) else [str(v) for v in val]
+    if isinstance(val, str) or isinstance(val, Sequence) or hasattr(val, "tolist") and np.ndim(val) > 0:
+        from bitro._validate import check_names
+
+        val_ids = check_names(val, "val")
         unknown = sorted(set(val_ids) - set(ids))
         if unknown:
             raise ValueError(f"`val`: samples {unknown} are not among the training samples {ids}.")
