@@ -594,3 +594,10 @@ def test_names_as_strings_and_arrays_and_inputs_without_what_the_target_needs(to
     with pytest.raises(ValueError, match="no spots .* for target='spot'; a whole slide with bulk expression"):
         bt.tl.fit(slides, target="spot", val=None, max_epochs=1, progress=False)
     assert K.CELLS_TABLE_KEY not in slides[0].tables  # refused before segmenting
+
+
+def test_samples_without_a_patient_are_not_one_patient(toy_sections):
+    import bitro as bt
+
+    with pytest.raises(ValueError, match=r"`groups` has no patient for samples \[1, 2\]"):
+        bt.tl.fit(toy_sections[:3], groups=["p1", None, float("nan")], max_epochs=1, progress=False)

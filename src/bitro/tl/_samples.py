@@ -76,10 +76,13 @@ def check_groups(groups: Sequence[str] | None, n: int) -> list[str] | None:
     """``groups=`` as strings, one per sample."""
     if groups is None:
         return None
-    groups = [str(g) for g in groups]
+    groups = list(groups.tolist() if hasattr(groups, "tolist") else groups)
     if len(groups) != n:
         raise ValueError(f"`groups` has {len(groups)} entries for {n} samples.")
-    return groups
+    missing = [i for i, g in enumerate(groups) if g is None or (isinstance(g, float) and np.isnan(g))]
+    if missing:  # str(None) would make one patient "None" of every sample without a group
+        raise ValueError(f"`groups` has no patient for samples {missing[:5]} (None / NaN); give every sample one.")
+    return [str(g) for g in groups]
 
 
 def spatial_blocks(xy: np.ndarray, fraction: float, seed: int, n_side: int = 4) -> np.ndarray:
