@@ -204,3 +204,12 @@ def test_spots_without_positions_and_cut_files(tmp_path):
     counts.write_bytes(counts.read_bytes()[:-20])  # a download cut short
     with pytest.raises(ValueError, match=r"counts\.tsv\.gz: could not read it .*ends early"):
         bt.io.legacy_st(counts, spots, image, sample_id="s1")
+
+
+def test_a_cut_short_image_is_named(tmp_path):
+    counts, spots, image = _write_section(tmp_path)
+    jpeg = tmp_path / "he.jpg"
+    Image.open(image).save(jpeg, quality=90)
+    jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])
+    with pytest.raises(ValueError, match=r"`path`: .*he\.jpg could not be decoded .*is the file complete"):
+        bt.io.legacy_st(counts, spots, jpeg, sample_id="s1")

@@ -223,7 +223,10 @@ def _open_pil(path: Path) -> _Source:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # as above
             with Image.open(path) as img:
-                img.load()
+                try:
+                    img.load()
+                except OSError as exc:  # e.g. "image file is truncated": a partial download
+                    raise ValueError(f"`path`: {path} could not be decoded ({exc}); is the file complete?") from exc
                 if img.mode in ("RGBA", "RGBa", "PA", "P"):
                     if img.mode != "RGBA":
                         img = img.convert("RGBA")
