@@ -129,3 +129,14 @@ def test_duplicated_sample_ids_in_the_expression_are_refused(expression):
         ValueError, match=r"`expression`: its obs_names have duplicated sample ids: \['TCGA-CR-7395-01A'\]"
     ):
         bt.io.cohort(doubled, [TCGA_SLIDE], mpp=0.25)
+
+
+def test_a_slide_file_matches_the_sample_named_by_its_stem(expression, tmp_path):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    shutil.copy(CMU_SLIDE, folder / "S1.svs")
+    one = expression[:1].copy()
+    one.obs_names = ["S1"]  # predict_slides gives S1.svs the sample id S1: cohort pairs them too
+    slides, cohort = bt.io.cohort(one, folder, mpp=0.5)
+    assert len(slides) == 1
+    assert cohort.obs[K.SLIDE_PATH_KEY].iloc[0] == str(folder / "S1.svs")

@@ -49,7 +49,8 @@ def cohort(
     Each slide becomes a SpatialData (as :func:`bitro.io.wsi` reads it) with the slide's
     expression as a 1 x genes table annotating its tissue polygon, and the cohort AnnData keeps
     one row per paired sample with its ``patient_id`` for patient-grouped splits. Samples are
-    matched on their id, or on the sample-level TCGA barcode (``TCGA-CR-7395-01A``) found in
+    matched on their id (a slide's file name, with or without its extension: ``S1`` or ``S1.svs``),
+    or on the sample-level TCGA barcode (``TCGA-CR-7395-01A``) found in
     slide file names such as ``TCGA-CR-7395-01A-01-TS1.<uuid>.svs``. Samples without a slide and
     slides without expression are logged and listed in ``cohort.uns["bitro_cohort"]``.
 
@@ -109,7 +110,8 @@ def cohort(
     if not by_sample:
         raise ValueError(
             f"No sample of `expression` (e.g. {samples[:3]}) matches a slide (e.g. {list(paths)[:3]}); "
-            "match is by sample id or by sample-level TCGA barcode."
+            "match is by sample id (a slide's file name, with or without its extension) or by sample-level TCGA "
+            "barcode."
         )
 
     out, rows = [], []
@@ -239,10 +241,18 @@ def _sample_sheet(path: Path) -> list[tuple[str, Path]]:
 
 
 def _match(samples: list[str], paths: list[tuple[str, Path]]) -> dict[str, Path]:
-    """Sample -> slide: by the key itself, else by the sample-level TCGA barcode of both; several -> first, logged."""
+    """Sample -> slide: by the key, the file name without its extension, or the TCGA barcode; several -> first, logged.
+
+    A slide ``S1.svs`` in a list or folder matches the sample ``S1`` (the sample id ``predict_slides`` gives it)
+    as well as ``S1.svs``; else both sides' sample-level TCGA barcodes are compared.
+    """
+    from ._wsi import _stem
+
     by_key: dict[str, list[Path]] = {}
     for key, path in paths:
         by_key.setdefault(key, []).append(path)
+        if key == path.name and _stem(path) != key:
+            by_key.setdefault(_stem(path), []).append(path)
         barcode = tcga_sample(key) or tcga_sample(path.name)
         if barcode and barcode != key:
             by_key.setdefault(barcode, []).append(path)
