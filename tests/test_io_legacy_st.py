@@ -213,3 +213,26 @@ def test_a_cut_short_image_is_named(tmp_path):
     jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])
     with pytest.raises(ValueError, match=r"`path`: .*he\.jpg could not be decoded .*is the file complete"):
         bt.io.legacy_st(counts, spots, jpeg, sample_id="s1")
+
+
+def test_counts_written_by_r_and_comma_separated(tmp_path):
+    counts, spots, image = _write_section(tmp_path)
+    table = pd.read_csv(counts, sep="\t", index_col=0)
+    with gzip.open(counts, "wt") as fh:  # R's write.table: the header has no field for the row names
+        fh.write("\t".join(table.columns) + "\n")
+        fh.writelines(
+            f"{spot}\t" + "\t".join(map(str, row)) + "\n"
+            for spot, row in zip(table.index, table.to_numpy(), strict=True)
+        )
+    sdata = bt.io.legacy_st(counts, spots, image, sample_id="s1")
+    assert list(sdata[K.TABLE_KEY].var_names) == ["A", "B", "C"]
+    np.testing.assert_array_equal(
+        np.asarray(
+            sdata[K.TABLE_KEY].X.todense() if hasattr(sdata[K.TABLE_KEY].X, "todense") else sdata[K.TABLE_KEY].X
+        ),
+        table.to_numpy(),
+    )
+    with gzip.open(counts, "wt") as fh:
+        table.to_csv(fh, sep=",")
+    with pytest.raises(ValueError, match=r"counts table is empty \(4 spots x 0 genes\)\. Is it tab-separated"):
+        bt.io.legacy_st(counts, spots, image, sample_id="s1")

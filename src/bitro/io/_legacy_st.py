@@ -139,10 +139,18 @@ def _read_counts(path) -> pd.DataFrame:
     table = read_table(path, what="a spots x genes counts table", sep="\t", index_col=0)
     # pandas renames repeated column names ("A", "A.1") silently: take the header as written
     header = read_table(path, what="a counts table", sep="\t", header=None, nrows=1, dtype=str, keep_default_na=False)
-    header = header.iloc[0, 1:]
-    table.columns = pd.Index(header.to_numpy())
+    fields = header.iloc[0].to_numpy()
+    # R's write.table leaves out the row names' header field: then every header field names a gene
+    header = fields[1:] if len(fields) == table.shape[1] + 1 else fields
+    if len(header) != table.shape[1]:
+        raise ValueError(
+            f"{path}: its header has {len(fields)} fields for rows of {table.shape[1] + 1}; expected a spot id "
+            "column then one column per gene, tab-separated."
+        )
+    table.columns = pd.Index(header)
     if table.shape[0] == 0 or table.shape[1] == 0:
-        raise ValueError(f"{path}: the counts table is empty ({table.shape[0]} spots x {table.shape[1]} genes).")
+        hint = " Is it tab-separated?" if table.shape[1] == 0 and "," in str(table.index[:1].tolist()) else ""
+        raise ValueError(f"{path}: the counts table is empty ({table.shape[0]} spots x {table.shape[1]} genes).{hint}")
     numeric = table.apply(pd.to_numeric, errors="coerce")
     bad = numeric.isna()  # missing, or not a number
     if bad.to_numpy().any():
