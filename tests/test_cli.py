@@ -152,8 +152,15 @@ def test_fit_on_slide_stores_saves_a_bulk_model(tmp_path, toy_slides):
             s.write(stores[-1])
     # the folder of the stores stands for them (as `bitro read cohort` writes them)
     args = ["fit", tmp_path, "--target", "bulk", "--n-genes", "10", "--max-epochs", "2", "--out", tmp_path / "model"]
-    summary = _ok(args)
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + result.stderr
+    summary = json.loads(result.stdout)  # the JSON alone: the progress bar went to stderr
     assert summary["genes"] == 10
+    # an existing --out is refused before training, not after (the trained model was lost)
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 1
+    assert "already exists; pass --overwrite" in result.stderr
+    assert "Epoch" not in result.output + result.stderr
     model = bt.models.BiTro.load(tmp_path / "model")
     assert model.head == "bulk"
     assert len(model.config["training"]["samples"]) + len(model.config["training"]["validation"]) == 3
@@ -164,3 +171,6 @@ def test_fit_on_slide_stores_saves_a_bulk_model(tmp_path, toy_slides):
     assert summary["genes"] == 10
     base = bt.models.BiTro.load(tmp_path / "model")
     assert base.load_adapter(tmp_path / "adapter") in base.adapters
+    # the adapter predicts from the command line, on top of its model
+    args = ["predict", stores[0], "--model", tmp_path / "model", "--adapter", tmp_path / "adapter", "--no-uncertainty"]
+    assert _ok(args)["predicted_bags"] == 1

@@ -601,3 +601,25 @@ def test_samples_without_a_patient_are_not_one_patient(toy_sections):
 
     with pytest.raises(ValueError, match=r"`groups` has no patient for samples \[1, 2\]"):
         bt.tl.fit(toy_sections[:3], groups=["p1", None, float("nan")], max_epochs=1, progress=False)
+
+
+def test_model_folders_paths_and_tables_are_taken_as_users_give_them(toy_sections, tmp_path, monkeypatch):
+    import bitro as bt
+    from bitro import _constants as K
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = bt.tl.fit(toy_sections[:2], n_genes=5, val=None, max_epochs=1, seed=0, progress=False)
+    model.save("~/m")  # saved under the home folder, and loaded from the same words
+    assert bt.models.BiTro.load("~/m").genes == model.genes
+    with pytest.raises(FileExistsError, match="already exists"):
+        model.save("~/m")
+    spots = bt.tl.transfer(toy_sections[2:3], tmp_path / "m", mode="head", max_epochs=1, seed=0, progress=False)
+    assert spots.genes == model.genes  # a saved model's folder, as bt.tl.predict takes
+    test = toy_sections[3]
+    bt.tl.predict(test, spots, uncertainty=False)
+    with pytest.raises(ValueError, match="`key`: 'table' is not a prediction table"):
+        bt.get.predictions(test, key="table")
+    with pytest.raises(ValueError, match="holds spot \\(or slide\\) predictions; pass its cells table"):
+        bt.get.predictions(test, level="cells", key=f"{K.PRED_KEY}_spots")
+    with pytest.raises(FileNotFoundError, match="its folder .*nodir does not exist"):
+        bt.pl.spatial_prediction(test, spots.genes[0], save=tmp_path / "nodir" / "x.png", show=False)

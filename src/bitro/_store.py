@@ -380,6 +380,10 @@ def write_store(sdata, path: str | os.PathLike, *, overwrite: bool = False) -> N
 def replace_file(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` (same suffix) to write; renamed onto ``path`` when the block succeeds."""
     path = Path(path).expanduser()
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: its folder {path.parent} does not exist.")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name.")
     tmp = path.with_name(f".{path.stem}.bitro-tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
         yield tmp

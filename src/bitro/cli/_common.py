@@ -51,6 +51,23 @@ def open_store(path: Path):
     return bt.io.read_zarr(path)
 
 
+def check_out(path: Path, *, overwrite: bool) -> None:
+    """``--out`` can take a new folder: refused before any work (a trained model is never lost to its name)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        raise ValueError(f"`--out`: {path} is a file; give a folder (new, or with --overwrite an earlier output).")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"`--out`: {path} already exists; pass --overwrite to replace it, or give a new folder.")
+
+
+def training_output():
+    """Training's progress bar on stderr: stdout holds the command's JSON summary only."""
+    import contextlib
+    import sys
+
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def echo_json(value: dict) -> None:
     """Print a summary as indented JSON on stdout (logs and progress bars go to stderr)."""
     typer.echo(json.dumps(value, indent=1, default=str))

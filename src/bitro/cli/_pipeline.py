@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import echo_json, open_store, set_verbosity
+from ._common import check_out, echo_json, open_store, set_verbosity, training_output
 
 STORE = typer.Argument(help="A SpatialData zarr store written by `bitro read`.", exists=True, file_okay=False)
 
@@ -228,19 +228,21 @@ def fit(
     import bitro as bt
 
     set_verbosity(verbose, progress=True)
-    model = bt.tl.fit(
-        stores,
-        target=target.value,
-        n_genes=n_genes,
-        val=val if val else 0.25,
-        max_epochs=max_epochs,
-        lr=lr,
-        seed=seed,
-        checkpoint_dir=checkpoint_dir,
-        accelerator=accelerator,
-        devices=int(devices) if devices.isdigit() else devices,
-        strategy=strategy,
-    )
+    check_out(out, overwrite=overwrite)
+    with training_output():
+        model = bt.tl.fit(
+            stores,
+            target=target.value,
+            n_genes=n_genes,
+            val=val if val else 0.25,
+            max_epochs=max_epochs,
+            lr=lr,
+            seed=seed,
+            checkpoint_dir=checkpoint_dir,
+            accelerator=accelerator,
+            devices=int(devices) if devices.isdigit() else devices,
+            strategy=strategy,
+        )
     model.save(out, overwrite=overwrite)
     echo_json(
         {"model": str(out), "genes": len(model.genes), "epochs": len(model.history), "best_epoch": model.best_epoch}
@@ -250,6 +252,9 @@ def fit(
 def predict(
     store: Annotated[Path, STORE],
     model: Annotated[Path | None, typer.Option(help="A saved model folder; default: the bundled model.")] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="A LoRA adapter folder (`bitro transfer --mode lora`) for --model.")
+    ] = None,
     target: Annotated[Target | None, typer.Option(help="Head (default: the model's).")] = None,
     uncertainty: Annotated[bool, typer.Option(help="Estimate each prediction's sd (MC dropout).")] = True,
     figure: Annotated[Path | None, typer.Option(help="PNG of the best-predicted genes over the tissue.")] = None,
@@ -259,6 +264,12 @@ def predict(
     import bitro as bt
 
     set_verbosity(verbose, progress=True)
+    if adapter is not None:
+        if model is None:
+            raise ValueError("`--adapter` needs `--model`: the model the adapter was trained on.")
+        model = bt.models.BiTro.load(model, adapter=adapter)
+    elif model is not None:
+        model = bt.models.BiTro.load(model)  # a bad folder fails before the store is touched
     sdata = open_store(store)
     bt.tl.predict(sdata, model, target=target.value if target else None, uncertainty=uncertainty)
     summary = _summary(sdata)
@@ -282,10 +293,12 @@ def transfer(
     import bitro as bt
 
     set_verbosity(verbose, progress=True)
+    check_out(out, overwrite=overwrite)
     source = bt.models.BiTro.load(model)
-    new = bt.tl.transfer(  # the stores' paths: read one at a time (see bt.tl.fit)
-        stores, source, target=target.value, mode=mode.value, max_epochs=max_epochs, seed=seed
-    )
+    with training_output():
+        new = bt.tl.transfer(  # the stores' paths: read one at a time (see bt.tl.fit)
+            stores, source, target=target.value, mode=mode.value, max_epochs=max_epochs, seed=seed
+        )
     if mode is Mode.lora:
         new.save_adapter(out, overwrite=overwrite)
     else:
@@ -333,6 +346,8 @@ def run(
     if n_jobs is not None:
         bt.settings.n_jobs = n_jobs  # segmentation and features
     times = {}
+    if model is not None:
+        model = bt.models.BiTro.load(model)  # a bad --model fails before --overwrite replaces a store
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     store = out / f"{sample_id or inputs[0].stem.split('.')[0]}.zarr"
@@ -434,6 +449,8 @@ def _figure(sdata, path: Path) -> Path:
     import bitro as bt
     from bitro._store import replace_file
 
+    if not path.suffix:
+        path = path.with_suffix(".png")
     var = bt.get.predictions(sdata).var
     order = var["val_pearson"].sort_values(ascending=False).index if "val_pearson" in var else var.index
     genes = list(order[:4])

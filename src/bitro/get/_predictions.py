@@ -59,8 +59,12 @@ def predictions(
             "first (again after a new segmentation)."
         )
     table = sdata.tables[key]
+    if K.PRED_KEY not in table.uns:
+        raise ValueError(f"`key`: {key!r} is not a prediction table written by bt.tl.predict.")
     if level != "cells" and key.endswith("_cells"):
         raise ValueError(f"`key`: {key!r} holds cell predictions; pass level='cells'.")
+    if level == "cells" and not key.endswith("_cells"):
+        raise ValueError(f"`key`: {key!r} holds spot (or slide) predictions; pass its cells table, or level='spots'.")
     if level == "cells":
         _check_current(sdata, key, table)
     return table

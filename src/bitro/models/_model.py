@@ -235,7 +235,7 @@ class BiTro(AdapterMixin):
                 f"this model holds LoRA adapters {list(self.adapters)}: save each with save_adapter() next to the "
                 "base model's folder, or merge_adapter() first to save one plain model."
             )
-        path = Path(dir_path)
+        path = Path(dir_path).expanduser()
         if path.exists() and not overwrite:
             raise FileExistsError(f"`dir_path`: {path} already exists; pass overwrite=True to replace it.")
         config = dict(self.config, format=FORMAT, bitro_version=str(__version__))
@@ -272,7 +272,7 @@ class BiTro(AdapterMixin):
         """
         from bitro._files import check_digest, read_json, read_weights
 
-        path = Path(dir_path)
+        path = Path(dir_path).expanduser()
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(
                 f"`dir_path`: {path} is not a saved BiTro model (expected {CONFIG_FILE} and {WEIGHTS_FILE})."

@@ -62,7 +62,7 @@ def transfer(
         objects, zarr store paths or a folder of stores, as for :func:`bitro.tl.fit` (stores are
         read one at a time and their bags kept in a memory-mapped file, not the slides in memory).
     model
-        The trained source model; it is not modified (the result is a copy).
+        The trained source model, or the folder of a saved one; it is not modified (the result is a copy).
     target
         Label kind of the target data.
     mode
@@ -107,9 +107,11 @@ def transfer(
     from bitro.models._config import data_settings
     from bitro.models._training import TrainingOptions
 
+    from ._predict import resolve_model
     from ._samples import as_samples
     from ._training_data import spill_folder, training_data
 
+    model = resolve_model(model)  # a saved model's folder, as bt.tl.predict takes
     target = check_choice(target, "target", ("spot", "bulk"))
     mode = check_choice(mode, "mode", ("lora", "full", "head"))
     if mode == "lora":
