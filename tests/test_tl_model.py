@@ -617,7 +617,7 @@ def test_model_folders_paths_and_tables_are_taken_as_users_give_them(toy_section
     assert spots.genes == model.genes  # a saved model's folder, as bt.tl.predict takes
     test = toy_sections[3]
     bt.tl.predict(test, spots, uncertainty=False)
-    with pytest.raises(ValueError, match="`key`: 'table' is not a prediction table"):
+    with pytest.raises(ValueError, match="`key`: 'table' holds the data \\(counts or cells\\), not predictions"):
         bt.get.predictions(test, key="table")
     with pytest.raises(ValueError, match="holds spot \\(or slide\\) predictions; pass its cells table"):
         bt.get.predictions(test, level="cells", key=f"{K.PRED_KEY}_spots")

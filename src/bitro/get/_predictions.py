@@ -59,8 +59,14 @@ def predictions(
             "first (again after a new segmentation)."
         )
     table = sdata.tables[key]
-    if K.PRED_KEY not in table.uns:
-        raise ValueError(f"`key`: {key!r} is not a prediction table written by bt.tl.predict.")
+    info = _sdata.info(sdata)
+    inputs = {
+        info.get(K.ATTR_TABLE, K.TABLE_KEY),
+        info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY),
+        K.TRUE_CELLS_TABLE_KEY,
+    }
+    if key in inputs and K.PRED_KEY not in table.uns:
+        raise ValueError(f"`key`: {key!r} holds the data (counts or cells), not predictions; see bt.tl.predict.")
     if level != "cells" and key.endswith("_cells"):
         raise ValueError(f"`key`: {key!r} holds cell predictions; pass level='cells'.")
     if level == "cells" and not key.endswith("_cells"):
