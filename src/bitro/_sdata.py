@@ -152,6 +152,14 @@ def _kind(sdata: SpatialData, name: str, element) -> str:
     return "points"
 
 
+def regions(table) -> list[str]:
+    """The elements a table annotates (its spatialdata ``region``: a name or a list of them), as a list."""
+    region = table.uns.get("spatialdata_attrs", {}).get("region")
+    if region is None:
+        return []
+    return [str(region)] if isinstance(region, str) else [str(r) for r in region]
+
+
 def image_white(element, name: str = "image") -> float:
     """The value of white of an image's floats: 1 (floats in [0, 1]) or 255 (floats in [0, 255]); 1 for integers.
 

@@ -81,8 +81,7 @@ def _check_current(sdata: SpatialData, key: str, table) -> None:
     info = _sdata.info(sdata)
     shapes = info.get(K.ATTR_CELLS_SHAPES)
     cells = sdata.tables.get(info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY))
-    region = table.uns.get("spatialdata_attrs", {}).get("region")
-    region = [region] if isinstance(region, str) else list(region if region is not None else [])
+    region = _sdata.regions(table)
     if shapes not in region or cells is None or cells.n_obs != table.n_obs:
         raise ValueError(
             f"`key`: {key!r} holds predictions for another segmentation ({table.n_obs} cells of {region}); the "

@@ -258,9 +258,7 @@ def check_cells_key(sdata, key: str) -> str:
     annotating = [
         name
         for name, table in sdata.tables.items()
-        if name not in own_tables
-        and not name.startswith(K.PRED_KEY)
-        and key in _regions(table.uns.get("spatialdata_attrs", {}).get("region"))
+        if name not in own_tables and not name.startswith(K.PRED_KEY) and key in _sdata.regions(table)
     ]
     if roles or annotating:
         used = f"attrs['bitro'][{roles[0]!r}]" if roles else f"table {annotating[0]!r}"
@@ -269,12 +267,6 @@ def check_cells_key(sdata, key: str) -> str:
             "Choose another name."
         )
     return key
-
-
-def _regions(region) -> list[str]:
-    if region is None:
-        return []
-    return [region] if isinstance(region, str) else [str(r) for r in region]
 
 
 def _range_hint(sdata, key: str) -> str:
