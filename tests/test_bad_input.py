@@ -373,6 +373,12 @@ TL = [
         FileNotFoundError,
         r"`dir_path`.*not a saved BiTro model",
     ),
+    (
+        "load adapter missing",
+        lambda c: bt.models.BiTro.load(bt.models.default_model_path(), adapter=c.tmp / "none"),
+        FileNotFoundError,
+        r"^`adapter`: .*not a saved bitro adapter",
+    ),
     ("predict model wrong type", lambda c: bt.tl.predict(c.sections[0], 42), TypeError, r"`model` must be"),
     (
         "predict batch size zero",
@@ -579,7 +585,7 @@ CLI = [
     ),
     (
         ["predict-her2st", str(HER2ST), "--section", "C3", "--model", "{tmp}/none", "--out", "{tmp}"],
-        r"^error: `dir_path`: .*not a saved BiTro model",
+        r"^error: `--model`: .*not a saved BiTro model",
     ),
     (
         ["predict-her2st", str(HER2ST), "--crop", "10", "10", "5", "5", "--out", "{tmp}"],

@@ -87,6 +87,41 @@ def test_errors_are_one_line_with_exit_codes(tmp_path):
     assert "--tta" in result.stderr
 
 
+def _error(args: list) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: "), result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    return result.stderr
+
+
+def test_errors_name_the_flags_and_commands_a_user_types(tmp_path, cmu_crop):
+    import bitro as bt
+
+    slide = cmu_crop("small", 0, 0, 256)
+    store = tmp_path / "small.zarr"
+    _ok(["read", "wsi", slide, "--out", store])
+    before = sorted(p.name for p in store.rglob("*"))
+    # an existing store is refused before the input is read, in flags; the store stays as it was
+    message = _error(["read", "wsi", slide, "--out", store])
+    assert "pass --overwrite" in message
+    assert "overwrite=True" not in message
+    assert sorted(p.name for p in store.rglob("*")) == before
+    message = _error(["features", store])  # no cells yet: the command to run, not the Python function
+    assert "run `bitro segment` first" in message
+    assert "bt.pp" not in message
+    message = _error(["predict", store, "--model", tmp_path / "none"])
+    assert message.startswith("error: `--model`:")
+    assert "not a saved BiTro model" in message
+    model = bt.models.default_model_path()
+    message = _error(["predict", store, "--model", model, "--adapter", tmp_path / "none"])
+    assert message.startswith("error: `--adapter`:")
+    assert "not a saved bitro adapter" in message
+    message = _error(["evaluate", store, "--no-spatial"])  # a KeyError's text, without its repr's quotes
+    assert message.startswith("error: small: no table")
+    assert '"' not in message
+
+
 @pytest.mark.filterwarnings("ignore:.*duplicated gene names made unique:UserWarning")  # CD99 _PAR_Y
 def test_read_a_bulk_cohort_into_one_store_per_slide(tmp_path):
     import anndata as ad

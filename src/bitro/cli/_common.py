@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 
 import typer
 
 STATE = {"debug": False}
 """Set by the root callback: ``--debug`` shows tracebacks instead of one-line errors."""
+
+# The library's messages name Python arguments and functions; a command's user types flags and commands.
+CLI_WORDS = (
+    (r"pass overwrite=True", "pass --overwrite"),
+    (r"`dir_path`", "`--model`"),  # BiTro.load's folder (output folders are checked by the commands first)
+    (r"`adapter`", "`--adapter`"),
+    (r"\bbt\.pp\.segment_cells\b", "`bitro segment`"),
+    (r"\bbt\.pp\.cell_features\b", "`bitro features`"),
+    (r"\bbt\.tl\.predict\b", "`bitro predict`"),
+)
+
+
+def cli_message(err: BaseException) -> str:
+    """``err`` as one line in a command's words (flags and commands instead of Python names)."""
+    # str() of a KeyError is the repr of its argument: quoted, with escaped quotes inside
+    text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err
+    message = " ".join(str(text).split()) or type(err).__name__
+    for python, cli in CLI_WORDS:
+        message = re.sub(python, cli, message)
+    return message
 
 
 def errors(func):
@@ -30,8 +51,7 @@ def errors(func):
         except Exception as err:
             if STATE["debug"]:
                 raise
-            message = " ".join(str(err).split()) or type(err).__name__
-            typer.echo(f"error: {message} ({type(err).__name__}; --debug shows the traceback)", err=True)
+            typer.echo(f"error: {cli_message(err)} ({type(err).__name__}; --debug shows the traceback)", err=True)
             raise typer.Exit(1) from None
 
     return run
@@ -58,6 +78,13 @@ def check_out(path: Path, *, overwrite: bool) -> None:
         raise ValueError(f"`--out`: {path} is a file; give a folder (new, or with --overwrite an earlier output).")
     if path.exists() and not overwrite:
         raise FileExistsError(f"`--out`: {path} already exists; pass --overwrite to replace it, or give a new folder.")
+
+
+def check_store(path: Path, *, overwrite: bool) -> None:
+    """A store to write is new or ``--overwrite`` was given: refused before the input is read."""
+    path = Path(path).expanduser()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or give another --out.")
 
 
 def training_output():

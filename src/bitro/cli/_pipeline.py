@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import check_out, echo_json, open_store, set_verbosity, training_output
+from ._common import check_out, check_store, echo_json, open_store, set_verbosity, training_output
 
 STORE = typer.Argument(help="A SpatialData zarr store written by `bitro read`.", exists=True, file_okay=False)
 
@@ -110,6 +110,7 @@ def _read_store(
     if kind is Kind.cohort:
         _read_cohort(*inputs, out=out, mpp=mpp, overwrite=overwrite)
         return None
+    check_store(out, overwrite=overwrite)
     if kind is Kind.visium:
         sdata = bt.io.visium(inputs[0], dataset_id=sample_id, mpp=mpp, fullres_image_file=fullres_image)
     elif kind is Kind.legacy_st:
@@ -133,12 +134,13 @@ def _read_cohort(expression: Path, slides: Path, *, out: Path, mpp: float | None
     from bitro._store import replace_file, write_store
 
     sdatas, cohort = bt.io.cohort(str(expression), str(slides), mpp=mpp)
+    stores = [out / f"{sdata.attrs['bitro']['sample_id']}.zarr" for sdata in sdatas]
+    for store in stores:  # all checked before any is written
+        check_store(store, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    stores = []
-    for sdata in sdatas:
-        store = out / f"{sdata.attrs['bitro']['sample_id']}.zarr"
+    for sdata, store in zip(sdatas, stores, strict=True):
         write_store(sdata, store, overwrite=overwrite)
-        stores.append(str(store))
+    stores = [str(store) for store in stores]
     with replace_file(out / "cohort.h5ad") as tmp:
         cohort.write_h5ad(tmp)
     unpaired = cohort.uns.get("bitro_cohort", {})

@@ -211,7 +211,7 @@ class AdapterMixin:
         name = name or self.active_adapter
         if self.peft is None or name not in self.adapters:
             raise ValueError(f"`name`: no LoRA adapter {name!r} to save (adapters: {list(self.adapters) or 'none'}).")
-        path = Path(dir_path)
+        path = Path(dir_path).expanduser()
         if path.exists() and not overwrite:
             raise FileExistsError(f"`dir_path`: {path} already exists; pass overwrite=True to replace it.")
         entry = self.adapters[name]
@@ -259,7 +259,7 @@ class AdapterMixin:
         from ._model import FORMAT
         from ._module import BagHead
 
-        path = Path(dir_path)
+        path = Path(dir_path).expanduser()
         if not (path / ADAPTER_FILE).is_file():
             raise FileNotFoundError(f"`dir_path`: {path} is not a saved bitro adapter (no {ADAPTER_FILE}).")
         meta = read_json(path / ADAPTER_FILE, what="adapter's settings")

@@ -272,11 +272,17 @@ class BiTro(AdapterMixin):
         """
         from bitro._files import check_digest, read_json, read_weights
 
+        from ._lora import ADAPTER_FILE
+
         path = Path(dir_path).expanduser()
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(
                 f"`dir_path`: {path} is not a saved BiTro model (expected {CONFIG_FILE} and {WEIGHTS_FILE})."
             )
+        paths = [] if adapter is None else [adapter] if isinstance(adapter, str | os.PathLike) else list(adapter)
+        for p in paths:  # named as this call's argument, before any weights are read
+            if not (Path(p).expanduser() / ADAPTER_FILE).is_file():
+                raise FileNotFoundError(f"`adapter`: {p} is not a saved bitro adapter (no {ADAPTER_FILE}).")
         config = read_json(path / CONFIG_FILE, what="model's settings")
         fmt = config.get("format")
         if fmt != FORMAT:
@@ -292,7 +298,6 @@ class BiTro(AdapterMixin):
         module.load_state_dict(state)
         module.to(device or "cpu").eval()
         model = cls(module, config, history.astype(float) if len(history) else None)
-        paths = [] if adapter is None else [adapter] if isinstance(adapter, str | os.PathLike) else list(adapter)
         names = [model.load_adapter(p) for p in paths]
         if names:
             model.set_adapter(names[0])
