@@ -561,3 +561,12 @@ def test_a_cut_short_matrix_folder_is_named(tmp_path):
     barcodes.write_bytes(barcodes.read_bytes()[:-30])  # a download cut short
     with pytest.raises(ValueError, match=r"`counts_file`: a file of .*filtered_feature_bc_matrix could not be read"):
         visium_quiet(folder, counts_file="filtered_feature_bc_matrix")
+
+
+def test_a_cut_short_image_is_named(tmp_path):
+    folder = tmp_path / "outs"
+    shutil.copytree(SR3, folder)
+    image = folder / "spatial" / "tissue_lowres_image.png"
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])  # a copy cut short
+    with pytest.raises(ValueError, match=r"tissue_lowres_image\.png: not a readable image .*Copy it again"):
+        visium_quiet(folder)

@@ -24,6 +24,7 @@ from ._common import check_path, make_unique, sanitize_id
 from ._spaceranger import (
     _GEX,
     HIRES_IMAGE_FILE,
+    LOWRES_IMAGE_FILE,
     MTX_FILE,
     SCALEFACTORS_FILE,
     _decode,
@@ -170,6 +171,7 @@ def visium(
     )
     logger.info("visium %s: pixel size %.4f µm/px %s", dataset_id, mpp, how)
 
+    _check_images(path)
     sdata = _read_with_spatialdata_io(
         path,
         dataset_id=dataset_id,
@@ -291,6 +293,23 @@ def _read_with_spatialdata_io(
             image_models_kwargs=image_models_kwargs,
             gex_only=gex_only,
         )
+
+
+def _check_images(path: Path) -> None:
+    """Space Ranger's PNGs read whole: a file cut short (a partial copy) is named here, not deep in pims."""
+    from PIL import Image
+
+    for name in (HIRES_IMAGE_FILE, LOWRES_IMAGE_FILE):
+        file = path / "spatial" / name
+        if not file.is_file():
+            continue
+        try:
+            with Image.open(file) as image:
+                image.verify()  # chunk by chunk, CRCs checked; no pixels decoded
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for truncated / corrupt files
+            raise ValueError(
+                f"{file}: not a readable image ({err}); a partial copy? Copy it again from Space Ranger's outs/spatial."
+            ) from err
 
 
 def _check_table(table, peek: dict, *, counts: Path, gex_only: bool) -> None:
