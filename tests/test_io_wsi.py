@@ -472,6 +472,18 @@ def test_sample_id_is_sanitized(tmp_path, log):
     assert any("patient 1/A" in m for m in warnings_logged(log))
 
 
+def test_a_hidden_file_name_gives_elements_a_store_reads_back(tmp_path):
+    import bitro as bt
+
+    path = tmp_path / ".hidden.tif"  # a leading '.' would hide the elements in the zarr store
+    tifffile.imwrite(path, synthetic(256, 256), photometric="rgb")
+    sdata = wsi(path, mpp=0.5, tissue=False)
+    assert set(sdata.images) == {"hidden_he_image"}
+    sdata.write(tmp_path / "s.zarr")
+    assert set(bt.io.read_zarr(tmp_path / "s.zarr").images) == {"hidden_he_image"}
+    assert set(wsi(path, sample_id="..", mpp=0.5, tissue=False).images) == {"sample_he_image"}
+
+
 # --- bad input ----------------------------------------------------------------------------------------------
 
 

@@ -238,6 +238,7 @@ def test_key_added_never_takes_another_elements_name(toy_st, tmp_path):
         info[K.ATTR_SPOTS].upper(): "already the name",  # a case variant
         "": "not a valid SpatialData element name",
         "bad/name": "not a valid SpatialData element name",
+        ".hidden": "a zarr store would hide the element",  # spatialdata's read_zarr skips it
     }
     for key, reason in taken.items():
         with pytest.raises(ValueError, match=f"`key_added`: .*{reason}"):

@@ -124,6 +124,8 @@ def check_element_name(sdata: SpatialData, name: str, kind: str, *, argument: st
         check_valid_name(name)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{what}{name!r} is not a valid SpatialData element name ({err})") from None
+    if str(name).startswith("."):  # spatialdata accepts it in memory, but read_zarr skips hidden folders
+        raise ValueError(f"{what}{name!r} starts with '.': a zarr store would hide the element; choose another name.")
     for other_kind, other, _ in sdata.gen_elements():
         if other.lower() == str(name).lower() and (other_kind != kind or other != name):
             raise ValueError(

@@ -34,10 +34,13 @@ def check_path(path: str | os.PathLike, *, name: str, kind: str = "file") -> Pat
 
 
 def sanitize_id(value: str, *, name: str) -> str:
-    """Make ``value`` usable as an element-name prefix (``[A-Za-z0-9_.-]``, no leading ``__``), logging any change."""
+    """Make ``value`` usable as an element-name prefix (``[A-Za-z0-9_.-]``, no leading ``_`` or ``.``), logging any change.
+
+    A leading ``.`` would hide the elements in a zarr store (spatialdata does not read them back).
+    """
     if not isinstance(value, str) or not value:
         raise TypeError(f"`{name}` must be a non-empty string, got {value!r}.")
-    clean = _INVALID.sub("_", value).lstrip("_") or "sample"
+    clean = _INVALID.sub("_", value).lstrip("_.") or "sample"
     if clean != value:
         logger.warning("`%s` %r is not a valid element name; using %r.", name, value, clean)
     return clean
