@@ -28,6 +28,26 @@ def trained(_toy_sections):
     return bt.tl.fit(train, n_genes=N_GENES, val=["toy2"], max_epochs=15, patience=15, seed=0, progress=False)
 
 
+def test_the_model_repeats_how_its_training_cells_were_made(trained, sections):
+    import bitro as bt
+    from bitro.tl._preprocess import as_trained, preprocessed_with, preprocessing_settings
+
+    # trained with the default preprocessing asked for (the U-Net), on cells the watershed had made
+    assert trained.config["preprocessing"]["segmentation"] == {"method": "watershed"}
+    fresh = bt.datasets.toy_st(n_spots=9, n_genes=40, seed=7, sample_id="toy7")
+    bt.tl.predict(fresh, trained, uncertainty=False)
+    assert fresh.attrs["bitro"]["cells_shapes_key"] == "watershed_boundaries"
+    # options given to the steps are recorded too: the assignment's factor, the segmentation's areas
+    section = sections[0]
+    bt.pp.segment_cells(section, method="watershed", min_area_um2=12.0, n_jobs=1)
+    bt.pp.assign_cells(section, factor=1.0)
+    done = preprocessed_with(section, kind="spot")
+    assert done == {"segmentation": {"method": "watershed", "min_area_um2": 12.0}, "assign": {"factor": 1.0}}
+    prep = as_trained(preprocessing_settings(), done)
+    assert prep["segmentation"] == {"method": "watershed", "min_area_um2": 12.0}
+    assert prep["assign"]["factor"] == 1.0
+
+
 def test_fit_learns_and_beats_the_mean_baseline(trained, sections):
     import bitro as bt
 

@@ -52,6 +52,8 @@ class TrainingData:
     """Median pixel size (µm/px) the readers recorded, or ``None``."""
     spots: dict | None = None
     """Median spot radius and pitch (µm) of spot samples (``None`` for slides)."""
+    preprocessed: dict | None = None
+    """The segmentation / assignment the samples' cells had (see ``bitro.tl._preprocess.preprocessed_with``)."""
 
     def target_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-gene mean and std of the training bags' targets (std 1 for constant genes)."""

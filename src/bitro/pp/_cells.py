@@ -28,13 +28,20 @@ DERIVED = (
 
 
 def write_cells(
-    sdata, polygons, *, image: str, method: str, key_added: str | None = None, segmentation_mpp: float | None = None
+    sdata,
+    polygons,
+    *,
+    image: str,
+    method: str,
+    key_added: str | None = None,
+    segmentation_mpp: float | None = None,
+    segmentation: dict | None = None,
 ) -> tuple[str, str]:
     """Add nucleus ``polygons`` (level-0 pixels of ``image``) as ``{method}_boundaries`` and the ``bitro_cells`` table.
 
     Replaces a previous cells layer of the same names (on a backed object the new layer is complete
-    on disk before the old one goes); ``segmentation_mpp`` (the pixel size segmented at) is recorded
-    in attrs. What was derived from the previous cells (features, spot assignment, graph: columns of
+    on disk before the old one goes); ``segmentation_mpp`` (the pixel size segmented at) and
+    ``segmentation`` (the method and options, see ``segmentation_record``) are recorded in attrs. What was derived from the previous cells (features, spot assignment, graph: columns of
     the replaced table; predictions) is no longer recorded in attrs, so no step reads it for the new
     cells (the prediction tables stay, unreferenced, until ``bt.tl.predict`` replaces them).
     Returns ``(shapes_key, table_key)``.
@@ -80,6 +87,7 @@ def write_cells(
             K.ATTR_CELLS_TABLE: K.CELLS_TABLE_KEY,
             K.ATTR_CELLS_IMAGE: image,
             K.ATTR_SEGMENTATION_MPP: float(segmentation_mpp) if segmentation_mpp is not None else None,
+            K.ATTR_SEGMENTATION: segmentation or {"method": method},
         },
     )
     logger.info("%d cells written to %s and table %s", len(geometry), shapes_key, K.CELLS_TABLE_KEY)

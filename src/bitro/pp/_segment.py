@@ -10,6 +10,7 @@ border appears once. Tiles without tissue are skipped before any segmentation ru
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -127,6 +128,7 @@ def segment_cells(
     method = check_choice(method, "method", METHODS)
     key = _sdata.image_key(sdata, image_key)
     target_mpp, level0_mpp = mpp, _sdata.image_mpp(sdata, key)
+    mpp_given = mpp is not None
     if target_mpp is not None:
         target_mpp = check_mpp(target_mpp, "mpp")
     elif method == "unet":
@@ -236,8 +238,35 @@ def segment_cells(
         if method == "import" or n_skipped < n_tiles:
             warnings.warn(f"No cells found in image {key!r}: nothing written{_kept(sdata)}.", UserWarning, stacklevel=2)
         return sdata if copy else None
-    write_cells(sdata, polygons, image=key, method=method, key_added=key_added, segmentation_mpp=mpp)
+    options = {"model": model, "diameter_um": diameter_um, "min_area_um2": min_area_um2, "max_area_um2": max_area_um2}
+    record = segmentation_record(method, mpp=target_mpp if mpp_given else None, **options, **method_kwargs)
+    write_cells(
+        sdata, polygons, image=key, method=method, key_added=key_added, segmentation_mpp=mpp, segmentation=record
+    )
     return sdata if copy else None
+
+
+RUNTIME_OPTIONS = ("device", "batch_size")
+"""Options of a tile segmenter that change where or how fast it runs, not which cells it finds."""
+
+
+def segmentation_record(method: str, **options: Any) -> dict:
+    """What ``segment_cells`` ran with, as plain values: the ``preprocessing["segmentation"]`` that repeats it.
+
+    Options left at their defaults (``None``), runtime ones and values that are not plain (a model
+    object, an imported file's path) are left out; ``"model_object": True`` says a model object was given.
+    """
+    record = {"method": method}
+    for name, value in options.items():
+        if value is None or name in RUNTIME_OPTIONS or (method == "import" and name == "path"):
+            continue
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if isinstance(value, str | bool | int | float):
+            record[name] = value
+        elif name == "model":
+            record["model_object"] = True
+    return record
 
 
 def check_cells_key(sdata, key: str) -> str:

@@ -169,8 +169,9 @@ def _train(td, target: str, prep: dict, bag_settings: dict, options, architectur
     from bitro.models._config import Architecture, model_config, training_record
     from bitro.models._training import train
 
-    from ._preprocess import features_step
+    from ._preprocess import as_trained, features_step
 
+    prep = as_trained(prep, td.preprocessed)  # the cells it learnt from, as new slides must repeat them
     prep["features"] = features_step(td.features, prep["features"])  # how to measure them on new slides
     arch = Architecture.from_settings(int(td.sections[0].x.shape[1]), architecture)
     module = arch.build({target: len(td.genes)})

@@ -50,6 +50,60 @@ def features_step(features: dict, step: dict) -> dict:
     return out
 
 
+def preprocessed_with(sdata, *, kind: str) -> dict:
+    """The segmentation and (spots) assignment ``sdata``'s cells were made with, as far as recorded."""
+    done = {}
+    segmentation = _sdata.info(sdata).get(K.ATTR_SEGMENTATION)
+    if segmentation:
+        done["segmentation"] = dict(segmentation)
+    if kind == "spot":
+        cells = sdata.tables.get(_sdata.recorded(sdata, K.ATTR_CELLS_TABLE))
+        factor = ((cells.uns.get(K.ASSIGN_UNS_KEY) or {}).get("params") or {}).get("factor") if cells else None
+        if factor is not None:
+            done["assign"] = {"factor": float(factor)}
+    return done
+
+
+def common_preprocessing(done: list[dict], ids: list[str]) -> dict:
+    """The training samples' preprocessing (the first's), warning when samples differ."""
+    for sid, other in zip(ids[1:], done[1:], strict=True):
+        if other != done[0]:
+            logger.warning(
+                "training samples were preprocessed differently: %s %s, %s %s; the model records the first",
+                ids[0], done[0], sid, other,
+            )  # fmt: skip
+            break
+    return done[0] if done else {}
+
+
+def as_trained(prep: dict, done: dict | None) -> dict:
+    """``prep`` with the segmentation and assignment the training cells really had: what new slides must repeat.
+
+    Cells already in a sample are used as they are (see :func:`ensure_preprocessed`), so the settings
+    asked for (or the defaults) may not be the ones the model learnt from.
+    """
+    prep = copy.deepcopy(prep)
+    segmentation = dict((done or {}).get("segmentation") or {})
+    method = segmentation.get("method")
+    if method == "import":
+        logger.warning(
+            "the training cells were imported: new slides will be segmented with %s (bt.tl.predict), not "
+            "like the training cells; segment them as you did for training",
+            prep["segmentation"],
+        )
+    elif method is not None:
+        if segmentation.pop("model_object", False):
+            logger.warning(
+                "the training cells were segmented (%s) with a model object, which a saved model cannot "
+                "record: new slides get the method's default model; segment them as you did for training",
+                method,
+            )
+        prep["segmentation"] = segmentation
+    if (done or {}).get("assign"):
+        prep["assign"] = {**prep["assign"], **done["assign"]}
+    return prep
+
+
 def ensure_preprocessed(sdata, settings: dict, *, kind: str, features: dict | None = None) -> None:
     """Run each step of ``settings`` that ``sdata`` lacks; steps that already ran are kept as they are.
 

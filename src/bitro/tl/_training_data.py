@@ -16,7 +16,7 @@ from bitro.models._config import feature_config, median_mpp, spot_geometry
 from bitro.models._training import TrainingData, TrainingOptions
 
 from ._genes import check_genes, select_genes, shared_genes
-from ._preprocess import ensure_preprocessed
+from ._preprocess import common_preprocessing, ensure_preprocessed, preprocessed_with
 from ._samples import check_groups, opened, patient, spatial_blocks, split
 
 
@@ -64,7 +64,7 @@ def training_data(
     extract = spot_bags if target == "spot" else slide_bags
     spill = BagSpill(spill_to / "bags.bin") if spill_to is not None else None
     given_groups = check_groups(groups, len(samples))
-    ids, grp, tables, sections, mpps, scales = [], [], [], [], [], []
+    ids, grp, tables, sections, mpps, scales, done = [], [], [], [], [], [], []
     # a failure half-way closes the spill file (its folder is the caller's to remove)
     with contextlib.closing(spill) if spill is not None else contextlib.nullcontext():
         for i, sample in enumerate(samples):
@@ -76,6 +76,7 @@ def training_data(
                     )
                 ensure_preprocessed(sdata, prep, kind=target, features=features)
                 features = features or feature_config(sdata)  # every later sample must have the same features
+                done.append(preprocessed_with(sdata, kind=target))
                 _, key, table = expression_table(sdata, target)
                 ids.append(sid)
                 grp.append(given_groups[i] if given_groups is not None else patient(sdata, sid))
@@ -140,6 +141,7 @@ def training_data(
     return TrainingData(
         ids, grp, tr, va, how, list(chosen), list(hvg), sections, train_items, val_items, dict(data_settings), features,
         mpp=median_mpp(mpps), spots=spot_geometry(scales) if target == "spot" else None,
+        preprocessed=common_preprocessing(done, ids),
     )  # fmt: skip
 
 
