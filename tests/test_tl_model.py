@@ -208,6 +208,12 @@ def test_evaluate_writes_per_gene_pearson(trained, sections):
         bt.tl.evaluate(test, genes=["nope"])
     with pytest.raises(KeyError, match="run bt.tl.predict first"):
         bt.tl.evaluate(test, key="other")
+    # refused before anything is written: the scores above stay
+    with pytest.raises(ValueError, match="`genes`: give at least one gene"):
+        bt.tl.evaluate(test, genes=[])
+    with pytest.raises(ValueError, match=r"lists samples \['toy3'\] more than once"):
+        bt.tl.evaluate([test, test])
+    assert np.isfinite(bt.get.predictions(test).var.loc[trained.genes[:5], "bitro_pearson"]).all()
 
 
 def test_requested_genes_missing_from_the_data(sections):
@@ -621,6 +627,9 @@ def test_samples_without_a_patient_are_not_one_patient(toy_sections):
 
     with pytest.raises(ValueError, match=r"`groups` has no patient for samples \[1, 2\]"):
         bt.tl.fit(toy_sections[:3], groups=["p1", None, float("nan")], max_epochs=1, progress=False)
+    for call in (bt.tl.fit, bt.tl.cross_validate):  # a string is not split into one patient per character
+        with pytest.raises(TypeError, match=r"`groups` must be one patient per sample \(a list\), got the string"):
+            call(toy_sections[:3], groups="P1P", max_epochs=1, progress=False)
 
 
 def test_model_folders_paths_and_tables_are_taken_as_users_give_them(toy_sections, tmp_path, monkeypatch):

@@ -44,6 +44,8 @@ def _entry(s, key: str | None, genes: Sequence[str] | None):
     if level == "cells":
         raise ValueError("`key`: cell predictions have no measured counts to be scored against; pass the spot table.")
     use = list(pred.var_names) if genes is None else check_names(genes, "genes")
+    if not use:
+        raise ValueError("`genes`: give at least one gene to score (an empty list scores nothing).")
     missing = [g for g in use if g not in pred.var_names]
     if missing:
         raise KeyError(f"`genes`: {len(missing)} genes were not predicted (e.g. {missing[:5]}).")
@@ -121,7 +123,9 @@ def morans_i(values: np.ndarray, xy: np.ndarray, genes: Sequence[str]) -> np.nda
         adata = ad.AnnData(values[ok].astype(np.float32), var=pd.DataFrame(index=[str(g) for g in genes]))
         adata.obsm["spatial"] = xy[ok]
         sq.gr.spatial_neighbors_knn(adata, n_neighs=N_NEIGHBOURS)
-        result = sq.gr.spatial_autocorr(adata, mode="moran", n_perms=None, copy=True, show_progress_bar=False)
+        with warnings.catch_warnings():  # a constant gene's I is NaN, reported in the scores
+            warnings.filterwarnings("ignore", message=".*variables were constant", category=UserWarning)
+            result = sq.gr.spatial_autocorr(adata, mode="moran", n_perms=None, copy=True, show_progress_bar=False)
     return result["I"].reindex(adata.var_names).to_numpy(dtype=float)
 
 
@@ -178,6 +182,10 @@ def evaluate(
     if not sdatas:
         raise ValueError("`sdata` is an empty list.")
     entries = [_entry(s, key, genes) for s in sdatas]
+    ids = [e["sample"] for e in entries]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:  # one row per sample, and each sample's scores are written into its own table
+        raise ValueError(f"`sdata` lists samples {twice} more than once; give each section once.")
     kinds = {e["kind"] for e in entries}
     if len(kinds) > 1:
         raise ValueError(f"`sdata` mixes spot and slide predictions ({sorted(kinds)}); evaluate them separately.")
@@ -205,8 +213,10 @@ def evaluate(
             if spatial and e["xy"] is not None:
                 columns["moran_pred"] = morans_i(e["pred"], e["xy"], e["use"])
                 columns["moran_obs"] = morans_i(e["truth"], e["xy"], e["use"])
-                metrics["moran_pred_mean"] = float(np.nanmean(columns["moran_pred"]))
-                metrics["moran_obs_mean"] = float(np.nanmean(columns["moran_obs"]))
+                with warnings.catch_warnings():  # too few spots: every I is NaN, and so is the mean
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    metrics["moran_pred_mean"] = float(np.nanmean(columns["moran_pred"]))
+                    metrics["moran_obs_mean"] = float(np.nanmean(columns["moran_obs"]))
             rows.append(dict(sample=e["sample"], level="spot", **metrics))
             per_gene.append(columns)
 

@@ -76,6 +76,8 @@ def check_groups(groups: Sequence[str] | None, n: int) -> list[str] | None:
     """``groups=`` as strings, one per sample."""
     if groups is None:
         return None
+    if isinstance(groups, str | bytes):  # list("P1P2") would be four patients 'P', '1', 'P', '2'
+        raise TypeError(f"`groups` must be one patient per sample (a list), got the string {groups!r}.")
     groups = list(groups.tolist() if hasattr(groups, "tolist") else groups)
     if len(groups) != n:
         raise ValueError(f"`groups` has {len(groups)} entries for {n} samples.")
