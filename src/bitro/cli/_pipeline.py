@@ -403,10 +403,17 @@ def predict_slides(
     Exits with status 1 when a slide failed (its error is in OUT/slides.csv and in the JSON printed).
     """
     import bitro as bt
+    from bitro._validate import check_mpp
 
     if segmentation is Method.imported:
         raise typer.BadParameter("`--segmentation import` needs a path per slide; segment each store instead.")
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} is a file; give a folder (for <sample>.zarr per slide).", param_hint="--out")
+    if mpp is not None:
+        mpp = check_mpp(mpp, "--mpp")
     set_verbosity(verbose, progress=True)
+    if model is not None:
+        model = bt.models.BiTro.load(model)  # once, before any slide: a bad --model is named at once
     table = bt.tl.predict_slides(
         slides[0] if len(slides) == 1 and slides[0].is_dir() else slides,
         out,
