@@ -184,6 +184,20 @@ def test_killed_model_save_keeps_a_whole_model(trained, tmp_path, stage):
     w_old = next(trained.module.parameters()).detach()
     w = next(loaded.module.parameters()).detach()
     np.testing.assert_allclose(w.numpy(), (w_old + (1.0 if new else 0.0)).numpy(), rtol=1e-6)
+    # the killed writer's temporary folder is removed by the next write; live or other machines' writers' stay
+    import os
+    import socket
+
+    def left():
+        return sorted(p.name for p in tmp_path.iterdir() if ".bitro-tmp-" in p.name)
+
+    assert len(left()) == 1
+    live = tmp_path / f".model.bitro-tmp-0000~{os.getpid()}@{socket.gethostname()}"
+    elsewhere = tmp_path / ".model.bitro-tmp-0001~1@another-machine"
+    live.mkdir()
+    elsewhere.mkdir()
+    loaded.save(path, overwrite=True)
+    assert left() == sorted([live.name, elsewhere.name])
 
 
 ADAPTER = """

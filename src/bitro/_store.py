@@ -340,7 +340,9 @@ def replace_folder(path: str | os.PathLike, *, overwrite: bool, owned: set[str] 
                     "delete them. Save to another folder, or move them first."
                 )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.bitro-tmp-{uuid.uuid4().hex[:8]}")
+    _remove_abandoned(path)
+    # the writer's process and machine in the name: a later write knows a killed writer's folder
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}~{os.getpid()}@{_host()}")
     tmp.mkdir()
     try:
         yield tmp
@@ -354,6 +356,37 @@ def replace_folder(path: str | os.PathLike, *, overwrite: bool, owned: set[str] 
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         os.rename(tmp, path)
+
+
+TMP_MARK = ".bitro-tmp-"
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname().replace("/", "_")
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Remove the temporary folders of ``path`` whose writer (a process on this machine) is gone.
+
+    A writer killed before its swap (or between the swap and the clean-up) leaves its folder beside
+    ``path``; a whole slide's store can be gigabytes. Folders of live processes, of other machines
+    (a shared disk) or without a recorded writer are left alone.
+    """
+    import glob
+
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - distributed depends on it
+        return
+    host = _host()
+    for tmp in path.parent.glob(glob.escape(f".{path.name}{TMP_MARK}") + "*~*@*"):
+        writer, _, machine = tmp.name.rpartition("~")[2].partition("@")
+        if machine != host or not writer.isdigit() or psutil.pid_exists(int(writer)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("removed %s, left by a killed write of %s", tmp.name, path.name)
 
 
 def write_store(sdata, path: str | os.PathLike, *, overwrite: bool = False) -> None:
