@@ -460,6 +460,10 @@ def test_cross_validate_reports_model_and_baselines_on_the_same_folds(sections):
     assert len(per_gene) >= 10  # each fold selects its own 10 genes from its training sections
     assert len(pd.concat([cv, cv])) == 18  # attrs do not break concatenation
     assert "grouped by sample" in cv.attrs["protocol"]
+    assert "genes: 10 most variable of each fold's training data" in cv.attrs["protocol"]
+    from bitro.tl._cv import _gene_choice
+
+    assert _gene_choice({"genes": ["gene0001", "gene0002"], "n_genes": 50}) == "the 2 given"
 
 
 def test_cross_validate_from_stores_scores_what_the_objects_score(sections, tmp_path, monkeypatch):

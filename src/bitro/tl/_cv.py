@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bitro._logging import logger
+from bitro._validate import check_names
 
 from ._baselines import aggregate_features, mean_baseline, ridge_baseline
 from ._evaluate import N_TOP_HVG
@@ -173,9 +174,17 @@ def cross_validate(
     df.attrs["protocol"] = (
         f"{n_folds} folds grouped by {'patient' if len(unique) < len(ids) else 'sample'}; per-gene Pearson "
         f"{'across spots within each test section' if target == 'spot' else 'across test slides'}; "
-        f"genes: {fit_kwargs.get('n_genes', 50)} most variable of each fold's training data; seed {seed}"
+        f"genes: {_gene_choice(fit_kwargs)}; seed {seed}"
     )
     return (df, models) if return_models else df
+
+
+def _gene_choice(fit_kwargs: dict) -> str:
+    """How the folds' genes were chosen, for the protocol: the ``n_genes`` most variable, or those given."""
+    given = fit_kwargs.get("genes")
+    if given is None:
+        return f"{fit_kwargs.get('n_genes', 50)} most variable of each fold's training data"
+    return f"the {len(check_names(given, 'genes'))} given"
 
 
 def _validation_score(model, td, hvg) -> float:
