@@ -620,6 +620,32 @@ def test_metadata_not_json(sample):
         bt.io.hest(sample.root, sample.sample_id)
 
 
+@pytest.mark.parametrize(
+    ("changes", "pattern"),
+    [
+        ({"spot_diameter": 0}, r"'spot_diameter' must be a spot diameter in µm > 0, got 0"),  # not the default
+        ({"spot_diameter": -55}, r"'spot_diameter' must be a spot diameter in µm > 0"),
+        ({"spot_diameter": 55000}, r"'spot_diameter' is 55000, outside the plausible 1-1000 µm"),  # in nm
+        ({"pixel_size_um_estimated": 1e6}, r"'pixel_size_um_estimated' is 1e\+06, outside the plausible"),
+        ({"pixel_size_um_estimated": True}, r"'pixel_size_um_estimated' must be a number, got True"),
+    ],
+)
+def test_implausible_metadata_is_refused_naming_the_file(sample, changes, pattern):
+    sample.write_meta(**changes)
+    with pytest.raises(ValueError, match=rf"metadata/{SID}\.json: {pattern}"):
+        bt.io.hest(sample.root, sample.sample_id)
+
+
+def test_metadata_and_table_that_are_not_what_they_say(sample):
+    sample.paths["metadata"].write_text("[1, 2]")
+    with pytest.raises(ValueError, match=rf"metadata/{SID}\.json: expected a JSON object .*got a list"):
+        bt.io.hest(sample.root, sample.sample_id)
+    sample.write_meta()
+    sample.paths["st"].write_text("barcode,gene\n")  # a CSV saved as .h5ad
+    with pytest.raises(ValueError, match=rf"st/{SID}\.h5ad: not a readable h5ad file"):
+        bt.io.hest(sample.root, sample.sample_id)
+
+
 def test_spots_outside_the_image(sample):
     """Spot centres that are not full-resolution pixels (here: doubled) are refused, naming both files."""
     adata = ad.read_h5ad(sample.paths["st"])

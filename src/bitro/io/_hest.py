@@ -13,6 +13,7 @@ import pandas as pd
 from bitro import _constants as K
 from bitro import _sdata
 from bitro._logging import logger
+from bitro._validate import MPP_RANGE
 
 from ._common import check_path, check_spots_inside, make_unique, sanitize_id, spot_sdata
 
@@ -80,16 +81,27 @@ def hest(root: str | os.PathLike, sample_id: str, *, nuclei: bool = True, tissue
         meta = json.loads(files["metadata"].read_text())
     except ValueError as err:
         raise ValueError(f"{files['metadata']}: not valid JSON ({err}).") from err
-    mpp = _positive(meta, ("pixel_size_um_estimated", "pixel_size_um_embedded"), files["metadata"])
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{files['metadata']}: expected a JSON object of sample metadata, got a {type(meta).__name__}."
+        )
+    mpp = _positive(meta, ("pixel_size_um_estimated", "pixel_size_um_embedded"), files["metadata"], MPP_RANGE)
     if mpp is None:
         raise ValueError(f"{files['metadata']}: no positive 'pixel_size_um_estimated' or 'pixel_size_um_embedded'.")
-    spot_um = _positive(meta, ("spot_diameter",), files["metadata"])
+    spot_um = _positive(meta, ("spot_diameter",), files["metadata"], SPOT_UM_RANGE)
+    if spot_um is None and meta.get("spot_diameter") is not None:
+        raise ValueError(
+            f"{files['metadata']}: 'spot_diameter' must be a spot diameter in µm > 0, got {meta['spot_diameter']!r}."
+        )
     if spot_um is None:
         technology = str(meta.get("st_technology", "")).lower()
         spot_um = 100.0 if technology.startswith("spatial transcriptomics") else 55.0
         logger.warning("%s: no spot_diameter; using %g µm for %r", files["metadata"], spot_um, technology or "unknown")
 
-    adata = ad.read_h5ad(files["st"])
+    try:
+        adata = ad.read_h5ad(files["st"])
+    except (OSError, KeyError, ValueError) as err:  # not HDF5, cut short, or not an AnnData
+        raise ValueError(f"{files['st']}: not a readable h5ad file ({' '.join(str(err).split())}).") from err
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(f"{files['st']}: the expression table is empty ({adata.n_obs} x {adata.n_vars}).")
     if "spatial" not in adata.obsm:
@@ -131,17 +143,28 @@ def hest(root: str | os.PathLike, sample_id: str, *, nuclei: bool = True, tissue
     return sdata
 
 
-def _positive(meta: dict, keys: tuple[str, ...], path: Path) -> float | None:
-    """The first of ``keys`` holding a positive number, or ``None``."""
+SPOT_UM_RANGE = (1.0, 1000.0)
+"""Plausible spot diameters in µm (Visium HD bins to legacy ST's 100 µm spots, with margin)."""
+
+
+def _positive(meta: dict, keys: tuple[str, ...], path: Path, plausible: tuple[float, float]) -> float | None:
+    """The first of ``keys`` holding a positive number (within ``plausible``, else an error), or ``None``."""
     for key in keys:
         value = meta.get(key)
         if value is None:
             continue
+        if isinstance(value, bool):  # float(True) would be 1.0
+            raise ValueError(f"{path}: {key!r} must be a number, got {value!r}.")
         try:
             value = float(value)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {key!r} must be a number, got {meta[key]!r}.") from err
         if np.isfinite(value) and value > 0:
+            lo, hi = plausible
+            if not lo <= value <= hi:
+                raise ValueError(
+                    f"{path}: {key!r} is {value:g}, outside the plausible {lo:g}-{hi:g} µm (a unit slip: nm, mm?)."
+                )
             return value
     return None
 
