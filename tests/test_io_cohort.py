@@ -140,3 +140,9 @@ def test_a_slide_file_matches_the_sample_named_by_its_stem(expression, tmp_path)
     slides, cohort = bt.io.cohort(one, folder, mpp=0.5)
     assert len(slides) == 1
     assert cohort.obs[K.SLIDE_PATH_KEY].iloc[0] == str(folder / "S1.svs")
+    (folder / "._S1.svs").write_bytes(b"\x00\x05\x16\x07")  # macOS AppleDouble file copied beside it: not a slide
+    (folder / ".trash").mkdir()
+    shutil.copy(CMU_SLIDE, folder / ".trash" / "S1.svs")
+    slides, cohort = bt.io.cohort(one, folder, mpp=0.5)
+    assert cohort.obs[K.SLIDE_PATH_KEY].tolist() == [str(folder / "S1.svs")]
+    assert not len(cohort.uns["bitro_cohort"]["slides_without_expression"])

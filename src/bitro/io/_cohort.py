@@ -203,9 +203,17 @@ def _slide_paths(slides) -> list[tuple[str, Path]]:
                 for p in [*path.iterdir(), *path.glob("*/*")]
                 if p.is_file() and p.name.lower().endswith(_SLIDE_SUFFIXES)
             )
+            # hidden files are not slides: macOS writes ._S1.svs (AppleDouble) beside S1.svs on other disks
+            hidden = [p for p in found if any(part.startswith(".") for part in p.relative_to(path).parts)]
+            if hidden:
+                logger.info(
+                    "%s: %d hidden files skipped (names starting with '.', e.g. macOS ._ files)", path, len(hidden)
+                )
+            found = [p for p in found if p not in hidden]
             if not found:
                 raise ValueError(
-                    f"`slides`: no slide files ({', '.join(_SLIDE_SUFFIXES)}) in {path} or its subfolders."
+                    f"`slides`: no slide files ({', '.join(_SLIDE_SUFFIXES)}) in {path} or its subfolders"
+                    + (f" ({len(hidden)} hidden files skipped)." if hidden else ".")
                 )
             return [(p.name, p) for p in found]
         if path.suffix.lower() in (".tsv", ".txt", ".csv"):
