@@ -302,6 +302,15 @@ def test_gene_scores_series_and_per_gene_attrs():
         gene_scores(scores, sort_by="nope")
     with pytest.raises(TypeError, match="DataFrame"):
         gene_scores([0.1, 0.2])
+    # a selection of a cross_validate table keeps its attrs: the whole table's means would be drawn
+    cv = pd.DataFrame({"method": ["bitro", "ridge", "bitro", "ridge"], "pearson_mean": [0.5, 0.4, 0.6, 0.3]})
+    cv.attrs.update(per_gene=scores.to_dict(), per_gene_rows=len(cv))
+    assert len(gene_scores(cv, n_genes=4).patches) == 4 * 3
+    with pytest.raises(ValueError, match=r"holds 2 of the 4 rows its attrs\['per_gene'\] averages"):
+        gene_scores(cv[cv["method"] == "bitro"])
+    for bad in (None, 2.7, "5"):
+        with pytest.raises(TypeError, match="`n_genes` must be an integer"):
+            gene_scores(scores, n_genes=bad)
 
 
 def _evaluate_like() -> pd.DataFrame:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bitro._docs import inject_docs
+from bitro._validate import check_int
 
 from ._utils import finish, new_axes
 
@@ -27,6 +28,13 @@ def _score_table(scores: pd.DataFrame | pd.Series) -> pd.DataFrame:
         table = scores.to_frame(name=scores.name if scores.name is not None else "r")
     elif isinstance(scores, pd.DataFrame):
         per_gene = scores.attrs.get("per_gene")
+        rows = scores.attrs.get("per_gene_rows")
+        if per_gene is not None and rows is not None and rows != len(scores):
+            # pandas keeps attrs through a selection: the per-gene means would still be the whole table's
+            raise ValueError(
+                f"`scores` holds {len(scores)} of the {rows} rows its attrs['per_gene'] averages (a selection of "
+                "a bt.tl.cross_validate table): pass the whole table, or per-gene scores (genes x methods)."
+            )
         if isinstance(per_gene, dict):  # bt.tl.cross_validate: {method: {gene: r}}
             per_gene = pd.DataFrame(per_gene)
         table = per_gene if isinstance(per_gene, pd.DataFrame) else scores
@@ -100,12 +108,11 @@ def gene_scores(
     import matplotlib.pyplot as plt
 
     table = _score_table(scores)
-    if int(n_genes) < 1:
-        raise ValueError(f"`n_genes` must be at least 1, got {n_genes}.")
+    n_genes = check_int(n_genes, "n_genes", min_value=1)
     sort_by = table.columns[0] if sort_by is None else str(sort_by)
     if sort_by not in table.columns:
         raise KeyError(f"`sort_by`: {sort_by!r} is not a method of `scores` (methods: {list(table.columns)}).")
-    shown = table.sort_values(sort_by, ascending=False, na_position="last").head(int(n_genes))
+    shown = table.sort_values(sort_by, ascending=False, na_position="last").head(n_genes)
     means = table.mean(axis=0, skipna=True)
     rows = "genes" if table.index.name in (None, "gene", "genes") else f"{table.index.name}s"
 

@@ -171,6 +171,7 @@ def cross_validate(
     df = pd.DataFrame(rows)
     # plain dicts, not a DataFrame: pandas compares attrs when concatenating results
     df.attrs["per_gene"] = {m: pd.concat(s, axis=1).mean(axis=1).to_dict() for m, s in per_gene.items()}
+    df.attrs["per_gene_rows"] = len(df)  # what per_gene averages: a selection of rows is told apart
     df.attrs["protocol"] = (
         f"{n_folds} folds grouped by {'patient' if len(unique) < len(ids) else 'sample'}; per-gene Pearson "
         f"{'across spots within each test section' if target == 'spot' else 'across test slides'}; "
