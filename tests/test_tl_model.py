@@ -245,6 +245,17 @@ def test_single_section_validates_on_spatial_blocks(sections, bitro_log):
     assert np.isfinite(model.history["val_loss"]).all()
 
 
+def test_cross_validation_on_one_training_patient_scores_its_validation_blocks(sections):
+    import bitro as bt
+
+    # each fold trains on one section: it validates on held-out spatial blocks, and is scored on them
+    cv = bt.tl.cross_validate(sections[:2], n_genes=10, max_epochs=1, progress=False)
+    val = cv.loc[cv["method"] == "bitro", "val_pearson_hvg_mean"]
+    assert len(val) == 2
+    assert val.notna().all()
+    assert cv.loc[cv["method"] != "bitro", "val_pearson_hvg_mean"].isna().all()
+
+
 def test_spot_without_cells_is_nan_and_reported(trained, sections, bitro_log):
     import bitro as bt
 

@@ -74,8 +74,8 @@ def cross_validate(
     -------
     One row per fold, test sample (spots; one per fold for slides) and method (``"bitro"``,
     ``"ridge"``, ``"mean"``) with the metrics of :func:`bitro.tl.evaluate`; BiTro's rows (spots) also hold
-    ``val_pearson_hvg_mean``, its score on the sections it validated on, to choose settings by (never by
-    the test scores). ``df.attrs["per_gene"]``
+    ``val_pearson_hvg_mean``, its score on the sections it validated on (with one training patient: on
+    the held-out spatial blocks' spots), to choose settings by (never by the test scores). ``df.attrs["per_gene"]``
     holds each method's per-gene Pearson averaged over folds (``{method: {gene: r}}``), ready for
     :func:`bitro.pl.gene_scores`; ``df.attrs["protocol"]`` describes the split. With
     ``return_models=True``: ``(df, models)``, one model per fold.
@@ -189,11 +189,24 @@ def _gene_choice(fit_kwargs: dict) -> str:
 
 
 def _validation_score(model, td, hvg) -> float:
-    """Mean top-HVG Pearson of ``model`` on the sections it validated on (for choosing settings; never the test)."""
-    val = model.config["training"].get("validation") or []
+    """Mean top-HVG Pearson of ``model`` on what it validated on (for choosing settings; never the test).
+
+    The validation sections, or (one training patient) the held-out spatial blocks' spots of each section.
+    """
+    if td.how == "blocks":
+        held: dict[int, list[int]] = {}
+        for si, b in td.val_items:
+            held.setdefault(si, []).append(b)
+        parts = [(td.sections[si], np.asarray(bags)) for si, bags in held.items()]
+    else:
+        val = model.config["training"].get("validation") or []
+        parts = [(td.sections[td.ids.index(v)], None) for v in val if v in td.ids]
     scores = []
-    for bags in (td.sections[td.ids.index(v)] for v in val if v in td.ids):
-        scores.append(spot_metrics(bags.y, model.predict_bags(bags)[0], hvg_index=hvg)["pearson_hvg_mean"])
+    for bags, rows in parts:
+        y, pred = bags.y, model.predict_bags(bags)[0]
+        if rows is not None:
+            y, pred = y[rows], pred[rows]
+        scores.append(spot_metrics(y, pred, hvg_index=hvg)["pearson_hvg_mean"])
     return float(np.mean(scores)) if scores else float("nan")
 
 
