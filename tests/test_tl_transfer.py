@@ -279,3 +279,132 @@ def test_transfer_learns_the_target_labels(bulk_model, toy_sections, mode):
     test = toy_sections[3]
     bt.tl.predict(test, new)
     assert bt.tl.evaluate(test).loc["toy3", "pearson_mean"] > 0.2  # held-out spots, same genes
+
+
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.module.state_dict().items()}
+
+
+def _assert_same_state(model, before: dict) -> None:
+    after = model.module.state_dict()
+    assert list(after) == list(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
+def _edit_json(path, change) -> None:
+    import json
+
+    value = json.loads(path.read_text())
+    change(value)
+    path.write_text(json.dumps(value))
+
+
+def test_failed_adapter_load_leaves_the_model_as_it_was(bulk_model, lora_model, tmp_path):
+    """peft injects LoRA layers before it loads their weights: a failed load must not leave them behind."""
+    import shutil
+
+    from bitro.models import BiTro
+
+    lora_model.save_adapter(tmp_path / "adapter")
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path / "adapter", bad)
+    _edit_json(bad / "adapter_config.json", lambda c: c.update(r=4))  # the rank no longer fits the weights
+    _edit_json(bad / "bitro_adapter.json", lambda m: m.pop("files_sha256", None))  # as saved before the digests
+    model = copy.deepcopy(bulk_model)
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"bad: peft could not load the LoRA adapter .*size mismatch"):
+        model.load_adapter(bad)
+    assert model.peft is None
+    assert model.adapters == {}
+    _assert_same_state(model, before)
+    model.save(tmp_path / "model")  # still a plain model that loads back
+    _assert_same_state(BiTro.load(tmp_path / "model"), before)
+    # a good adapter afterwards loads as onto a fresh model
+    assert model.load_adapter(tmp_path / "adapter") == "default"
+    _assert_same_state(model, _state(lora_model))
+    # failing as the second adapter leaves the first one as it was
+    with_one = _state(model)
+    with pytest.raises(ValueError, match="peft could not load"):
+        model.load_adapter(bad, name="second")
+    assert list(model.adapters) == ["default"]
+    assert list(model.peft.peft_config) == ["default"]
+    _assert_same_state(model, with_one)
+
+
+def test_merge_drops_the_heads_of_the_base_backbone(lora_model, toy_slides, bitro_log):
+    """After a merge the backbone changed: the bulk head of the bulk base model would predict stale values."""
+    merged = copy.deepcopy(lora_model)
+    assert "bulk" in merged.module.heads
+    merged.merge_adapter()
+    assert list(merged.module.heads) == ["spot"]
+    assert list(merged.config["genes"]) == list(merged.config["hvg"]) == ["spot"]
+    assert merged.base_heads == {}
+    assert "['bulk'] head(s) of the source model are dropped" in bitro_log.text
+    with pytest.raises(ValueError, match=r"`target`: the model has no 'bulk' head"):
+        bt.tl.predict(toy_slides[0], merged, target="bulk")
+
+
+def test_weights_from_another_save_are_refused(bulk_model, lora_model, tmp_path):
+    """Same genes, network and features, other weights: the file is not the one saved with the settings."""
+    import shutil
+
+    from bitro.models import BiTro
+
+    other = copy.deepcopy(bulk_model)
+    with torch.no_grad():
+        next(other.module.parameters()).add_(0.1)
+    bulk_model.save(tmp_path / "a")
+    other.save(tmp_path / "b")
+    shutil.copytree(tmp_path / "a", tmp_path / "mixed")
+    shutil.copyfile(tmp_path / "b" / "model.safetensors", tmp_path / "mixed" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"mixed/model.safetensors does not belong to .*mixed/config.json"):
+        BiTro.load(tmp_path / "mixed")
+    # saves made before the digest (and the bundled model) still load
+    _edit_json(tmp_path / "b" / "config.json", lambda c: c.pop("weights_sha256"))
+    _assert_same_state(BiTro.load(tmp_path / "b"), _state(other))
+    assert BiTro.load(bt.models.default_model_path()).head == "spot"
+    # adapters: each file is tied to bitro_adapter.json
+    second = copy.deepcopy(lora_model)
+    with torch.no_grad():
+        for name, p in second.module.named_parameters():
+            if ".lora_B." in name or name.startswith("heads.spot."):
+                p.add_(0.1)
+    lora_model.save_adapter(tmp_path / "ad1")
+    second.save_adapter(tmp_path / "ad2")
+    for f in ("adapter_model.safetensors", "head.safetensors", "adapter_config.json"):
+        mixed = tmp_path / f"mixed_{f.split('.')[0]}"
+        shutil.copytree(tmp_path / "ad1", mixed)
+        if f.endswith(".json"):
+            _edit_json(mixed / f, lambda c: c.update(lora_alpha=c["lora_alpha"] * 2))
+        else:
+            shutil.copyfile(tmp_path / "ad2" / f, mixed / f)
+        with pytest.raises(ValueError, match=rf"{mixed.name}/{f} does not belong to .*bitro_adapter.json"):
+            BiTro.load(tmp_path / "a", adapter=mixed)
+
+
+def test_adapter_names_and_damaged_settings_are_refused(bulk_model, lora_model, tmp_path):
+    import shutil
+
+    from bitro.models import BiTro
+
+    lora_model.save_adapter(tmp_path / "adapter")
+    model = copy.deepcopy(bulk_model)
+    before = _state(model)
+    for name in ("x.y", "p/q", "a b/c"):
+        with pytest.raises(ValueError, match=r"^`name`"):
+            model.load_adapter(tmp_path / "adapter", name=name)
+    with pytest.raises(ValueError, match=r"^`adapter_name` must not contain '\.'"):
+        model.add_lora("x.y")
+    assert model.peft is None
+    _assert_same_state(model, before)
+    for key in ("base_identity", "kind"):
+        damaged = tmp_path / f"no_{key}"
+        shutil.copytree(tmp_path / "adapter", damaged)
+        _edit_json(damaged / "bitro_adapter.json", lambda m, key=key: m.pop(key))
+        with pytest.raises(ValueError, match=rf"no_{key}/bitro_adapter.json: the entries \['{key}'\] are missing"):
+            model.load_adapter(damaged)
+    bulk_model.save(tmp_path / "model")
+    _edit_json(tmp_path / "model" / "config.json", lambda c: c.pop("training"))
+    with pytest.raises(ValueError, match=r"model/config.json: the entries \['training'\] are missing"):
+        BiTro.load(tmp_path / "model")

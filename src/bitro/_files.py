@@ -3,7 +3,9 @@
 Weights are safetensors (nothing is unpickled) and settings JSON. Each weights file carries, in
 its metadata, a digest of the settings the weights depend on (genes per head, network size, cell
 features), so a ``config.json`` edited or left from another save is refused instead of silently
-renaming the outputs.
+renaming the outputs. The settings file also records the sha256 of the weights file saved with it
+(:func:`file_digest`), so a weights file copied from another save with the same genes and network
+size is refused too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,26 @@ def config_digest(config: dict[str, Any]) -> str:
     features = config.get("features") or {}
     keys = {"architecture": config.get("architecture"), "genes": config.get("genes"), "features": features.get("names")}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (recorded beside weights, so a file from another save is refused)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_file_digest(path: Path, expected: str | None, *, record: Path) -> None:
+    """Refuse ``path`` when its sha256 is not the one ``record`` lists (``None``: an older save, accepted)."""
+    if expected is None:
+        return
+    if not isinstance(expected, str) or file_digest(path) != expected:
+        raise ValueError(
+            f"{path} does not belong to {record}: it is not the file saved with it (was it copied from another "
+            f"save, or edited?). Put back the {Path(path).name} saved with {Path(record).name}, or save again."
+        )
 
 
 def read_json(path: Path, *, what: str) -> dict[str, Any]:

@@ -39,6 +39,14 @@ class Adapter(Head):
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def check_adapter_name(value, name: str) -> str:
+    """An adapter name: spatialdata's name rules (``[A-Za-z0-9_.-]``) without ``.`` (torch module keys cannot hold one)."""
+    value = check_name(value, name)
+    if "." in value:
+        raise ValueError(f"`{name}` must not contain '.' (it names torch modules), got {value!r}.")
+    return value
+
+
 def check_lora(r: int, alpha: float, dropout: float, hidden: int) -> tuple[int, float, float]:
     """LoRA settings, checked: ``1 <= r <= min(hidden, 256)``, ``alpha`` in (0, 1024], ``dropout`` in [0, 0.9]."""
     r = check_int(r, "r", min_value=1)
@@ -47,6 +55,22 @@ def check_lora(r: int, alpha: float, dropout: float, hidden: int) -> tuple[int, 
     alpha = check_float(alpha, "alpha", min_value=0, max_value=1024, strict_min=True)
     dropout = check_float(dropout, "dropout", min_value=0, max_value=0.9)
     return r, alpha, dropout
+
+
+def check_adapter_meta(meta: dict, path: Path) -> None:
+    """Refuse a ``bitro_adapter.json`` without the entries an adapter needs, naming the file."""
+    missing = [k for k in ("name", "kind", "genes", "hvg", "base_identity") if k not in meta]
+    if missing:
+        raise ValueError(
+            f"{path}: the entries {missing} are missing; the adapter's settings are damaged "
+            "(expected those save_adapter writes). Save the adapter again."
+        )
+    for key in ("name", "kind", "base_identity"):
+        if not isinstance(meta[key], str) or not meta[key]:
+            raise ValueError(f"{path}: `{key}` must be a non-empty string, got {meta[key]!r}. Save the adapter again.")
+    for key in ("genes", "hvg"):
+        if not isinstance(meta[key], list) or not all(isinstance(g, str) for g in meta[key]):
+            raise ValueError(f"{path}: `{key}` must be a list of gene names. Save the adapter again.")
 
 
 class AdapterMixin:
@@ -98,10 +122,14 @@ class AdapterMixin:
     def drop_heads(self, *, keep: str) -> list[str]:
         """Remove every head but ``keep`` (after the backbone changes, they would predict stale values)."""
         stale = [k for k in self.module.heads if k != keep]
+        calibrations = self.config.get("calibration")
         for k in stale:
             del self.module.heads[k]
             self.config["genes"].pop(k, None)
             self.config["hvg"].pop(k, None)
+            if isinstance(calibrations, dict):
+                calibrations.pop(k, None)
+            self.base_heads.pop(k, None)
         if stale:
             logger.info("the %s head(s) of the source model are dropped: the backbone changes", stale)
         return stale
@@ -135,7 +163,7 @@ class AdapterMixin:
 
         from ._lora import DEFAULT_TARGET_MODULES, check_target_modules
 
-        name = check_name(name, "adapter_name")
+        name = check_adapter_name(name, "adapter_name")
         if name in self.adapters:
             raise ValueError(f"`adapter_name`: the model already has an adapter {name!r}; pick another name.")
         r, alpha, dropout = check_lora(r, alpha, dropout, self.config["architecture"]["hidden"])
@@ -202,10 +230,10 @@ class AdapterMixin:
         import tempfile
 
         from bitro import __version__
-        from bitro._files import write_json, write_weights
+        from bitro._files import file_digest, write_json, write_weights
         from bitro._store import replace_folder
 
-        from ._lora import ADAPTER_FILE, HEAD_FILE, PEFT_FILES
+        from ._lora import ADAPTER_FILE, FILES_DIGEST_KEY, HEAD_FILE, PEFT_FILES
         from ._model import FORMAT
 
         name = name or self.active_adapter
@@ -231,6 +259,8 @@ class AdapterMixin:
             for f in PEFT_FILES:
                 shutil.copyfile(src / f, out / f)
             write_weights(entry.head.state_dict(), out / HEAD_FILE, config=self._head_config(meta), fmt=FORMAT)
+            # ties the other files to bitro_adapter.json: a file from another adapter is refused on load
+            meta[FILES_DIGEST_KEY] = {f: file_digest(out / f) for f in (*PEFT_FILES, HEAD_FILE)}
             write_json(meta, out / ADAPTER_FILE)
         logger.info("saved adapter %r (%s head, %d genes) to %s", name, entry.kind, len(entry.genes), path)
 
@@ -241,41 +271,61 @@ class AdapterMixin:
     def load_adapter(self, dir_path: str | os.PathLike, *, name: str | None = None) -> str:
         """Load an adapter saved with :meth:`save_adapter` onto this (base) model and activate it.
 
+        Every file is checked first (each must be the one saved with ``bitro_adapter.json``, and the
+        adapter must have been trained on this base model), and peft loads the LoRA layers into a copy
+        of the network that replaces it only once complete: an adapter that fails to load leaves the
+        model exactly as it was.
+
         Parameters
         ----------
         dir_path
             Folder written by :meth:`save_adapter`.
         name
-            Name to give it (default: the name it was saved under).
+            Name to give it (default: the name it was saved under): letters, digits, ``_`` and ``-``.
 
         Returns
         -------
         str
             The adapter's name.
         """
-        from bitro._files import check_digest, read_json, read_weights
+        import copy
 
-        from ._lora import ADAPTER_FILE, HEAD_FILE, PEFT_FILES, check_adapter_loaded
+        from bitro._files import check_digest, check_file_digest, read_json, read_weights
+
+        from ._lora import ADAPTER_FILE, FILES_DIGEST_KEY, HEAD_FILE, PEFT_FILES, check_adapter_loaded
         from ._model import FORMAT
         from ._module import BagHead
 
+        if name is not None:
+            name = check_adapter_name(name, "name")
         path = Path(dir_path).expanduser()
-        if not (path / ADAPTER_FILE).is_file():
+        record = path / ADAPTER_FILE
+        if not record.is_file():
             raise FileNotFoundError(f"`dir_path`: {path} is not a saved bitro adapter (no {ADAPTER_FILE}).")
-        meta = read_json(path / ADAPTER_FILE, what="adapter's settings")
+        meta = read_json(record, what="adapter's settings")
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: adapter format {meta.get('format')!r}; this bitro reads format {FORMAT}.")
+        check_adapter_meta(meta, record)
         if meta["base_identity"] != self.identity:
             raise ValueError(
                 f"{path}: the adapter was trained on another base model (backbone {meta['base_identity'][:12]}..., "
                 f"this model's is {self.identity[:12]}...). Load it onto the model it was trained from."
             )
-        name = name or meta["name"]
+        if name is None:
+            try:
+                name = check_adapter_name(meta["name"], "name")
+            except ValueError as err:
+                raise ValueError(f"{record}: {err} Pass `name=` to load it under another name.") from err
         if name in self.adapters:
             raise ValueError(f"`name`: the model already has an adapter {name!r}; pass another name.")
         # read and check every file before the model changes, so a damaged adapter leaves it as it was
+        digests = meta.get(FILES_DIGEST_KEY) or {}  # adapters saved before the digests: none, accepted
+        for f in (*PEFT_FILES, HEAD_FILE):
+            if not (path / f).is_file():
+                raise FileNotFoundError(f"{path / f}: missing; the adapter in {path} is incomplete. Save it again.")
+            check_file_digest(path / f, digests.get(f), record=record)
         head_state, head_meta = read_weights(path / HEAD_FILE, what="adapter's head")
-        check_digest(head_meta, self._head_config(meta), weights=path / HEAD_FILE, config_path=path / ADAPTER_FILE)
+        check_digest(head_meta, self._head_config(meta), weights=path / HEAD_FILE, config_path=record)
         head = BagHead(self.config["architecture"]["hidden"], len(meta["genes"]))
         try:
             head.load_state_dict(head_state)
@@ -285,20 +335,37 @@ class AdapterMixin:
         read_weights(path / PEFT_FILES[1], what="LoRA weights")
         from peft import PeftModel
 
-        if self.peft is None:
-            self.peft = PeftModel.from_pretrained(self.module, str(path), adapter_name=name)
-        else:
-            self.peft.load_adapter(str(path), adapter_name=name)
-        check_adapter_loaded(self.peft, name, path)
-        keep = {k: v for k, v in meta.items() if k not in ("genes", "hvg", "name", "kind")}
+        # peft injects the LoRA layers into the network before it loads their weights: work on a copy
+        # (network, adapters and set-aside heads together, so they keep pointing at each other) and
+        # keep it only once the adapter is in, so a failed load leaves this model exactly as it was
+        work_peft, work_module, work_adapters, work_base_heads = copy.deepcopy(
+            (self.peft, self.module, self.adapters, self.base_heads)
+        )
+        try:
+            if work_peft is None:
+                work_peft = PeftModel.from_pretrained(work_module, str(path), adapter_name=name)
+            else:
+                work_peft.load_adapter(str(path), adapter_name=name)
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            detail = " ".join(lines[:2])[:300] or type(err).__name__
+            raise ValueError(
+                f"{path}: peft could not load the LoRA adapter ({detail}); {PEFT_FILES[0]} does not match "
+                f"{PEFT_FILES[1]} or this network. The model is unchanged; save the adapter again."
+            ) from err
+        check_adapter_loaded(work_peft, name, path)
+        self.peft, self.module, self.adapters, self.base_heads = work_peft, work_module, work_adapters, work_base_heads
+        keep = {k: v for k, v in meta.items() if k not in ("genes", "hvg", "name", "kind", FILES_DIGEST_KEY)}
         self.register_adapter(name, kind=meta["kind"], genes=meta["genes"], hvg=meta["hvg"], head=head, meta=keep)
         return name
 
     def merge_adapter(self) -> None:
         """Merge the active LoRA adapter into the base weights, leaving one plain model (for deployment).
 
-        Predictions are unchanged (up to float rounding); other adapters are dropped; :meth:`save`
-        then writes an ordinary model.
+        The active adapter's predictions are unchanged (up to float rounding); other adapters are
+        dropped, and so are the heads of other label kinds (e.g. the ``"bulk"`` head of a bulk model
+        adapted to spots): they belong to the base backbone, which the merge changes, so they would
+        predict stale values. :meth:`save` then writes an ordinary model with the adapter's head only.
         """
         if self.peft is None:
             raise ValueError("this model has no LoRA adapter to merge.")
@@ -308,5 +375,7 @@ class AdapterMixin:
         self.peft = None
         self.adapters = {}
         self.active_adapter = None
+        self.base_heads = {}  # the base backbone's heads: stale on the merged one
+        self.drop_heads(keep=entry.kind)
         self.config["merged_adapter"] = dict(entry.meta, name=name)
         self.module.eval()

@@ -3,7 +3,8 @@
 An adapter is peft's own files (``adapter_config.json`` + ``adapter_model.safetensors``, written by
 ``PeftModel.save_pretrained``) plus the head it trained (``head.safetensors``) and
 ``bitro_adapter.json``: its name, label kind, genes, LoRA settings and the identity (a sha256 of the
-backbone weights) of the base model it adapts, checked when it is loaded.
+backbone weights) of the base model it adapts, checked when it is loaded, and the sha256 of the other
+three files, so a file copied from another adapter is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ DEFAULT_TARGET_MODULES = ("encoder.proj", "q_proj", "k_proj", "v_proj", "out_pro
 ADAPTER_FILE, HEAD_FILE = "bitro_adapter.json", "head.safetensors"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 """The files ``PeftModel.save_pretrained`` writes for one adapter."""
+FILES_DIGEST_KEY = "files_sha256"
+"""``bitro_adapter.json`` key of the sha256 of each other file of the adapter (a file from another save is refused)."""
 
 
 def linear_names(module) -> list[str]:

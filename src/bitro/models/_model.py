@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 FORMAT = 1
 """Version of the saved layout (``config.json`` + ``model.safetensors``); bumped when it changes."""
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+WEIGHTS_DIGEST_KEY = "weights_sha256"
+"""``config.json`` key of the sha256 of the ``model.safetensors`` saved with it."""
+REQUIRED_KEYS = ("architecture", "genes", "hvg", "features", "training")
+"""``config.json`` entries (JSON objects) every model needs."""
 
 
 class Prediction(NamedTuple):
@@ -227,7 +231,7 @@ class BiTro(AdapterMixin):
             nothing else in it is lost).
         """
         from bitro import __version__
-        from bitro._files import write_json, write_weights
+        from bitro._files import file_digest, write_json, write_weights
         from bitro._store import replace_folder
 
         if self.peft is not None:
@@ -242,6 +246,7 @@ class BiTro(AdapterMixin):
         config["history"] = self.history.replace({np.nan: None}).to_dict(orient="list")
         with replace_folder(path, overwrite=overwrite, owned={CONFIG_FILE, WEIGHTS_FILE}) as tmp:
             write_weights(self.module.state_dict(), tmp / WEIGHTS_FILE, config=config, fmt=FORMAT)
+            config[WEIGHTS_DIGEST_KEY] = file_digest(tmp / WEIGHTS_FILE)  # ties config.json to these weights
             write_json(config, tmp / CONFIG_FILE)
         logger.info("saved BiTro (%s head, %d genes) to %s", self.head, len(self.genes), path)
 
@@ -270,7 +275,7 @@ class BiTro(AdapterMixin):
         BiTro
             The model, in evaluation mode.
         """
-        from bitro._files import check_digest, read_json, read_weights
+        from bitro._files import check_digest, check_file_digest, read_json, read_weights
 
         from ._lora import ADAPTER_FILE
 
@@ -290,9 +295,12 @@ class BiTro(AdapterMixin):
                 f"{path}: model format {fmt!r} (written by bitro {config.get('bitro_version', '?')}); this bitro "
                 f"reads format {FORMAT}. Re-train or re-save the model with a matching bitro version."
             )
+        check_config(config, path / CONFIG_FILE)
         history = pd.DataFrame(config.pop("history", {"epoch": [], "train_loss": [], "val_loss": []}))
+        weights_sha256 = config.pop(WEIGHTS_DIGEST_KEY, None)  # older saves have none: accepted
         state, metadata = read_weights(path / WEIGHTS_FILE, what="model's weights")
         check_digest(metadata, config, weights=path / WEIGHTS_FILE, config_path=path / CONFIG_FILE)
+        check_file_digest(path / WEIGHTS_FILE, weights_sha256, record=path / CONFIG_FILE)
         module = build_module(config)
         check_state(module, state, config, path)
         module.load_state_dict(state)
@@ -302,6 +310,22 @@ class BiTro(AdapterMixin):
         if names:
             model.set_adapter(names[0])
         return model
+
+
+def check_config(config: dict, path) -> None:
+    """Refuse a ``config.json`` without the settings a model needs, naming the file and the entries."""
+    missing = [k for k in REQUIRED_KEYS if not isinstance(config.get(k), dict)]
+    if missing:
+        raise ValueError(
+            f"{path}: the entries {missing} are missing or not JSON objects; the model's settings are damaged "
+            "(expected those BiTro.save writes). Save the model again."
+        )
+    target = config["training"].get("target")
+    if not isinstance(target, str) or target not in config["genes"]:
+        raise ValueError(
+            f"{path}: training.target is {target!r}, expected one of the heads {list(config['genes'])}; the model's "
+            "settings are damaged. Save the model again."
+        )
 
 
 def build_module(config: dict) -> BiTroModule:
