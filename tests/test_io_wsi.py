@@ -621,3 +621,11 @@ def test_tissue_mask_rejects_non_rgb():
         tissue_mask(np.zeros((10, 10), np.uint8))
     with pytest.raises(TypeError, match="uint8"):
         tissue_mask(np.zeros((10, 10, 3), np.float32))
+
+
+def test_an_aperio_pixel_size_with_a_decimal_comma_is_read(tmp_path):
+    path = tmp_path / "comma.svs"  # written by a scanner set to a German or French locale
+    tifffile.imwrite(
+        path, synthetic(256, 256), photometric="rgb", description="Aperio Image Library v12 |AppMag = 20|MPP = 0,499"
+    )
+    assert wsi(path, tissue=False).attrs[K.ATTRS_KEY][K.ATTR_MPP] == pytest.approx(0.499)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 _UNIT_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "nm": 1e-3}
 """µm per OME ``UnitsLength`` (micro sign; a Greek mu is read as one); other lengths are not pixel sizes."""
-_APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([-+0-9.eE]+)")
+_APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([^|\r\n]*)")
 
 
 def _tiff_mpp(tif, page, *, series_index: int, ignored: list[str]) -> tuple[float | None, str]:
@@ -31,11 +31,12 @@ def _tiff_mpp(tif, page, *, series_index: int, ignored: list[str]) -> tuple[floa
     if description.startswith("Aperio"):
         match = _APERIO_MPP.search(description)
         if match:
-            try:
-                value = float(match.group(1))
+            text = match.group(1).strip()
+            try:  # a decimal comma (a scanner set to a German or French locale) is a decimal point
+                value = float(re.sub(r"^(\d+),(\d+)$", r"\1.\2", text))
             except ValueError:
                 value = math.nan
-            usable = _usable(value, value, f"its Aperio MPP {match.group(1)!r}", ignored)
+            usable = _usable(value, value, f"its Aperio MPP {text!r}", ignored)
             if usable is not None:
                 return usable, "its Aperio MPP"
     return _resolution_mpp(page, ignored)
