@@ -385,7 +385,6 @@ def predict_slides(
         typer.Argument(help="Slide files, zarr stores (predicted in place), or one folder of them.", exists=True),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <sample>.zarr per slide and slides.csv.")],
-    fullres_image: FullRes = None,
     model: Annotated[Path | None, typer.Option(help="A saved model folder; default: the bundled model.")] = None,
     segmentation: Annotated[
         Method | None, typer.Option(help="Nuclei by this method instead of the model's (unet, watershed, cellpose).")
