@@ -274,6 +274,12 @@ def test_spot_without_cells_is_nan_and_reported(trained, sections, bitro_log):
     assert pred.uns["bitro_pred"]["params"]["n_bags_without_cells"] == 1
     # the spot's former cells are still predicted (from pseudo-spots)
     assert np.isfinite(bt.get.predictions(test, level="cells").X[gone]).all()
+    # no spot with a prediction at all: evaluating scores nothing, and says so at the default verbosity
+    cells.obs["spot_id"] = pd.Series(pd.NA, index=cells.obs.index, dtype="string")
+    with bitro_log.at_level(logging.WARNING, logger="bitro"):
+        bt.tl.predict(test, trained, uncertainty=False)
+        assert bt.tl.evaluate(test, spatial=False).loc["toy3", "n_obs"] == 0
+    assert "no spot has a prediction" in bitro_log.text
 
 
 def test_other_pixel_size_is_refused(trained, sections):

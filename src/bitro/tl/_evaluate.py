@@ -206,7 +206,11 @@ def evaluate(
         for e in entries:
             metrics = spot_metrics(e["truth"], e["pred"], hvg_index=top)
             no_prediction = int((np.isnan(e["pred"]).all(axis=1) & ~np.isnan(e["truth"]).all(axis=1)).sum())
-            if no_prediction:
+            if no_prediction and metrics.get("n_obs") == 0:
+                logger.warning(
+                    "%s: no spot has a prediction (no cells assigned to spots?): nothing scored", e["sample"]
+                )
+            elif no_prediction:
                 logger.info("%s: %d spots without a prediction are not scored", e["sample"], no_prediction)
             metrics["coverage_80"] = _coverage(e["truth"], e["pred"], e["sd"])
             columns = {key_added: pearson_per_gene(e["truth"], e["pred"])}
