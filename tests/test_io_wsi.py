@@ -482,6 +482,8 @@ def test_a_hidden_file_name_gives_elements_a_store_reads_back(tmp_path):
     sdata.write(tmp_path / "s.zarr")
     assert set(bt.io.read_zarr(tmp_path / "s.zarr").images) == {"hidden_he_image"}
     assert set(wsi(path, sample_id="..", mpp=0.5, tissue=False).images) == {"sample_he_image"}
+    with pytest.raises(ValueError, match="`sample_id` is 250 characters .*at most 128"):
+        wsi(path, sample_id="a" * 250, mpp=0.5, tissue=False)  # its folders' names would be too long to write
 
 
 # --- bad input ----------------------------------------------------------------------------------------------

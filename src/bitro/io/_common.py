@@ -33,6 +33,10 @@ def check_path(path: str | os.PathLike, *, name: str, kind: str = "file") -> Pat
     return p
 
 
+MAX_ID_LENGTH = 128
+"""Longest sample id: element names add suffixes (``_full_image``), folder names stop at 255 bytes."""
+
+
 def sanitize_id(value: str, *, name: str) -> str:
     """Make ``value`` usable as an element-name prefix (``[A-Za-z0-9_.-]``, no leading ``_`` or ``.``), logging any change.
 
@@ -41,6 +45,11 @@ def sanitize_id(value: str, *, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError(f"`{name}` must be a non-empty string, got {value!r}.")
     clean = _INVALID.sub("_", value).lstrip("_.") or "sample"
+    if len(clean) > MAX_ID_LENGTH:  # element folders are named after it: file systems stop at 255 bytes
+        raise ValueError(
+            f"`{name}` is {len(clean)} characters ({clean[:40]}...); give one of at most {MAX_ID_LENGTH}: the "
+            "store's element folders are named after it."
+        )
     if clean != value:
         logger.warning("`%s` %r is not a valid element name; using %r.", name, value, clean)
     return clean
