@@ -338,3 +338,46 @@ def test_segment_cells_imports_a_segmentation(toy_st, tmp_path):
     cells = toy_st[K.CELLS_TABLE_KEY]
     assert cells.n_obs == len(truth)
     assert np.allclose(np.sort(cells.obs[K.CENTROID_X_PX]), np.sort(truth.geometry.centroid.x))
+
+
+def test_imported_classes_are_kept_and_cells_off_the_image_are_counted(toy_st, tmp_path):
+    import shapely
+
+    import bitro as bt
+
+    _, truth, _ = _truth(toy_st)
+    names = ["Neoplastic" if i % 3 else "Inflammatory" for i in range(len(truth))]
+    features = [_feature(g, n) for g, n in zip(truth.geometry, names, strict=True)]
+    off = shapely.Point(-50, -50).buffer(8)  # e.g. a misaligned export: no pixel of the image under it
+    features.append(_feature(off, "Stromal"))
+    path = tmp_path / "cells.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    with pytest.warns(UserWarning, match=rf"1 of {len(truth) + 1} cells of .* lie outside image .* left out"):
+        bt.pp.segment_cells(toy_st, method="import", path=path)
+    cells = toy_st[K.CELLS_TABLE_KEY]
+    assert cells.n_obs == len(truth)
+    assert cells.obs[K.CELL_TYPE_KEY].tolist() == names  # the file's classes, in the cells' order
+    assert toy_st.attrs[K.ATTRS_KEY]["segmentation"] == {"method": "import"}
+    # cells in another frame (here: µm instead of pixels, way off the image) are refused, not written
+    far = [_feature(shapely.affinity.translate(g, 5000, 5000)) for g in truth.geometry]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": far}))
+    with pytest.raises(ValueError, match=r"`path`: none of the .* cells .* lie on image .*another frame"):
+        bt.pp.segment_cells(toy_st, method="import", path=path)
+    assert toy_st[K.CELLS_TABLE_KEY].n_obs == len(truth)
+
+
+def test_a_cell_off_the_image_gets_no_other_cells_features(toy_st):
+    import shapely
+
+    import bitro as bt
+    from bitro.pp._cells import write_cells
+
+    info = toy_st.attrs[K.ATTRS_KEY]
+    polygons = [shapely.Point(-50, -50).buffer(8), shapely.Point(300, 300).buffer(8)]
+    write_cells(toy_st, polygons, image=info[K.ATTR_IMAGE], method="import")
+    bt.pp.cell_features(toy_st, method="morphology")
+    cells = toy_st[K.CELLS_TABLE_KEY]
+    names = list(cells.uns["bitro_features"]["names"])
+    values = cells.obsm["bitro_features"][:, names.index("h_mean")]
+    assert np.isnan(values[0])  # nothing measured outside the image: never the other cell's value
+    assert np.isfinite(values[1])

@@ -36,12 +36,14 @@ def write_cells(
     key_added: str | None = None,
     segmentation_mpp: float | None = None,
     segmentation: dict | None = None,
+    cell_type=None,
 ) -> tuple[str, str]:
     """Add nucleus ``polygons`` (level-0 pixels of ``image``) as ``{method}_boundaries`` and the ``bitro_cells`` table.
 
     Replaces a previous cells layer of the same names (on a backed object the new layer is complete
     on disk before the old one goes); ``segmentation_mpp`` (the pixel size segmented at) and
-    ``segmentation`` (the method and options, see ``segmentation_record``) are recorded in attrs. What was derived from the previous cells (features, spot assignment, graph: columns of
+    ``segmentation`` (the method and options, see ``segmentation_record``) are recorded in attrs;
+    ``cell_type`` (one class per polygon, e.g. from an imported file) becomes ``obs["cell_type"]``. What was derived from the previous cells (features, spot assignment, graph: columns of
     the replaced table; predictions) is no longer recorded in attrs, so no step reads it for the new
     cells (the prediction tables stay, unreferenced, until ``bt.tl.predict`` replaces them).
     Returns ``(shapes_key, table_key)``.
@@ -71,6 +73,8 @@ def write_cells(
         },
         index=[f"cell{i}" for i in cell_ids],
     )
+    if cell_type is not None:  # classes an imported segmentation carries (CellViT, HoVer-Net, QuPath)
+        obs[K.CELL_TYPE_KEY] = pd.Categorical(np.asarray(cell_type, dtype=object))
     table = TableModel.parse(
         ad.AnnData(obs=obs), region=shapes_key, region_key=K.REGION_KEY, instance_key=K.CELL_ID_KEY
     )

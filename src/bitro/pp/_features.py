@@ -476,7 +476,11 @@ def _tile_job(
         return None, len(cells)
     # every polygon touching the window, in global order (so overlaps resolve the same in every tile)
     near = np.sort(tree.query(shapely.geometry.box(x0 / scale, y0 / scale, x1 / scale, y1 / scale)))
-    local = np.searchsorted(near, cells) + 1  # label of each tile cell (positions of `cells` within `near`)
+    # label of each tile cell (its position within `near`); 0 for a cell off the window (outside the image)
+    pos = np.searchsorted(near, cells)
+    found = pos < len(near)
+    found[found] = near[pos[found]] == cells[found]
+    local = np.where(found, pos + 1, 0)
     polygons = geometry[near] if scale == 1 else shapely.transform(geometry[near], lambda xy: xy * scale)
     window = Window(image, y0, y1, x0, x1)
     return (window, polygons, centroids_px[near], local, (x0, y0, x1, y1), ring_px), len(cells)
@@ -537,8 +541,9 @@ def _tile_intensity(job, n_out: int) -> np.ndarray:
     g_mean, _ = _grouped(lab_in, grad.ravel()[inside], n)
 
     cols = (h_mean, h_std, h_q10, h_q50, h_q90, e_mean, h_ring, e_ring, e_ring_std, contrast, homogeneity, g_mean)
+    measured = local > 0  # a cell off the window keeps NaN, never another cell's values
     for k, col in enumerate(cols):
-        out[:, k] = col[local - 1]
+        out[measured, k] = col[local[measured] - 1]
     return out
 
 

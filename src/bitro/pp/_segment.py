@@ -174,6 +174,7 @@ def segment_cells(
     sdata = _sdata.copy_or_self(sdata, copy)
 
     n_skipped = n_tiles = 0
+    cell_type = None  # classes of an imported segmentation, one per polygon
     if method == "import":
         from ._import import read_segmentation
 
@@ -181,6 +182,9 @@ def segment_cells(
             raise ValueError('`method="import"` needs `path=`: a segmentation file, or a shapes element of `sdata`.')
         gdf = read_segmentation(path, sdata=sdata, image_key=key)
         polygons = np.asarray(gdf.geometry.values, dtype=object)
+        cell_type = gdf[K.CELL_TYPE_KEY].to_numpy(dtype=object) if K.CELL_TYPE_KEY in gdf else None
+        on = _on_image(polygons, sdata, key, path)
+        polygons, cell_type = polygons[on], (cell_type[on] if cell_type is not None else None)
     else:
         data = _level_rgb(sdata, key, level)
         white = _sdata.image_white(sdata.images[key], key)
@@ -232,22 +236,28 @@ def segment_cells(
                 UserWarning,
                 stacklevel=2,
             )
-    polygons = _filter_area(polygons, level0_mpp, min_area_um2, max_area_um2)
+    keep = _area_mask(polygons, level0_mpp, min_area_um2, max_area_um2)
+    polygons, cell_type = polygons[keep], (cell_type[keep] if cell_type is not None else None)
     if not len(polygons):
         # spatialdata cannot hold an empty shapes element, and a step that finds nothing never deletes
         if method == "import" or n_skipped < n_tiles:
             warnings.warn(f"No cells found in image {key!r}: nothing written{_kept(sdata)}.", UserWarning, stacklevel=2)
         return sdata if copy else None
     options = {"model": model, "diameter_um": diameter_um, "min_area_um2": min_area_um2, "max_area_um2": max_area_um2}
-    record = segmentation_record(method, mpp=target_mpp if mpp_given else None, **options, **method_kwargs)
-    write_cells(
-        sdata, polygons, image=key, method=method, key_added=key_added, segmentation_mpp=mpp, segmentation=record
+    record = segmentation_record(
+        method, mpp=target_mpp if mpp_given else None, **options, **(method_kwargs if method != "import" else {})
     )
+    write_cells(
+        sdata, polygons, image=key, method=method, key_added=key_added, segmentation_mpp=mpp, segmentation=record,
+        cell_type=cell_type,
+    )  # fmt: skip
     return sdata if copy else None
 
 
 RUNTIME_OPTIONS = ("device", "batch_size")
 """Options of a tile segmenter that change where or how fast it runs, not which cells it finds."""
+UNUSED_OPTIONS = {"watershed": ("model",), "import": ("model", "mpp", "diameter_um")}
+"""Options a method does not read (recorded, they would claim a provenance the cells do not have)."""
 
 
 def segmentation_record(method: str, **options: Any) -> dict:
@@ -258,7 +268,7 @@ def segmentation_record(method: str, **options: Any) -> dict:
     """
     record = {"method": method}
     for name, value in options.items():
-        if value is None or name in RUNTIME_OPTIONS or (method == "import" and name == "path"):
+        if value is None or name in RUNTIME_OPTIONS or name in UNUSED_OPTIONS.get(method, ()):
             continue
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
@@ -267,6 +277,31 @@ def segmentation_record(method: str, **options: Any) -> dict:
         elif name == "model":
             record["model_object"] = True
     return record
+
+
+def _on_image(polygons: np.ndarray, sdata, key: str, path) -> np.ndarray:
+    """Which imported polygons touch the image (level-0 pixels); those off it are left out and counted.
+
+    Polygons in another frame (µm for pixels, another image's pixels) mostly miss the image: refused.
+    """
+    import shapely
+
+    if not len(polygons):
+        return np.ones(0, bool)
+    _, height, width = _sdata.level0(sdata.images[key]).shape
+    off = ~shapely.intersects(polygons, shapely.box(0, 0, width, height))
+    if off.all():
+        raise ValueError(
+            f"`path`: none of the {len(polygons)} cells of {path} lie on image {key!r} ({width} x {height} px): "
+            "are they in another frame (µm instead of pixels, another image's pixels)?"
+        )
+    if off.any():
+        warnings.warn(
+            f"{int(off.sum())} of {len(polygons)} cells of {path} lie outside image {key!r} and are left out.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return ~off
 
 
 def check_cells_key(sdata, key: str) -> str:
@@ -557,13 +592,12 @@ def _drop_border_duplicates(polygons: np.ndarray, boxes, shape, overlap: int) ->
     return polygons[~drop]
 
 
-def _filter_area(
-    polygons: np.ndarray, mpp: float, min_area_um2: float | None, max_area_um2: float | None
-) -> np.ndarray:
+def _area_mask(polygons: np.ndarray, mpp: float, min_area_um2: float | None, max_area_um2: float | None) -> np.ndarray:
+    """Which polygons are within the area limits (the others are counted in the log)."""
     import shapely
 
     if not len(polygons) or (min_area_um2 is None and max_area_um2 is None):
-        return polygons
+        return np.ones(len(polygons), bool)
     area = shapely.area(polygons) * mpp * mpp
     keep = np.ones(len(polygons), bool)
     if min_area_um2 is not None:
@@ -578,4 +612,4 @@ def _filter_area(
             min_area_um2 or 0,
             max_area_um2 or "inf",
         )
-    return polygons[keep]
+    return keep
