@@ -272,6 +272,12 @@ def test_a_new_segmentation_unrecords_what_the_old_cells_gave(toy_st):
     segment_cells(toy_st, method="import", path="watershed_boundaries", key_added="copied")
     segment_cells(toy_st, method="watershed")
     assert toy_st.attrs[K.ATTRS_KEY][K.ATTR_CELLS_SHAPES] == "watershed_boundaries"
+    # the same number of cells under the same name, but other cells: their old predictions are refused too
+    bt.tl.predict(toy_st, uncertainty=False)
+    segment_cells(toy_st, method="watershed")
+    assert toy_st[K.CELLS_TABLE_KEY].n_obs == toy_st.tables[f"{K.PRED_KEY}_cells"].n_obs
+    with pytest.raises(ValueError, match="another segmentation"):
+        bt.get.predictions(toy_st, level="cells", key=f"{K.PRED_KEY}_cells")
 
 
 def test_float_images_in_0_1_and_0_255_give_the_same_cells_and_features(toy_st):

@@ -82,7 +82,9 @@ def _check_current(sdata: SpatialData, key: str, table) -> None:
     shapes = info.get(K.ATTR_CELLS_SHAPES)
     cells = sdata.tables.get(info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY))
     region = _sdata.regions(table)
-    if shapes not in region or cells is None or cells.n_obs != table.n_obs:
+    made_from, current = (table.uns.get(K.PRED_KEY) or {}).get(K.ATTR_CELLS_ID), info.get(K.ATTR_CELLS_ID)
+    other_cells = made_from is not None and current is not None and made_from != current
+    if shapes not in region or cells is None or cells.n_obs != table.n_obs or other_cells:
         raise ValueError(
             f"`key`: {key!r} holds predictions for another segmentation ({table.n_obs} cells of {region}); the "
             f"current cells layer is {shapes!r}"

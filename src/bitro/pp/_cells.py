@@ -9,6 +9,8 @@ image and its pixel size are recorded in ``sdata.attrs["bitro"]``. Later steps a
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pandas as pd
 
@@ -92,6 +94,7 @@ def write_cells(
             K.ATTR_CELLS_IMAGE: image,
             K.ATTR_SEGMENTATION_MPP: float(segmentation_mpp) if segmentation_mpp is not None else None,
             K.ATTR_SEGMENTATION: segmentation or {"method": method},
+            K.ATTR_CELLS_ID: uuid.uuid4().hex,  # cell ids repeat across segmentations; this does not
         },
     )
     logger.info("%d cells written to %s and table %s", len(geometry), shapes_key, K.CELLS_TABLE_KEY)

@@ -163,7 +163,8 @@ def predict(
         )
     else:
         bag_table = slide_table(sdata, prediction, var=var, uns=uns, std=bag_std)
-    cells = cell_table(sdata, bags, prediction, var=var, uns=uns)
+    cells_id = _sdata.info(sdata).get(K.ATTR_CELLS_ID)  # which cells layer these predictions are of
+    cells = cell_table(sdata, bags, prediction, var=var, uns={**uns, K.ATTR_CELLS_ID: cells_id} if cells_id else uns)
     _sdata.write(
         sdata, {bag_key: bag_table, cells_key: cells}, attrs={K.ATTR_PRED_SPOTS: bag_key, K.ATTR_PRED_CELLS: cells_key}
     )
