@@ -98,3 +98,15 @@ def test_cli_demo(tmp_path):
     f1 = float(next(line for line in out.stdout.splitlines() if "detection_f1" in line).split()[-1])
     assert f1 >= 0.9
     assert (tmp_path / "toy.zarr" / "zarr.json").exists()
+
+
+def test_a_bad_verbosity_in_the_environment_does_not_break_the_import():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BITRO_VERBOSITY": "debug", "BITRO_CACHE_DIR": ""}
+    code = "import bitro as bt; print(bt.settings.verbosity, bt.settings.cachedir.name)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["1", "bitro"]  # the defaults, not the current folder for an empty cache dir
+    assert "$BITRO_VERBOSITY is 'debug'" in out.stderr

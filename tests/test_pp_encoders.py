@@ -297,6 +297,10 @@ def test_features_are_never_computed_twice(toy_cells, tmp_path, monkeypatch):
     np.testing.assert_array_equal(_table(toy_cells).obsm[K.FEATURES_KEY], first)
     with pytest.raises(AssertionError, match="featurised again"):  # other settings: computed
         bt.pp.cell_features(toy_cells, method="encoder", encoder=folder, mode="crop")
+    image = toy_cells.attrs["bitro"]["image_key"]
+    toy_cells.images["other_image"] = toy_cells.images[image]
+    with pytest.raises(AssertionError, match="featurised again"):  # another image: computed
+        bt.pp.cell_features(toy_cells, method="encoder", encoder=folder, mode="tile", image_key="other_image")
     _tiny_dinov2(tmp_path / "dino", seed=1, image_size=48)  # other weights in the same folder: computed
     with pytest.raises(AssertionError, match="featurised again"):
         bt.pp.cell_features(toy_cells, method="encoder", encoder=folder, mode="tile")

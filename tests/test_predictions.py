@@ -86,6 +86,8 @@ def test_get_accessors(predicted):
     assert sd.shape == (predicted["bitro_cells"].n_obs, 1)
     obs = bt.get.observed_df(predicted, spots.var_names[:2])
     assert obs.index.equals(spots.obs_names)
+    with pytest.raises(ValueError, match="holds predictions, not counts"):  # never normalised a second time
+        bt.get.observed_df(predicted, spots.var_names[:2], table_key="bitro_pred_spots")
     with pytest.raises(KeyError, match="were not predicted"):
         bt.get.prediction_df(predicted, "NOPE")
     with pytest.raises(KeyError, match="`layer`"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,15 @@ class Settings:
         self.n_jobs = 1
         self.device = "auto"
         self.use_dask = True
-        self.cachedir = os.environ.get("BITRO_CACHE_DIR", Path.home() / ".cache" / "bitro")
-        self.verbosity = int(os.environ.get("BITRO_VERBOSITY", 1))
+        self.cachedir = os.environ.get("BITRO_CACHE_DIR") or Path.home() / ".cache" / "bitro"  # "" is unset
+        verbosity = os.environ.get("BITRO_VERBOSITY") or "1"
+        try:
+            self.verbosity = int(verbosity)
+        except ValueError:  # a bad environment variable must not break `import bitro` (and every command)
+            warnings.warn(
+                f"$BITRO_VERBOSITY is {verbosity!r}, not a verbosity (0-3); using 1.", UserWarning, stacklevel=2
+            )
+            self.verbosity = 1
 
     @property
     def effective_n_jobs(self) -> int:

@@ -172,6 +172,8 @@ def observed_df(sdata: SpatialData, genes: str | Sequence[str], *, table_key: st
     if key not in sdata.tables:
         raise KeyError(f"`table_key`: {key!r} is not a table of `sdata` (tables: {list(sdata.tables)}).")
     table = sdata.tables[key]
+    if K.PRED_KEY in table.uns:  # already log1p(CP10k): normalising it again would give other numbers
+        raise ValueError(f"`table_key`: {key!r} holds predictions, not counts; see bt.get.prediction_df.")
     genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
     cols = gene_columns(table, genes, where=f"`genes` in table {key!r}")
     values = log_cp10k(table.X, where=f"table {key!r}", columns=cols)

@@ -197,7 +197,8 @@ def cell_features(
     target_mpp, mpp = mpp, _sdata.image_mpp(sdata, img_key)
     table = sdata.tables[table_key]
     if deep:
-        settings = _encoder_settings(model, encoder, mode, crop_um, target_mpp or mpp)
+        # the image too: the same encoder on another image (image_key=) gives other features
+        settings = {**_encoder_settings(model, encoder, mode, crop_um, target_mpp or mpp), "image_key": img_key}
         done = table.uns.get(key_added, {})
         if key_added in table.obsm and done.get("method") == method and _same(done.get("params", {}), settings):
             logger.info(
