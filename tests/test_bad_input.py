@@ -181,6 +181,12 @@ IO = [
 PP = [
     ("segment unknown method", lambda c: bt.pp.segment_cells(c.toy, method="otsu"), ValueError, r"`method`"),
     (
+        "segment unknown device",
+        lambda c: bt.pp.segment_cells(c.toy, device="gpu"),
+        ValueError,
+        r"`device` must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'gpu'",
+    ),
+    (
         "segment tile too small",
         lambda c: bt.pp.segment_cells(c.toy, method="watershed", tile_size=16),
         ValueError,

@@ -357,3 +357,16 @@ def test_a_model_on_encoder_features_measures_them_on_new_sections(toy_sections,
     uns = _table(new).uns[K.FEATURES_KEY]
     assert uns["method"] == "morphology+encoder"
     assert len(uns["names"]) == 21 + 16
+
+
+def test_a_device_this_machine_lacks_is_named_before_any_work():
+    import torch
+
+    from bitro.pp._encoder import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():  # torch's own error came after the weights loaded and named no argument
+        with pytest.raises(ValueError, match="`device` is 'cuda:1', but torch .* sees no CUDA GPU"):
+            resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="`device` must be one of .* or 'cuda:N', got 'cuda:x'"):
+        bt.settings.device = "cuda:x"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ def _n_jobs(value) -> int:
 
 
 def _device(value) -> str:
-    if not isinstance(value, str) or (value not in _DEVICES and not value.startswith("cuda:")):
+    if not isinstance(value, str) or (value not in _DEVICES and not re.fullmatch(r"cuda:\d+", value)):
         raise ValueError(f"`device` must be one of {_DEVICES} or 'cuda:N', got {value!r}.")
     return value
 

@@ -147,14 +147,28 @@ def resolve_device(device: str | None) -> torch.device:
     from bitro._settings import settings
 
     device = device if device is not None else settings.device
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        elif mps:
             device = "mps"
         else:
             device = "cpu"
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}.") from None
+    # checked here, before weights load and tiles run: torch's own error comes late and names no argument
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"`device` is {device!r}, but torch {torch.__version__} sees no CUDA GPU; use 'cpu' or 'auto'."
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"`device` is {device!r}, but there are {torch.cuda.device_count()} CUDA GPUs.")
+    if dev.type == "mps" and not mps:
+        raise ValueError(f"`device` is {device!r}, but this machine has no Apple GPU (MPS); use 'cpu' or 'auto'.")
+    return dev
 
 
 def crop_batch(
