@@ -202,3 +202,24 @@ def test_segmentation_scores_on_a_hand_example():
     assert s["sq"] == pytest.approx(36 / 42)
     assert s["aji"] == pytest.approx((36 + 4) / (42 + 64 + 10))
     assert match_scores(true, true)["pq"] == 1.0
+
+
+def test_a_smaller_minimum_area_reaches_the_networks_post_processing(toy_st, monkeypatch):
+    import functools
+
+    import bitro.pp._unet as unet
+    from bitro.pp import segment_cells
+    from bitro.pp._watershed import watershed_tile
+
+    seen = {}
+
+    def segmenter(model=None, *, mpp, **options):  # records what segment_cells asks of the U-Net
+        seen.update(options)
+        return functools.partial(watershed_tile, mpp=mpp)
+
+    monkeypatch.setattr(unet, "unet_segmenter", segmenter)
+    segment_cells(toy_st, method="unet", min_area_um2=2.0, n_jobs=1)
+    assert seen == {"min_area_um2": 2.0}  # the network's own 6 µm² floor would otherwise stay
+    seen.clear()
+    segment_cells(toy_st, method="unet", n_jobs=1)
+    assert seen == {}

@@ -92,7 +92,8 @@ def segment_cells(
         For ``method="import"``: a segmentation file (GeoJSON, CellViT parquet, HoVer-Net JSON, label
         image) or the name of a shapes element of ``sdata`` (e.g. sopa's ``cellpose_boundaries``).
     min_area_um2, max_area_um2
-        Cells outside this area range (µm²) are dropped (watershed defaults 8 and 400; no limit otherwise).
+        Cells outside this area range (µm²) are dropped (defaults: watershed 8 and 400, U-Net 6 µm²
+        chosen with its thresholds, which ``min_area_um2`` replaces; no limit otherwise).
     mpp
         Read the coarsest pyramid level whose pixels are at most this size (µm); ``None``: the
         U-Net's working scale (0.5 µm/px) for ``"unet"``, level 0 otherwise. Polygons are stored in
@@ -129,19 +130,22 @@ def segment_cells(
     key = _sdata.image_key(sdata, image_key)
     target_mpp, level0_mpp = mpp, _sdata.image_mpp(sdata, key)
     mpp_given = mpp is not None
+    net_mpp = None
+    if method == "unet":
+        from ._unet import working_mpp
+
+        net_mpp = working_mpp(model)
     if target_mpp is not None:
         target_mpp = check_mpp(target_mpp, "mpp")
     elif method == "unet":
-        from ._unet import working_mpp
-
-        target_mpp = working_mpp(model)
+        target_mpp = net_mpp
     level, mpp = level_for(sdata.images[key], level0_mpp, target_mpp, _sdata.coordinate_system(sdata))
     tile_size = given_tile = check_int(tile_size, "tile_size", min_value=64)
-    if method == "unet" and mpp > 1.5 * target_mpp:
+    if method == "unet" and mpp > 1.5 * net_mpp:
         # the U-Net upsamples a coarse image to its scale: keep the upsampled tile near tile_size pixels
         # (a 1024 px tile at 4.7 µm/px would grow to 9 600 px a side, ~1 GB per feature map)
-        tile_size = max(64, int(tile_size * target_mpp / mpp))
-        logger.info("image coarser than the U-Net's %.3g µm/px: tiles of %d px", target_mpp, tile_size)
+        tile_size = max(64, int(tile_size * net_mpp / mpp))
+        logger.info("image coarser than the U-Net's %.3g µm/px: tiles of %d px", net_mpp, tile_size)
     if diameter_um is not None:
         diameter_um = check_float(diameter_um, "diameter_um", min_value=0, strict_min=True)
     d_px = (diameter_um or DEFAULT_DIAMETER_UM) / mpp
@@ -152,7 +156,7 @@ def segment_cells(
     if overlap >= tile_size:
         what = f"`overlap` ({overlap})" if not default_overlap else f"the default `overlap` (two nuclei: {overlap} px)"
         tile = f"`tile_size` ({tile_size})" if tile_size == given_tile else (
-            f"the tile ({tile_size} px: `tile_size` {given_tile} scaled to the U-Net's {target_mpp:g} µm/px)"
+            f"the tile ({tile_size} px: `tile_size` {given_tile} scaled to the U-Net's {net_mpp:g} µm/px)"
         )  # fmt: skip
         raise ValueError(f"{what} must be smaller than {tile}: give a larger `tile_size` or a smaller `overlap`.")
     if overlap < d_px and method != "import":
@@ -202,7 +206,9 @@ def segment_cells(
         elif method == "unet":
             from ._unet import unet_segmenter
 
-            segmenter = unet_segmenter(model, mpp=mpp, **method_kwargs)
+            # a smaller minimum than the network's own (6 µm², its config) reaches its post-processing too
+            floor = {"min_area_um2": min_area_um2} if min_area_um2 is not None else {}
+            segmenter = unet_segmenter(model, mpp=mpp, **floor, **method_kwargs)
         else:
             from ._cellpose import cellpose_segmenter
 
