@@ -70,6 +70,8 @@ def test_settings_validate_and_set_logger_level():
         bt.settings.device = "tpu"
     with pytest.raises(TypeError, match="use_dask"):
         bt.settings.use_dask = "yes"
+    with pytest.raises(AttributeError, match=r"no setting 'verbose'; settings: \['verbosity', 'n_jobs'"):
+        bt.settings.verbose = 3  # a typo is not a new, silently ignored setting
     assert "verbosity" in repr(bt.settings)
 
 

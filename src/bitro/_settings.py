@@ -106,6 +106,13 @@ class Settings:
             )
             self.verbosity = 1
 
+    def __setattr__(self, name: str, value) -> None:
+        # a misspelt setting (`bt.settings.verbose = 3`) would otherwise be accepted and do nothing
+        if not name.startswith("_") and not isinstance(getattr(type(self), name, None), property):
+            settings = [k for k, v in vars(type(self)).items() if isinstance(v, property) and v.fset is not None]
+            raise AttributeError(f"bitro has no setting {name!r}; settings: {settings}.")
+        super().__setattr__(name, value)
+
     @property
     def effective_n_jobs(self) -> int:
         """The number of workers that ``n_jobs`` means here (``-1`` resolved to the available cores)."""
