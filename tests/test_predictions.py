@@ -90,6 +90,8 @@ def test_get_accessors(predicted):
         bt.get.observed_df(predicted, spots.var_names[:2], table_key="bitro_pred_spots")
     with pytest.raises(KeyError, match="were not predicted"):
         bt.get.prediction_df(predicted, "NOPE")
+    with pytest.raises(TypeError, match="`genes` must be a name or a list of names, got int"):
+        bt.get.prediction_df(predicted, 0)
     with pytest.raises(KeyError, match="`layer`"):
         bt.get.prediction_df(predicted, spots.var_names[0], layer="nope")
     with pytest.raises(ValueError, match="`level`"):

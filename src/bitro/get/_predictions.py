@@ -10,6 +10,7 @@ import pandas as pd
 
 from bitro import _constants as K
 from bitro import _sdata
+from bitro._validate import check_names
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -130,7 +131,7 @@ def prediction_df(
     """
     table = predictions(sdata, level=level, key=key)
     names = list(table.var_names)
-    genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
+    genes = check_names(genes, "genes", unique=False)
     missing = [g for g in genes if g not in table.var_names]
     if missing:
         shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
@@ -174,7 +175,7 @@ def observed_df(sdata: SpatialData, genes: str | Sequence[str], *, table_key: st
     table = sdata.tables[key]
     if K.PRED_KEY in table.uns:  # already log1p(CP10k): normalising it again would give other numbers
         raise ValueError(f"`table_key`: {key!r} holds predictions, not counts; see bt.get.prediction_df.")
-    genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
+    genes = check_names(genes, "genes", unique=False)
     cols = gene_columns(table, genes, where=f"`genes` in table {key!r}")
     values = log_cp10k(table.X, where=f"table {key!r}", columns=cols)
     return pd.DataFrame(values, index=table.obs_names.copy(), columns=genes)
