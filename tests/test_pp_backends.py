@@ -297,6 +297,11 @@ def test_import_errors(toy_st, tmp_path):
     np.save(wrong, np.ones((image.shape[0] // 2, image.shape[1]), np.int32))
     with pytest.raises(ValueError, match="label image is .* but level 0"):
         read_segmentation(wrong, sdata=toy_st, image_key=info[K.ATTR_IMAGE])
+    negative = np.zeros(image.shape[:2], np.int32)
+    negative[10:20, 10:20], negative[40:50, 40:50] = 1, -2  # the second cell would be lost as background
+    np.save(wrong, negative)
+    with pytest.raises(ValueError, match="has negative values \\(down to -2\\)"):
+        read_segmentation(wrong, sdata=toy_st, image_key=info[K.ATTR_IMAGE])
     with pytest.raises(FileNotFoundError, match="missing.geojson"):
         read_segmentation(tmp_path / "missing.geojson", sdata=toy_st, image_key=info[K.ATTR_IMAGE])
     with pytest.raises(KeyError, match="image_key"):

@@ -172,6 +172,11 @@ def _read_label_image(path: Path) -> np.ndarray:
     labels = np.squeeze(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{path}: a label image must be a 2-D integer array, got {labels.dtype} {labels.shape}.")
+    if np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:  # they would be dropped as background
+        raise ValueError(
+            f"{path}: a label image holds 0 for background and positive labels for cells; it has negative "
+            f"values (down to {labels.min()})."
+        )
     return labels
 
 
