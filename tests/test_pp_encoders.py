@@ -278,6 +278,8 @@ def test_gated_and_offline_messages_say_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match=r"dinov2-small.*local Hugging Face cache.*encoder_path"):
         load_cell_encoder("dinov2-small")
+    with pytest.raises(FileNotFoundError, match=r"local Hugging Face cache.*Nor is there a folder .*my_encodr"):
+        load_cell_encoder("models/my_encodr")  # a mistyped local folder reads as a hub id too
     with pytest.raises(NotImplementedError, match="pooler"):
         load_cell_encoder("conch_v15", path=tmp_path)
 

@@ -175,7 +175,10 @@ def _local_or_hub(text: str) -> Path:
                 "and weights) nor a Hugging Face hub id 'owner/name'."
             )
         return folder
-    return _download(text, None, gated=False)
+    try:
+        return _download(text, None, gated=False)
+    except FileNotFoundError as err:  # 'models/my_encoder' reads as a hub id too: a mistyped folder?
+        raise FileNotFoundError(f"{err} Nor is there a folder {folder.resolve()} (a typo?).") from err
 
 
 def _download(repo: str, spec: EncoderSpec | None, *, gated: bool) -> Path:
