@@ -181,6 +181,12 @@ IO = [
 PP = [
     ("segment unknown method", lambda c: bt.pp.segment_cells(c.toy, method="otsu"), ValueError, r"`method`"),
     (
+        "segment unet model object",
+        lambda c: bt.pp.segment_cells(c.toy, model=object()),
+        TypeError,
+        r"`model` must be a weights folder .* or None, got object",
+    ),
+    (
         "segment unknown device",
         lambda c: bt.pp.segment_cells(c.toy, device="gpu"),
         ValueError,

@@ -139,11 +139,23 @@ def save_unet(net: NucleusUNet, config: dict, path: str | os.PathLike, *, overwr
         write_json(config, out / CONFIG_NAME)
 
 
+def _weights_folder(path) -> Path:
+    """``path`` as a weights folder (``None``: the bundled one), or an error naming ``model``."""
+    if path is None:
+        return BUNDLED
+    if not isinstance(path, str | os.PathLike):  # e.g. a NucleusUNet object: save it with save_unet first
+        raise TypeError(
+            f"`model` must be a weights folder (saved with save_unet / scripts/train_nucleus_unet.py) or None, "
+            f"got {type(path).__name__}."
+        )
+    return Path(path).expanduser()
+
+
 def load_unet(path: str | os.PathLike | None = None) -> tuple[NucleusUNet, dict]:
     """The network (eval mode, float32, CPU) and config of a weights folder; ``None``: the bundled weights."""
     from bitro._files import check_digest, read_json, read_weights
 
-    folder = BUNDLED if path is None else Path(path).expanduser()
+    folder = _weights_folder(path)
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
         what = "the bundled nucleus model is missing; reinstall bitro" if path is None else "not a nucleus U-Net folder"
         raise FileNotFoundError(f"`model`: {folder} is {what} (expected {CONFIG_NAME} and {WEIGHTS_NAME}).")
@@ -170,7 +182,7 @@ def working_mpp(path: str | os.PathLike | None = None) -> float:
     """The pixel size (µm) a weights folder's network works at, from its config (cheap: no weights read)."""
     from bitro._files import read_json
 
-    folder = BUNDLED if path is None else Path(path).expanduser()
+    folder = _weights_folder(path)
     if not (folder / CONFIG_NAME).is_file():
         return float(DEFAULT_CONFIG["mpp"])  # load_unet will raise the clear error
     return float(read_json(folder / CONFIG_NAME, what="nucleus model's settings").get("mpp", DEFAULT_CONFIG["mpp"]))
