@@ -84,6 +84,9 @@ def test_effective_n_jobs():
         assert bt.settings.effective_n_jobs == 2
     finally:
         bt.settings.n_jobs = old
+    from bitro._settings import _cores, resolve_n_jobs
+
+    assert resolve_n_jobs(1000) == resolve_n_jobs(-1) == _cores()  # never more processes than cores
 
 
 def test_cli_demo(tmp_path):
