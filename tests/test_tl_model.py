@@ -308,15 +308,24 @@ def test_he_only_image_gets_pseudo_spots(trained, toy_slides):
     del slide.tables["table"]
     bt.tl.predict(slide, trained)
     info = slide.attrs["bitro"]
-    table = slide[info["table_key"]]
+    table = slide[info["pseudo_spots_table_key"]]
     assert info["spots_key"].endswith("_pseudo_spots")
     assert table.n_vars == 0
+    assert info["table_key"] not in slide.tables  # no measured expression: none is made up
     pred = bt.get.predictions(slide)
     assert pred.shape == (table.n_obs, N_GENES)
     assert table.n_obs > 5
     assert np.isfinite(pred.X).all()  # pseudo-spots are only laid where cells are
     radius = slide[info["spots_key"]]["radius"].iloc[0]
     assert radius == pytest.approx(trained.config["spots"]["radius_um"])
+    # a cohort slide keeps its bulk profile as its expression: it still trains a bulk model after predict
+    other = toy_slides[1]
+    bt.tl.predict(other, trained, uncertainty=False)
+    assert other.attrs["bitro"]["table_key"] == "table"
+    assert other["table"].n_obs == 1
+    from bitro.models._data import expression_table
+
+    assert expression_table(other, "bulk")[1] == "table"
 
 
 def test_bulk_fit_and_slide_prediction(toy_slides):

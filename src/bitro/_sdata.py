@@ -54,6 +54,19 @@ def recorded(sdata: SpatialData, attr: str, default: str | None = None) -> str |
     return value if value is not None else (default if default is not None else _DEFAULTS.get(attr))
 
 
+def spots_table_key(sdata: SpatialData) -> str | None:
+    """The table annotating the recorded spots: the pseudo-spots' own when predict laid them, else ``table_key``."""
+    values = info(sdata)
+    pseudo = values.get(K.ATTR_PSEUDO_TABLE)
+    if pseudo is not None and pseudo in sdata.tables and values.get(K.ATTR_SPOTS) in _regions_of(sdata, pseudo):
+        return pseudo
+    return recorded(sdata, K.ATTR_TABLE)
+
+
+def _regions_of(sdata: SpatialData, table_key: str) -> list[str]:
+    return regions(sdata.tables[table_key])
+
+
 def coordinate_system(sdata: SpatialData) -> str:
     """The µm coordinate system the readers mapped every element to."""
     cs = info(sdata).get(K.ATTR_COORDINATE_SYSTEM)

@@ -119,7 +119,7 @@ def spot_bags(
     info = _sdata.info(sdata)
     sample = _sdata.sample_id(sdata)
     spots_key = info.get(K.ATTR_SPOTS)
-    table_key = _sdata.recorded(sdata, K.ATTR_TABLE)
+    table_key = _sdata.spots_table_key(sdata)
     if spots_key is None or spots_key not in sdata.shapes or table_key not in sdata.tables:
         raise KeyError(
             f"section {sample!r} has no spots (attrs['bitro'] spots_key={spots_key!r}, table {table_key!r}); "

@@ -114,7 +114,7 @@ def predict(
     info = _sdata.info(sdata)
     sample = _sdata.sample_id(sdata)
     prep = model.config["preprocessing"]
-    spots_key, table_key = info.get(K.ATTR_SPOTS), _sdata.recorded(sdata, K.ATTR_TABLE)
+    spots_key, table_key = info.get(K.ATTR_SPOTS), _sdata.spots_table_key(sdata)
     if head == "spot" and (spots_key not in sdata.shapes or table_key not in sdata.tables):
         # no spots (or spot circles without their table): cells first ("bulk" skips the assignment),
         # then pseudo-spots where they are
@@ -159,7 +159,7 @@ def predict(
     bag_key, cells_key = f"{key_added}_{level}", f"{key_added}_cells"
     if head == "spot":
         bag_table = spot_table(
-            sdata, bags, prediction, observed_key=_sdata.recorded(sdata, K.ATTR_TABLE), var=var, uns=uns, std=bag_std
+            sdata, bags, prediction, observed_key=_sdata.spots_table_key(sdata), var=var, uns=uns, std=bag_std
         )
     else:
         bag_table = slide_table(sdata, prediction, var=var, uns=uns, std=bag_std)
@@ -188,7 +188,11 @@ def predict(
 def _check_prediction_keys(sdata: SpatialData, names: list[str]) -> None:
     """The prediction tables may replace earlier predictions, never another table (e.g. the cells or the spots)."""
     info = sdata.attrs.get(K.ATTRS_KEY) or {}
-    protected = {info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY), info.get(K.ATTR_TABLE, K.TABLE_KEY)}
+    protected = {
+        info.get(K.ATTR_CELLS_TABLE, K.CELLS_TABLE_KEY),
+        info.get(K.ATTR_TABLE, K.TABLE_KEY),
+        info.get(K.ATTR_PSEUDO_TABLE),
+    }
     for name in names:
         _sdata.check_element_name(sdata, name, "tables", argument="key_added")
         table = sdata.tables.get(name)
@@ -272,10 +276,9 @@ def _add_pseudo_spots(sdata, model: BiTro) -> None:
         region_key=K.REGION_KEY,
         instance_key=K.SPOT_ID_KEY,
     )
-    table_key = _sdata.recorded(sdata, K.ATTR_TABLE)
-    if table_key in sdata.tables:
-        table_key = f"{sample}{PSEUDO_SPOTS_SUFFIX}_table"
-    _sdata.write(sdata, {key: shapes, table_key: table}, attrs={K.ATTR_SPOTS: key, K.ATTR_TABLE: table_key})
+    # their own table: the sample's measured expression (a slide's bulk profile) stays its table_key
+    table_key = f"{sample}{PSEUDO_SPOTS_SUFFIX}_table"
+    _sdata.write(sdata, {key: shapes, table_key: table}, attrs={K.ATTR_SPOTS: key, K.ATTR_PSEUDO_TABLE: table_key})
     logger.info(
         "%s: no spots; %d pseudo-spots (pitch %.0f µm, radius %.0f µm) where cells are", sample, len(ids), pitch, radius
     )
