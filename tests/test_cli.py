@@ -196,6 +196,12 @@ def test_fit_on_slide_stores_saves_a_bulk_model(tmp_path, toy_slides):
     assert result.exit_code == 1
     assert "already exists; pass --overwrite" in result.stderr
     assert "Epoch" not in result.output + result.stderr
+    (tmp_path / "model" / "notes.txt").write_text("mine")  # --overwrite would delete it: refused before training too
+    result = runner.invoke(app, [*map(str, args), "--overwrite"])
+    assert result.exit_code == 1
+    assert "holds files this command does not write (['notes.txt'])" in result.stderr
+    assert "Epoch" not in result.output + result.stderr
+    (tmp_path / "model" / "notes.txt").unlink()
     model = bt.models.BiTro.load(tmp_path / "model")
     assert model.head == "bulk"
     assert len(model.config["training"]["samples"]) + len(model.config["training"]["validation"]) == 3

@@ -71,13 +71,24 @@ def open_store(path: Path):
     return bt.io.read_zarr(path)
 
 
-def check_out(path: Path, *, overwrite: bool) -> None:
-    """``--out`` can take a new folder: refused before any work (a trained model is never lost to its name)."""
+def check_out(path: Path, *, overwrite: bool, owned: set[str] | None = None) -> None:
+    """``--out`` can take a new folder: refused before any work (a trained model is never lost to its name).
+
+    With ``--overwrite``, a folder holding files other than ``owned`` (those the command writes) is refused
+    now too: saving would refuse it after the training.
+    """
     path = Path(path).expanduser()
     if path.is_file():
         raise ValueError(f"`--out`: {path} is a file; give a folder (new, or with --overwrite an earlier output).")
     if path.exists() and not overwrite:
         raise FileExistsError(f"`--out`: {path} already exists; pass --overwrite to replace it, or give a new folder.")
+    if path.is_dir() and owned is not None:
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in owned)
+        if foreign:
+            raise FileExistsError(
+                f"`--out`: {path} holds files this command does not write ({foreign[:5]}); --overwrite would "
+                "delete them. Give a new folder, or move them first."
+            )
 
 
 def check_store(path: Path, *, overwrite: bool) -> None:

@@ -230,7 +230,9 @@ def fit(
     import bitro as bt
 
     set_verbosity(verbose, progress=True)
-    check_out(out, overwrite=overwrite)
+    from bitro.models._model import CONFIG_FILE, WEIGHTS_FILE
+
+    check_out(out, overwrite=overwrite, owned={CONFIG_FILE, WEIGHTS_FILE})
     with training_output():
         model = bt.tl.fit(
             stores,
@@ -295,7 +297,11 @@ def transfer(
     import bitro as bt
 
     set_verbosity(verbose, progress=True)
-    check_out(out, overwrite=overwrite)
+    from bitro.models._lora import ADAPTER_FILE, HEAD_FILE, PEFT_FILES
+    from bitro.models._model import CONFIG_FILE, WEIGHTS_FILE
+
+    owned = {ADAPTER_FILE, HEAD_FILE, *PEFT_FILES} if mode is Mode.lora else {CONFIG_FILE, WEIGHTS_FILE}
+    check_out(out, overwrite=overwrite, owned=owned)
     source = bt.models.BiTro.load(model)
     with training_output():
         new = bt.tl.transfer(  # the stores' paths: read one at a time (see bt.tl.fit)
