@@ -652,6 +652,22 @@ def test_names_as_strings_and_arrays_and_inputs_without_what_the_target_needs(to
     assert K.CELLS_TABLE_KEY not in slides[0].tables  # refused before segmenting
 
 
+def test_features_measured_on_some_samples_are_measured_on_the_others(toy_sections):
+    import bitro as bt
+    from bitro import _constants as K
+
+    # as in the own-data tutorial: `bitro features` (morphology) on one store, none on the others; the
+    # default preprocessing (morphology + encoder) would differ and stop the training at that store
+    sections = toy_sections[:3]
+    for s in (sections[0], sections[2]):
+        cells = s[K.CELLS_TABLE_KEY]
+        del cells.obsm[s.attrs["bitro"][K.ATTR_FEATURES]]
+        del s.attrs["bitro"][K.ATTR_FEATURES]
+    model = bt.tl.fit(sections, n_genes=10, val=["toy2"], max_epochs=1, progress=False)
+    assert model.config["features"]["method"] == "morphology"
+    assert model.config["preprocessing"]["features"] == {"method": "morphology"}
+
+
 def test_samples_without_a_patient_are_not_one_patient(toy_sections):
     import bitro as bt
 

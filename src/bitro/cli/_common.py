@@ -18,7 +18,10 @@ CLI_WORDS = (
     (r"`dir_path`", "`--model`"),  # BiTro.load's folder (output folders are checked by the commands first)
     (r"`adapter`", "`--adapter`"),
     (r"\bbt\.pp\.segment_cells\b", "`bitro segment`"),
+    (r"\bbt\.pp\.cell_features\(sdata, method=(['\"])([^'\"]+)\1\)", r"`bitro features STORE --method \2`"),
     (r"\bbt\.pp\.cell_features\b", "`bitro features`"),
+    (r"\bmpp=(\d)", r"--mpp \1"),  # "e.g. mpp=0.25"
+    (r"`mpp=`", "`--mpp`"),
     (r"\bbt\.tl\.predict\b", "`bitro predict`"),
 )
 

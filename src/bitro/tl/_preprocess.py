@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 from typing import Any
 
 from bitro import _constants as K
@@ -48,6 +50,30 @@ def features_step(features: dict, step: dict) -> dict:
         if params.get("mode") == "crop" and params.get("crop_um") is not None:
             out["crop_um"] = params["crop_um"]
     return out
+
+
+def existing_features(samples) -> dict | None:
+    """The cell features of the first sample that has some (as a model records them), or ``None``.
+
+    A user who measured features on some samples (``bitro features``) gets those on the others too,
+    not the default's, which would differ and stop the training at the next sample.
+    """
+    from bitro.models._config import feature_config
+
+    from ._samples import opened
+
+    for sample in samples:
+        if isinstance(sample, str | os.PathLike):  # a store: its attributes say, without reading its tables
+            from bitro._store import _root_attributes
+
+            if K.ATTR_FEATURES not in (_root_attributes(Path(sample)).get(K.ATTRS_KEY) or {}):
+                continue
+        with opened(sample) as sdata:
+            cells_key = _sdata.recorded(sdata, K.ATTR_CELLS_TABLE)
+            cells = sdata.tables.get(cells_key)
+            if cells is not None and _sdata.recorded(sdata, K.ATTR_FEATURES) in cells.obsm:
+                return feature_config(sdata)
+    return None
 
 
 def preprocessed_with(sdata, *, kind: str) -> dict:

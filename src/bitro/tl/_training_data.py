@@ -16,7 +16,7 @@ from bitro.models._config import feature_config, median_mpp, spot_geometry
 from bitro.models._training import TrainingData, TrainingOptions
 
 from ._genes import check_genes, select_genes, shared_genes
-from ._preprocess import common_preprocessing, ensure_preprocessed, preprocessed_with
+from ._preprocess import common_preprocessing, ensure_preprocessed, existing_features, features_step, preprocessed_with
 from ._samples import check_groups, opened, patient, spatial_blocks, split
 
 
@@ -64,6 +64,10 @@ def training_data(
     extract = spot_bags if target == "spot" else slide_bags
     spill = BagSpill(spill_to / "bags.bin") if spill_to is not None else None
     given_groups = check_groups(groups, len(samples))
+    if features is None:  # samples that already have features set them for the others (whatever the defaults)
+        features = existing_features(samples)
+        if features is not None:
+            prep = {**prep, "features": features_step(features, prep["features"])}
     ids, grp, tables, sections, mpps, scales, done = [], [], [], [], [], [], []
     # a failure half-way closes the spill file (its folder is the caller's to remove)
     with contextlib.closing(spill) if spill is not None else contextlib.nullcontext():
