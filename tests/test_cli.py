@@ -215,3 +215,19 @@ def test_fit_on_slide_stores_saves_a_bulk_model(tmp_path, toy_slides):
     # the adapter predicts from the command line, on top of its model
     args = ["predict", stores[0], "--model", tmp_path / "model", "--adapter", tmp_path / "adapter", "--no-uncertainty"]
     assert _ok(args)["predicted_bags"] == 1
+
+
+def test_ctrl_c_in_bitro_fit_saves_the_best_weights_so_far(tmp_path, monkeypatch):
+    import bitro as bt
+
+    def interrupted(*args, **kwargs):  # what bt.tl.fit raises on Ctrl-C, with the best model so far
+        err = bt.models.TrainingInterrupted("interrupted", epochs=3)
+        err.model = bt.models.default_model()
+        raise err
+
+    monkeypatch.setattr(bt.tl, "fit", interrupted)
+    result = runner.invoke(app, ["fit", str(tmp_path), "--out", str(tmp_path / "model")])
+    assert result.exit_code == 130
+    assert "interrupted after 3 epochs: the best weights so far are saved in" in result.stderr
+    assert json.loads(result.stdout)["interrupted"] is True
+    assert bt.models.BiTro.load(tmp_path / "model").genes == bt.models.default_model().genes

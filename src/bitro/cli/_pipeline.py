@@ -233,24 +233,41 @@ def fit(
     from bitro.models._model import CONFIG_FILE, WEIGHTS_FILE
 
     check_out(out, overwrite=overwrite, owned={CONFIG_FILE, WEIGHTS_FILE})
-    with training_output():
-        model = bt.tl.fit(
-            stores,
-            target=target.value,
-            n_genes=n_genes,
-            val=val if val else 0.25,
-            max_epochs=max_epochs,
-            lr=lr,
-            seed=seed,
-            checkpoint_dir=checkpoint_dir,
-            accelerator=accelerator,
-            devices=int(devices) if devices.isdigit() else devices,
-            strategy=strategy,
-        )
+    interrupted = None
+    try:
+        with training_output():
+            model = bt.tl.fit(
+                stores,
+                target=target.value,
+                n_genes=n_genes,
+                val=val if val else 0.25,
+                max_epochs=max_epochs,
+                lr=lr,
+                seed=seed,
+                checkpoint_dir=checkpoint_dir,
+                accelerator=accelerator,
+                devices=int(devices) if devices.isdigit() else devices,
+                strategy=strategy,
+            )
+    except bt.models.TrainingInterrupted as err:  # Ctrl-C: keep the best weights so far, as bt.tl.fit does
+        if err.model is None:
+            raise
+        model, interrupted = err.model, err
     model.save(out, overwrite=overwrite)
-    echo_json(
-        {"model": str(out), "genes": len(model.genes), "epochs": len(model.history), "best_epoch": model.best_epoch}
-    )
+    summary = {
+        "model": str(out),
+        "genes": len(model.genes),
+        "epochs": len(model.history),
+        "best_epoch": model.best_epoch,
+    }
+    if interrupted is not None:
+        summary["interrupted"] = True
+        echo_json(summary)
+        typer.echo(
+            f"interrupted after {interrupted.epochs} epochs: the best weights so far are saved in {out}", err=True
+        )
+        raise typer.Exit(130)
+    echo_json(summary)
 
 
 def predict(
