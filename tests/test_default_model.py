@@ -57,7 +57,8 @@ def test_predict_her2st_command(tmp_path, her2st_crop_files):
     data = her2st_crop_files[0].parents[1]
     result = CliRunner().invoke(app, ["predict-her2st", str(data), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output[result.output.index("{") :])
+    summary = json.loads(result.stdout)  # stdout is the JSON summary alone (the note on C3 goes to stderr)
+    assert "note: the model was trained on C3" in result.stderr
     n_spots = len(pd.read_csv(her2st_crop_files[1], sep="\t"))
     assert summary["spots"] == n_spots
     assert summary["genes"] == 50

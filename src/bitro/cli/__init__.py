@@ -85,7 +85,9 @@ def predict_her2st(
 
     summary = run_her2st(data, section, out, model_dir=model, crop=crop)
     if summary["section"] in summary["model_trained_on"]:
-        typer.echo(f"note: the model was trained on {summary['section']}; held-out accuracy: docs/benchmarks.md")
+        typer.echo(
+            f"note: the model was trained on {summary['section']}; held-out accuracy: docs/benchmarks.md", err=True
+        )  # stdout holds the JSON summary only
     typer.echo(json.dumps(summary, indent=1))
 
 

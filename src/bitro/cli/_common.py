@@ -54,7 +54,9 @@ def errors(func):
         except Exception as err:
             if STATE["debug"]:
                 raise
-            typer.echo(f"error: {cli_message(err)} ({type(err).__name__}; --debug shows the traceback)", err=True)
+            typer.echo(
+                f"error: {cli_message(err)} ({type(err).__name__}; `bitro --debug ...` shows the traceback)", err=True
+            )
             raise typer.Exit(1) from None
 
     return run

@@ -374,6 +374,7 @@ def run(
     if model is not None:
         model = bt.models.BiTro.load(model)  # a bad --model fails before --overwrite replaces a store
     t0 = time.perf_counter()
+    out = out.expanduser()  # `--out=~/x` reaches us unexpanded: never a folder named "~"
     out.mkdir(parents=True, exist_ok=True)
     store = out / f"{sample_id or inputs[0].stem.split('.')[0]}.zarr"
     _read_store(kind, inputs, store, sample_id=sample_id, mpp=mpp, fullres_image=fullres_image, overwrite=overwrite)
