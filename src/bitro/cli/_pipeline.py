@@ -377,15 +377,23 @@ def run(
     out = out.expanduser()  # `--out=~/x` reaches us unexpanded: never a folder named "~"
     out.mkdir(parents=True, exist_ok=True)
     store = out / f"{sample_id or inputs[0].stem.split('.')[0]}.zarr"
+    if segmentation is Method.imported:
+        raise typer.BadParameter("`--segmentation import` needs a path: use `bitro segment --method import`.")
+    new_store = not store.exists()
     _read_store(kind, inputs, store, sample_id=sample_id, mpp=mpp, fullres_image=fullres_image, overwrite=overwrite)
     times["read"] = round(time.perf_counter() - t0, 1)
-    sdata = open_store(store)
-    t0 = time.perf_counter()
-    if segmentation is not None:
-        if segmentation is Method.imported:
-            raise typer.BadParameter("`--segmentation import` needs a path: use `bitro segment --method import`.")
-        bt.pp.segment_cells(sdata, method=segmentation.value)
-    bt.tl.predict(sdata, model)
+    try:
+        sdata = open_store(store)
+        t0 = time.perf_counter()
+        if segmentation is not None:
+            bt.pp.segment_cells(sdata, method=segmentation.value)
+        bt.tl.predict(sdata, model)
+    except BaseException:  # failed or Ctrl-C: a store this run made goes, so the same command can run again
+        if new_store:
+            import shutil
+
+            shutil.rmtree(store, ignore_errors=True)
+        raise
     times["predict"] = round(time.perf_counter() - t0, 1)
     summary = {"store": str(store), **_summary(sdata)}
     table = bt.get.predictions(sdata)
