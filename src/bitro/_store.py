@@ -376,17 +376,26 @@ def _remove_abandoned(path: Path) -> None:
     """
     import glob
 
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - distributed depends on it
-        return
     host = _host()
     for tmp in path.parent.glob(glob.escape(f".{path.name}{TMP_MARK}") + "*~*@*"):
         writer, _, machine = tmp.name.rpartition("~")[2].partition("@")
-        if machine != host or not writer.isdigit() or psutil.pid_exists(int(writer)):
+        if machine != host or not writer.isdigit() or _alive(int(writer)):
             continue
         shutil.rmtree(tmp, ignore_errors=True)
         logger.info("removed %s, left by a killed write of %s", tmp.name, path.name)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (where it cannot be told safely, as on Windows: assumed so)."""
+    if os.name != "posix":  # os.kill(pid, 0) would end the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_store(sdata, path: str | os.PathLike, *, overwrite: bool = False) -> None:

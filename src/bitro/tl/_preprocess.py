@@ -66,7 +66,11 @@ def existing_features(samples) -> dict | None:
         if isinstance(sample, str | os.PathLike):  # a store: its attributes say, without reading its tables
             from bitro._store import _root_attributes
 
-            if K.ATTR_FEATURES not in (_root_attributes(Path(sample)).get(K.ATTRS_KEY) or {}):
+            try:
+                recorded = _root_attributes(Path(sample)).get(K.ATTRS_KEY) or {}
+            except Exception:  # noqa: BLE001 - not a readable store: the training's own read says so, naming it
+                continue
+            if K.ATTR_FEATURES not in recorded:
                 continue
         with opened(sample) as sdata:
             cells_key = _sdata.recorded(sdata, K.ATTR_CELLS_TABLE)
