@@ -543,7 +543,30 @@ def test_custom_assignment_column_is_used(sections):
     assert model.config["training"]["n_train_bags"] == 72
 
 
-def test_ddp_on_two_cpu_processes_trains_as_well_as_one(trained, sections):
+def test_ddp_on_two_cpu_processes_trains_as_well_as_one():
+    """Lightning DDP, run by pytest in a fresh interpreter (``_ddp_in_its_own_process`` below).
+
+    Forking a test worker that other tests left with threads (dask's event loop and executors stay after a
+    client closes) can deadlock the forked processes: it did, twice, in a full ``pytest -n 2`` run.
+    """
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "ddp_in_its_own_process"],
+        env={**os.environ, "BITRO_DDP_TEST": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "1 passed" in out.stdout
+
+
+@pytest.mark.skipif(__import__("os").environ.get("BITRO_DDP_TEST") != "1", reason="run by the test above")
+def test_ddp_in_its_own_process(trained, sections):
     """Lightning DDP (2 forked CPU processes, gloo): the caller gets the best weights and the history back."""
     import bitro as bt
 
