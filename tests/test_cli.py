@@ -48,7 +48,7 @@ def test_run_on_a_visium_folder_without_a_full_resolution_image(tmp_path):
     assert "23.4 µm/px, too coarse to see nuclei" in out.output
     assert out.output.count("\n") == 1
     assert not list(tmp_path.glob("*.png"))  # no figure of nothing
-    assert not list(tmp_path.glob("*.zarr"))  # nor the store it read: the same command (with --fullres-image) runs again
+    assert not list(tmp_path.glob("*.zarr"))  # nor the store it read: the fixed command runs again
 
 
 def test_step_by_step_on_a_her2st_store(tmp_path, her2st_crop_files):
