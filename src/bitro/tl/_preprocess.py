@@ -68,9 +68,10 @@ def existing_features(samples) -> dict | None:
 
             try:
                 recorded = _root_attributes(Path(sample)).get(K.ATTRS_KEY) or {}
+                if K.ATTR_FEATURES not in recorded:
+                    continue
+                return _stored_feature_config(Path(sample), recorded)  # the store itself is read once, later
             except Exception:  # noqa: BLE001 - not a readable store: the training's own read says so, naming it
-                continue
-            if K.ATTR_FEATURES not in recorded:
                 continue
         with opened(sample) as sdata:
             cells_key = _sdata.recorded(sdata, K.ATTR_CELLS_TABLE)
@@ -78,6 +79,24 @@ def existing_features(samples) -> dict | None:
             if cells is not None and _sdata.recorded(sdata, K.ATTR_FEATURES) in cells.obsm:
                 return feature_config(sdata)
     return None
+
+
+def _stored_feature_config(store: Path, recorded: dict) -> dict:
+    """:func:`bitro.models._config.feature_config` of a store, from its cells table's ``uns`` alone."""
+    import zarr
+    from anndata.io import read_elem
+
+    from bitro.models._config import jsonable
+
+    cells_key = recorded.get(K.ATTR_CELLS_TABLE) or K.CELLS_TABLE_KEY
+    group = zarr.open_group(str(store), mode="r", use_consolidated=False)
+    meta = read_elem(group[f"tables/{cells_key}/uns/{recorded[K.ATTR_FEATURES]}"])
+    names = dict(meta.get("names", {}))
+    return {
+        "method": meta.get("method"),
+        "names": sorted(names, key=names.get),
+        "params": jsonable(dict(meta.get("params", {}))),
+    }
 
 
 def preprocessed_with(sdata, *, kind: str) -> dict:
