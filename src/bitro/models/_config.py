@@ -160,8 +160,12 @@ def jsonable(value):
 def feature_config(sdata) -> dict[str, Any]:
     """The cell features of ``sdata`` as a model records them: method, column names, parameters."""
     cells = sdata.tables[_sdata.cells_table_key(sdata)]
-    meta = cells.uns.get(_sdata.recorded(sdata, K.ATTR_FEATURES), {})
-    names = meta.get("names", {})
+    return features_record(cells.uns.get(_sdata.recorded(sdata, K.ATTR_FEATURES), {}))
+
+
+def features_record(meta: dict) -> dict[str, Any]:
+    """A cells table's ``uns`` entry of its features, as a model records them: method, column names, parameters."""
+    names = dict(meta.get("names", {}))
     return {
         "method": meta.get("method"),
         "names": sorted(names, key=names.get),

@@ -86,17 +86,11 @@ def _stored_feature_config(store: Path, recorded: dict) -> dict:
     import zarr
     from anndata.io import read_elem
 
-    from bitro.models._config import jsonable
+    from bitro.models._config import features_record
 
     cells_key = recorded.get(K.ATTR_CELLS_TABLE) or K.CELLS_TABLE_KEY
     group = zarr.open_group(str(store), mode="r", use_consolidated=False)
-    meta = read_elem(group[f"tables/{cells_key}/uns/{recorded[K.ATTR_FEATURES]}"])
-    names = dict(meta.get("names", {}))
-    return {
-        "method": meta.get("method"),
-        "names": sorted(names, key=names.get),
-        "params": jsonable(dict(meta.get("params", {}))),
-    }
+    return features_record(read_elem(group[f"tables/{cells_key}/uns/{recorded[K.ATTR_FEATURES]}"]))
 
 
 def preprocessed_with(sdata, *, kind: str) -> dict:
