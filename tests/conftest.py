@@ -13,12 +13,54 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 
-LONGEST_FIRST = ("test_docs_build_without_warnings",)
-"""Tests that take minutes: started first, so that the other worker runs the rest beside them."""
+RUN_FIRST = ("test_docs_build_without_warnings", "test_ddp_on_two_cpu_processes_trains_as_well_as_one")
+"""Started first, in this order (both go to the first worker under ``pytest -n 2``).
+
+The docs build takes minutes: the other worker runs the rest beside it. Lightning's ``ddp_fork``
+forks the test process: it must do so before other tests leave threads in it (dask's event loop and
+executors outlive a closed client, and forking them deadlocked the children in full runs).
+"""
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.originalname not in LONGEST_FIRST)  # stable: the rest keep their order
+    items.sort(
+        key=lambda item: RUN_FIRST.index(item.originalname) if item.originalname in RUN_FIRST else len(RUN_FIRST)
+    )
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_unchanged(request):
+    """A test that changes torch's thread count fails (it would change the numerics of every later test)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        after = torch.get_num_threads()
+        torch.set_num_threads(before)
+        pytest.fail(f"{request.node.nodeid} changed torch's threads from {before} to {after}", pytrace=False)
+
+
+@pytest.fixture
+def training_noise():
+    """torch on one thread during the test; the value is how far two identical training runs may differ.
+
+    Comparisons of two CPU training runs (weights, or predictions) use it as an absolute tolerance.
+    Measured: on two threads with the cores shared, two identical 2-epoch ``fit`` calls in one process
+    differed by up to 5e-5 in a weight (equal when idle); on one thread in a pytest-xdist worker by 1e-9
+    (MKL's kernels are not bit-reproducible between calls). The same three slides in another order
+    moved a weight by 3.5e-3.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield 1e-6
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,7 @@ def test_quick_recipe_writes_a_loadable_encoder(recipe, tmp_path):
     assert training["history"][-1]["iteration"] == training["iterations"]
 
 
-def test_quick_recipe_is_reproducible(recipe, tmp_path):
+def test_quick_recipe_is_reproducible(recipe, tmp_path, training_noise):
     from safetensors.numpy import load_file
 
     for name in ("a", "b"):

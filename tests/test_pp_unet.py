@@ -65,7 +65,7 @@ def test_training_recipe_runs_a_few_iterations_and_round_trips(tiles, tmp_path):
         save_unet(net, config, tmp_path / "w")
 
 
-def test_a_stopped_training_resumes_to_the_same_weights(tiles, tmp_path, monkeypatch):
+def test_a_stopped_training_resumes_to_the_same_weights(tiles, tmp_path, monkeypatch, training_noise):
     import torch
 
     from bitro.pp import _unet_train

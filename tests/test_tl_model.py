@@ -351,7 +351,9 @@ def test_bulk_fit_and_slide_prediction(toy_slides):
         bt.tl.evaluate(slides[:2])
 
 
-def test_bulk_fit_from_stores_trains_the_same_model_one_slide_at_a_time(toy_slides, tmp_path, monkeypatch):
+def test_bulk_fit_from_stores_trains_the_same_model_one_slide_at_a_time(
+    toy_slides, tmp_path, monkeypatch, training_noise
+):
     import tempfile
 
     import torch
@@ -378,7 +380,7 @@ def test_bulk_fit_from_stores_trains_the_same_model_one_slide_at_a_time(toy_slid
     for (name, a), b in zip(
         from_stores.module.state_dict().items(), in_memory.module.state_dict().values(), strict=True
     ):
-        assert torch.equal(a, b), name
+        torch.testing.assert_close(a, b, rtol=0, atol=training_noise, msg=name)
     assert list((tmp_path / "tmp").glob("bitro-bags-*")) == []  # the spilled bags are gone
     # the graph each store lacked was built and written into it
     cells = bt.io.read_zarr(stores[0])["bitro_cells"]
@@ -492,7 +494,7 @@ def test_cross_validate_reports_model_and_baselines_on_the_same_folds(sections):
     assert _gene_choice({"genes": ["gene0001", "gene0002"], "n_genes": 50}) == "the 2 given"
 
 
-def test_cross_validate_from_stores_scores_what_the_objects_score(sections, tmp_path, monkeypatch):
+def test_cross_validate_from_stores_scores_what_the_objects_score(sections, tmp_path, monkeypatch, training_noise):
     """Stores are read one at a time, once per fold; the folds, models and scores are those of the objects."""
     import bitro as bt
     import bitro.io
@@ -543,30 +545,7 @@ def test_custom_assignment_column_is_used(sections):
     assert model.config["training"]["n_train_bags"] == 72
 
 
-def test_ddp_on_two_cpu_processes_trains_as_well_as_one():
-    """Lightning DDP, run by pytest in a fresh interpreter (``_ddp_in_its_own_process`` below).
-
-    Forking a test worker that other tests left with threads (dask's event loop and executors stay after a
-    client closes) can deadlock the forked processes: it did, twice, in a full ``pytest -n 2`` run.
-    """
-    import os
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "ddp_in_its_own_process"],
-        env={**os.environ, "BITRO_DDP_TEST": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    assert "1 passed" in out.stdout
-
-
-@pytest.mark.skipif(__import__("os").environ.get("BITRO_DDP_TEST") != "1", reason="run by the test above")
-def test_ddp_in_its_own_process(trained, sections):
+def test_ddp_on_two_cpu_processes_trains_as_well_as_one(trained, sections):
     """Lightning DDP (2 forked CPU processes, gloo): the caller gets the best weights and the history back."""
     import bitro as bt
 

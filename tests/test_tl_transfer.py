@@ -175,7 +175,7 @@ def test_spot_to_bulk_direction(toy_sections, toy_slides):
     assert bt.get.predictions(slides[3], level="slide").shape == (1, 15)
 
 
-def test_transfer_from_stores_equals_transfer_from_the_objects(bulk_model, toy_slides, tmp_path):
+def test_transfer_from_stores_equals_transfer_from_the_objects(bulk_model, toy_slides, tmp_path, training_noise):
     """A cohort given as store paths (read one at a time, bags memory-mapped) adapts to the same weights."""
     stores = tmp_path / "cohort"
     for s in toy_slides[:3]:
@@ -189,7 +189,7 @@ def test_transfer_from_stores_equals_transfer_from_the_objects(bulk_model, toy_s
     a, b = from_stores.module.state_dict(), in_memory.module.state_dict()
     assert a.keys() == b.keys()
     for name in a:
-        assert torch.equal(a[name], b[name]), name
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=training_noise, msg=name)
 
 
 def test_gene_panel_is_remapped_by_name(bulk_model):
@@ -232,7 +232,7 @@ def test_bad_transfer_inputs(bulk_model, toy_sections):
         bt.tl.transfer([other], bulk_model, max_epochs=1, progress=False)
 
 
-def test_transfer_is_reproducible_with_a_seed(bulk_model, toy_sections):
+def test_transfer_is_reproducible_with_a_seed(bulk_model, toy_sections, training_noise):
 
     runs = []
     for _ in range(2):
@@ -240,7 +240,7 @@ def test_transfer_is_reproducible_with_a_seed(bulk_model, toy_sections):
         test = copy.deepcopy(toy_sections[3])
         bt.tl.predict(test, new)
         runs.append(bt.get.predictions(test).X)
-    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=training_noise)
 
 
 def test_adapter_keeps_its_bag_settings_and_other_heads_skip_it(bulk_model, toy_sections, toy_slides, tmp_path):
