@@ -10,22 +10,15 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest workers on two cores: one BLAS / torch thread each (and in the
     # processes they start) instead of two each fighting for the same cores
-    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 
-RUN_FIRST = ("test_docs_build_without_warnings", "test_ddp_on_two_cpu_processes_trains_as_well_as_one")
-"""Started first, in this order (both go to the first worker under ``pytest -n 2``).
-
-The docs build takes minutes: the other worker runs the rest beside it. Lightning's ``ddp_fork``
-forks the test process: it must do so before other tests leave threads in it (dask's event loop and
-executors outlive a closed client, and forking them deadlocked the children in full runs).
-"""
+LONGEST_FIRST = ("test_docs_build_without_warnings",)
+"""Tests that take minutes: started first, so that the other worker runs the rest beside them."""
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(
-        key=lambda item: RUN_FIRST.index(item.originalname) if item.originalname in RUN_FIRST else len(RUN_FIRST)
-    )
+    items.sort(key=lambda item: item.originalname not in LONGEST_FIRST)  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)

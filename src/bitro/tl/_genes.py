@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -63,7 +64,7 @@ def select_genes(tables: list, *, n_genes: int, batch: list[str] | None = None) 
         mean = np.asarray(adata.X.mean(axis=0)).ravel()
         return list(adata.var_names[np.argsort(-mean, kind="stable")[:n_top]])
     one_batch = adata.obs["batch"].nunique() == 1 or adata.obs["batch"].value_counts().min() < 3
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch_threads_kept():
         warnings.simplefilter("ignore")  # scanpy notes on non-integer or experimental use
         sc.experimental.pp.highly_variable_genes(
             adata, flavor="pearson_residuals", n_top_genes=n_top, batch_key=None if one_batch else "batch"
@@ -72,6 +73,25 @@ def select_genes(tables: list, *, n_genes: int, batch: list[str] | None = None) 
     rank = var["highly_variable_rank"].to_numpy(dtype=float)
     order = np.lexsort((-var["residual_variances"].to_numpy(dtype=float), np.nan_to_num(rank, nan=np.inf)))
     return list(adata.var_names[order[:n_top]])
+
+
+@contextlib.contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Keep torch's thread count as it was before the block, whatever numba does in it.
+
+    scanpy's residual variances run numba kernels; numba's OpenMP layer sets the thread count of the
+    OpenMP runtime it shares with torch (one libgomp) to its own (all cores). Training then ran on
+    numba's count, not the user's (``OMP_NUM_THREADS``, ``torch.set_num_threads``), and a process
+    that had used those threads hung the processes that ``strategy="ddp_fork"`` forks from it.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def check_genes(genes: Sequence[str], tables: list, ids: list[str]) -> list[str]:
