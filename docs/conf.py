@@ -42,6 +42,8 @@ always_document_param_types = True
 nb_execution_mode = "cache" if os.environ.get("READTHEDOCS") else "force"
 nb_execution_timeout = 300
 nb_execution_raise_on_error = True
+# tutorials built without running them (comma-separated globs; tests/test_docs.py sets it)
+nb_execution_excludepatterns = [p for p in os.environ.get("BITRO_DOCS_NOT_RUN", "").split(",") if p]
 nb_merge_streams = True
 myst_enable_extensions = ["colon_fence", "dollarmath", "amsmath"]
 myst_heading_anchors = 3
