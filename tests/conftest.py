@@ -10,7 +10,7 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest workers on two cores: one BLAS / torch thread each (and in the
     # processes they start) instead of two each fighting for the same cores
-    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 
 LONGEST_FIRST = ("test_docs_build_without_warnings",)
