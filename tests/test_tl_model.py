@@ -723,3 +723,22 @@ def test_choosing_genes_keeps_torchs_thread_count():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "1"
+
+
+def test_morans_i_keeps_torchs_thread_count():
+    """squidpy's Moran's I (in ``evaluate``) runs numba on OpenMP too."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "from bitro.tl._evaluate import morans_i\n"
+        "rng = np.random.default_rng(0)\n"
+        "morans_i(rng.random((50, 3)), rng.random((50, 2)) * 100, ['a', 'b', 'c'])\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "1"

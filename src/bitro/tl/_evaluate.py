@@ -14,6 +14,7 @@ import pandas as pd
 from bitro import _constants as K
 from bitro import _sdata
 from bitro._logging import logger
+from bitro._threads import torch_threads_kept
 from bitro._validate import check_names
 
 from ._metrics import bulk_metrics, pearson_per_gene, spot_metrics
@@ -117,7 +118,7 @@ def morans_i(values: np.ndarray, xy: np.ndarray, genes: Sequence[str]) -> np.nda
     ok = np.isfinite(values).all(axis=1) & np.isfinite(xy).all(axis=1)
     if ok.sum() <= N_NEIGHBOURS:
         return np.full(len(genes), np.nan)
-    with _quiet_squidpy():
+    with _quiet_squidpy(), torch_threads_kept():
         import squidpy as sq
 
         adata = ad.AnnData(values[ok].astype(np.float32), var=pd.DataFrame(index=[str(g) for g in genes]))

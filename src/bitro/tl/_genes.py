@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from bitro._expression import gene_columns, log_cp10k, table_genes
 from bitro._logging import logger
+from bitro._threads import torch_threads_kept
 
 MIN_DETECTION = 0.1
 """Genes detected in fewer than this fraction of training bags are never selected."""
@@ -73,25 +73,6 @@ def select_genes(tables: list, *, n_genes: int, batch: list[str] | None = None) 
     rank = var["highly_variable_rank"].to_numpy(dtype=float)
     order = np.lexsort((-var["residual_variances"].to_numpy(dtype=float), np.nan_to_num(rank, nan=np.inf)))
     return list(adata.var_names[order[:n_top]])
-
-
-@contextlib.contextmanager
-def torch_threads_kept() -> Iterator[None]:
-    """Keep torch's thread count as it was before the block, whatever numba does in it.
-
-    scanpy's residual variances run numba kernels; numba's OpenMP layer sets the thread count of the
-    OpenMP runtime it shares with torch (one libgomp) to its own (all cores). Training then ran on
-    numba's count, not the user's (``OMP_NUM_THREADS``, ``torch.set_num_threads``), and a process
-    that had used those threads hung the processes that ``strategy="ddp_fork"`` forks from it.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
 
 
 def check_genes(genes: Sequence[str], tables: list, ids: list[str]) -> list[str]:
