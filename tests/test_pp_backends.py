@@ -322,7 +322,7 @@ def test_segment_cells_with_cellpose_end_to_end(tiny_cellpose, toy_st):
     _, truth, info = _truth(toy_st)
     diameter_um = float(np.median(2 * np.sqrt(truth.area / np.pi))) * info[K.ATTR_IMAGE_MPP]
     bt.pp.segment_cells(
-        toy_st, method="cellpose", model=tiny_cellpose, diameter_um=diameter_um, tile_size=256, n_jobs=2
+        toy_st, method="cellpose", model=tiny_cellpose, diameter_um=diameter_um, tile_size=256, n_jobs=1
     )
     assert toy_st.attrs[K.ATTRS_KEY][K.ATTR_CELLS_SHAPES] == "cellpose_boundaries"
     cells = toy_st[K.CELLS_TABLE_KEY].obs
