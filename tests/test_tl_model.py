@@ -549,7 +549,7 @@ def test_ddp_on_two_cpu_processes_trains_as_well_as_one(trained, sections):
     """Lightning DDP (2 forked CPU processes, gloo): the caller gets the best weights and the history back.
 
     Forked from a pytest worker where other fits ran: it hung there (forever) while choosing genes left
-    torch's OpenMP runtime on numba's thread count (see ``test_choosing_genes_keeps_torchs_thread_count``).
+    torch's OpenMP runtime on numba's thread count (see ``test_numba_steps_keep_torchs_thread_count``).
     """
     import bitro as bt
 
@@ -706,38 +706,30 @@ def test_model_folders_paths_and_tables_are_taken_as_users_give_them(toy_section
         bt.pl.spatial_prediction(test, spots.genes[0], save=tmp_path / "nodir" / "x.png", show=False)
 
 
-def test_choosing_genes_keeps_torchs_thread_count():
-    """scanpy's residual variances run numba on OpenMP, which set torch's threads (one libgomp) to numba's."""
-    import os
-    import subprocess
-    import sys
-
-    code = (
-        "import torch, bitro as bt\n"
+NUMBA_USERS = {
+    "genes": (  # scanpy's residual variances, when fit chooses genes
+        "import bitro as bt\n"
         "from bitro.tl._genes import select_genes\n"
         "tables = [bt.datasets.toy_st(n_spots=9, n_genes=40, seed=i)['table'] for i in range(2)]\n"
         "select_genes(tables, n_genes=5, batch=['a', 'b'])\n"
-        "print(torch.get_num_threads())\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-1] == "1"
+    ),
+    "moran": (  # squidpy's Moran's I, in evaluate
+        "import numpy as np\n"
+        "from bitro.tl._evaluate import morans_i\n"
+        "rng = np.random.default_rng(0)\n"
+        "morans_i(rng.random((50, 3)), rng.random((50, 2)) * 100, ['a', 'b', 'c'])\n"
+    ),
+}
 
 
-def test_morans_i_keeps_torchs_thread_count():
-    """squidpy's Moran's I (in ``evaluate``) runs numba on OpenMP too."""
+@pytest.mark.parametrize("step", list(NUMBA_USERS))
+def test_numba_steps_keep_torchs_thread_count(step):
+    """numba's OpenMP layer set torch's threads (one libgomp) to numba's; a later ddp_fork then hung."""
     import os
     import subprocess
     import sys
 
-    code = (
-        "import numpy as np, torch\n"
-        "from bitro.tl._evaluate import morans_i\n"
-        "rng = np.random.default_rng(0)\n"
-        "morans_i(rng.random((50, 3)), rng.random((50, 2)) * 100, ['a', 'b', 'c'])\n"
-        "print(torch.get_num_threads())\n"
-    )
+    code = "import torch\n" + NUMBA_USERS[step] + "print(torch.get_num_threads())\n"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
