@@ -15,7 +15,7 @@ def torch_threads_kept() -> Iterator[None]:
     torch then ran on numba's count, not the user's (``OMP_NUM_THREADS``, ``torch.set_num_threads``),
     and a process that had used those threads hung the processes ``strategy="ddp_fork"`` forks from it.
     """
-    import torch
+    import torch  # even when unused so far: torch reads the runtime's count at its first parallel use
 
     threads = torch.get_num_threads()
     try:
