@@ -70,7 +70,7 @@ def tissue_mask(
     """
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
-    from skimage.morphology import disk
+    from skimage.morphology import disk, isotropic_closing
 
     rgb = _as_rgb(rgb)
     sat = saturation(rgb)
@@ -83,7 +83,11 @@ def tissue_mask(
     # edge padding: tissue cut by the image border continues beyond it, so the border does not erode it
     if closing_px > 0:
         pad = int(closing_px)
-        mask = ndi.binary_closing(np.pad(mask, pad, mode="edge"), structure=disk(pad))[pad:-pad, pad:-pad]
+        padded = np.pad(mask, pad, mode="edge")
+        # the same pixels either way (a disk is the set within Euclidean distance `pad`): scipy's erosions scan
+        # the whole disk per pixel (3.5 s at radius 15 on 2048 px), distance transforms cost ~1 s at any radius
+        closed = isotropic_closing(padded, pad) if pad >= 8 else ndi.binary_closing(padded, structure=disk(pad))
+        mask = closed[pad:-pad, pad:-pad]
     mask = ndi.binary_opening(np.pad(mask, 1, mode="edge"), structure=disk(1))[1:-1, 1:-1]
     mask = ndi.binary_fill_holes(mask)
     return _remove_small_objects(mask, int(min_object_px))
