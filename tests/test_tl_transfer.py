@@ -137,10 +137,10 @@ def test_named_adapters_switch(lora_model, toy_sections):
     assert list(two.adapters) == ["default", "section2"]
     assert two.active_adapter == "section2"
     test = sections[3]
-    bt.tl.predict(test, two, key_added="second")
+    bt.tl.predict(test, two, key_added="second", uncertainty=False)
     two.set_adapter("default")
-    bt.tl.predict(test, two, key_added="first")
-    bt.tl.predict(test, lora_model, key_added="original")
+    bt.tl.predict(test, two, key_added="first", uncertainty=False)
+    bt.tl.predict(test, lora_model, key_added="original", uncertainty=False)
     np.testing.assert_allclose(test["first_spots"].X, test["original_spots"].X, atol=1e-5)
     assert not np.allclose(test["first_spots"].X, test["second_spots"].X)
     with pytest.raises(KeyError, match="no adapter 'nope'"):
@@ -155,11 +155,11 @@ def test_merge_adapter_keeps_predictions(lora_model, toy_sections, tmp_path):
     assert merged.peft is None
     assert not merged.adapters
     test = toy_sections[3]
-    bt.tl.predict(test, lora_model, key_added="lora")
-    bt.tl.predict(test, merged, key_added="merged")
+    bt.tl.predict(test, lora_model, key_added="lora", uncertainty=False)
+    bt.tl.predict(test, merged, key_added="merged", uncertainty=False)
     np.testing.assert_allclose(test["lora_spots"].X, test["merged_spots"].X, atol=1e-4)
     merged.save(tmp_path / "merged")
-    bt.tl.predict(test, BiTro.load(tmp_path / "merged"), key_added="reloaded")
+    bt.tl.predict(test, BiTro.load(tmp_path / "merged"), key_added="reloaded", uncertainty=False)
     np.testing.assert_array_equal(test["merged_spots"].X, test["reloaded_spots"].X)
 
 
@@ -238,7 +238,7 @@ def test_transfer_is_reproducible_with_a_seed(bulk_model, toy_sections, training
     for _ in range(2):
         new = bt.tl.transfer(toy_sections[:1], bulk_model, target="spot", max_epochs=1, seed=3, progress=False)
         test = copy.deepcopy(toy_sections[3])
-        bt.tl.predict(test, new)
+        bt.tl.predict(test, new, uncertainty=False)
         runs.append(bt.get.predictions(test).X)
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=training_noise)
 
@@ -254,8 +254,8 @@ def test_adapter_keeps_its_bag_settings_and_other_heads_skip_it(bulk_model, toy_
     assert loaded.config["spots"] == new.config["spots"]
     # the bulk head belongs to the base backbone: it predicts as the base model, adapter off
     a, b = toy_slides[0], copy.deepcopy(toy_slides[0])
-    bt.tl.predict(a, loaded, target="bulk")
-    bt.tl.predict(b, bulk_model)
+    bt.tl.predict(a, loaded, target="bulk", uncertainty=False)
+    bt.tl.predict(b, bulk_model, uncertainty=False)
     np.testing.assert_allclose(bt.get.predictions(a).X, bt.get.predictions(b).X, atol=1e-6)
 
 
@@ -277,7 +277,7 @@ def test_transfer_learns_the_target_labels(bulk_model, toy_sections, mode):
     hist = new.history
     assert hist["val_loss"].min() < 0.85 * hist["val_loss"].iloc[0]  # validation loss fell while training
     test = toy_sections[3]
-    bt.tl.predict(test, new)
+    bt.tl.predict(test, new, uncertainty=False)
     assert bt.tl.evaluate(test).loc["toy3", "pearson_mean"] > 0.2  # held-out spots, same genes
 
 
