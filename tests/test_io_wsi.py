@@ -602,6 +602,24 @@ def test_tissue_mask_background_tissue_and_padding():
     assert polygon.area == pytest.approx(120 * 120, rel=0.01)
 
 
+def test_tissue_mask_closes_gaps_as_a_disk_at_every_radius():
+    """Radii from 8 px close by distance transforms: the mask of scipy's closing with a disk, pixel for pixel."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+
+    rng = np.random.default_rng(0)
+    raw = ndi.gaussian_filter(rng.random((160, 200)), 3) > 0.5  # tissue with gaps of a few pixels
+    image = np.where(raw[..., None], TISSUE_RGB, BACKGROUND).astype(np.uint8)
+    for radius in (7, 8, 12):
+        padded = np.pad(raw, radius, mode="edge")
+        closed = ndi.binary_closing(padded, structure=disk(radius))[radius:-radius, radius:-radius]
+        opened = ndi.binary_opening(np.pad(closed, 1, mode="edge"), structure=disk(1))[1:-1, 1:-1]
+        expected = ndi.binary_fill_holes(opened)
+        found = tissue_mask(image, sigma_px=0, closing_px=radius, min_object_px=0, threshold=0.3)
+        np.testing.assert_array_equal(found, expected, err_msg=f"closing radius {radius}")
+        assert found.sum() > raw.sum()  # gaps were closed
+
+
 def test_small_objects_removed_below_min_object_px():
     from bitro.io._tissue import _remove_small_objects, saturation
 
