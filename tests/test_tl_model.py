@@ -733,7 +733,6 @@ def test_numba_steps_keep_torchs_thread_count():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
-    threads = dict(
-        line.split() for line in out.stdout.splitlines() if line.split()[:1] and line.split()[0] in NUMBA_USERS
-    )
+    rows = [line.split() for line in out.stdout.splitlines()]
+    threads = {row[0]: row[1] for row in rows if len(row) == 2 and row[0] in NUMBA_USERS}
     assert threads == dict.fromkeys(NUMBA_USERS, "1")  # the first step that changed them is the one at fault
