@@ -580,6 +580,25 @@ def test_ddp_on_two_cpu_processes_trains_as_well_as_one(trained, sections):
     assert abs(scores["ddp"] - scores["one"]) < 0.1, scores
 
 
+@pytest.mark.parametrize(("strategy", "inside"), [("ddp_spawn", "file_system"), ("ddp_fork", None)])
+def test_spawned_training_processes_get_tensors_through_files(strategy, inside):
+    """``strategy="ddp_spawn"`` starts: the trainer reaches its spawned processes through shared files.
+
+    With torch's default file-descriptor sharing, starting them failed ("bad value(s) in fds_to_keep").
+    Checked on the Trainer alone (a spawned fit re-imports bitro and Lightning in each process, ~15 s).
+    """
+    import lightning as L
+    import torch.multiprocessing as mp
+
+    from bitro.models._training import _spawn_sharing
+
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False, enable_progress_bar=False)
+    before = mp.get_sharing_strategy()  # "file_descriptor" on Linux
+    with _spawn_sharing(trainer):
+        assert mp.get_sharing_strategy() == (inside or before)
+    assert mp.get_sharing_strategy() == before
+
+
 def test_spot_circles_without_their_table_get_pseudo_spots(trained, sections):
     """A section whose expression table is gone (an H&E image with its old spot grid): predicted like an image."""
     import bitro as bt

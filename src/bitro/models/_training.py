@@ -202,6 +202,28 @@ def _catch_sigint(gate):
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def _spawn_sharing(trainer):
+    """Share tensors through files while a strategy spawns its processes (e.g. ``strategy="ddp_spawn"``).
+
+    Spawned processes get the trainer pickled; torch's default sharing passes each tensor's storage as a
+    file descriptor, which makes ``multiprocessing`` fail to start them ("bad value(s) in fds_to_keep").
+    The file-system strategy does not; the caller's strategy is restored afterwards.
+    """
+    import torch.multiprocessing as mp
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if getattr(launcher, "_start_method", None) != "spawn":  # one process, fork, or a script re-run (ddp)
+        yield
+        return
+    previous = mp.get_sharing_strategy()
+    mp.set_sharing_strategy("file_system")
+    try:
+        yield
+    finally:
+        mp.set_sharing_strategy(previous)
+
+
 def _check_run(checkpoint_dir: Path, identity: dict) -> Path | None:
     """The checkpoint to resume from, if ``checkpoint_dir`` holds one of this very run; else an error or None."""
     from bitro._store import write_json_atomic
@@ -307,7 +329,7 @@ def run_training(module, head: str, td: TrainingData, options: TrainingOptions, 
             default_root_dir=root,
         )
         try:
-            with _catch_sigint(gate):
+            with _catch_sigint(gate), _spawn_sharing(trainer):
                 if resume is not None:
                     trainer.fit(plan, ckpt_path=str(resume), weights_only=True, **loaders)
                 else:

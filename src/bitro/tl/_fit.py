@@ -96,7 +96,7 @@ def fit(
         four GPUs with DDP. From a script, ``strategy="ddp"`` starts one process per device (the
         script runs again in each); from a notebook or any caller that cannot be re-run, use
         ``strategy="ddp_fork"`` (Linux and macOS; ``accelerator="cpu", devices=2`` trains on two
-        CPU processes). Losses are averaged over the processes, so all stop at the same epoch, and
+        CPU processes) or ``strategy="ddp_spawn"`` (any platform; each process imports anew). Losses are averaged over the processes, so all stop at the same epoch, and
         the caller gets the best epoch's weights and the history.
     checkpoint_dir
         Folder for the training state, written after every epoch; calling ``fit`` again with the same
