@@ -130,8 +130,26 @@ def test_worker_processes_in_a_script_without_a_main_guard(tmp_path):
     assert int(done.stdout.split("cells")[-1]) > 100
 
 
+def test_tile_workers_use_their_share_of_the_cores():
+    """Each of ``n_jobs`` workers runs torch, BLAS and OpenMP on ``cores // n_jobs`` threads, not on all cores.
+
+    The worker server imported torch and numpy before the pool's thread count was known.
+    """
+    import os
+
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from bitro.pp._windows import map_tiles
+
+    n = max(1, (os.cpu_count() or 1) // 2)
+    assert list(map_tiles(torch.get_num_threads, [()] * 2, n_jobs=2)) == [n, n]
+    for pools in map_tiles(threadpool_info, [()] * 2, n_jobs=2):
+        assert pools and {p["num_threads"] for p in pools} == {n}, pools
+
+
 def test_worker_processes_exit_when_their_parent_is_killed(tmp_path):
-    """A SIGKILLed caller leaves no worker behind, even one busy with a tile."""
+    """A SIGKILLed caller leaves no process behind: no worker, even one busy with a tile, nor their server."""
     import contextlib
     import signal
     import subprocess
@@ -149,8 +167,10 @@ def test_worker_processes_exit_when_their_parent_is_killed(tmp_path):
         workers = []
         while len(workers) < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
-            workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+            server = [c for c in psutil.Process(proc.pid).children() if "forkserver" in " ".join(c.cmdline())]
+            workers = server[0].children() if server else []
         assert len(workers) == 2
+        workers = list({*workers, *server, *psutil.Process(proc.pid).children()})  # and the resource tracker
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         gone, alive = psutil.wait_procs(workers, timeout=15)

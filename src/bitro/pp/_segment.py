@@ -83,7 +83,8 @@ def segment_cells(
         Expected nucleus diameter in µm (watershed default 8; cellpose: the model's default when None).
     n_jobs
         Worker processes for the tiles (default ``bt.settings.n_jobs``, ``-1`` all cores; a pool
-        spawned per call; threads for a network on a GPU and inside a dask worker);
+        per call, forked from a server that imports bitro once per session; threads for a network
+        on a GPU and inside a dask worker);
         ignored when a ``dask.distributed`` client is active.
     model
         ``method="unet"``: a weights folder (default: the bundled weights); ``method="cellpose"``: a
