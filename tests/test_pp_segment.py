@@ -145,7 +145,8 @@ def test_tile_workers_use_their_share_of_the_cores():
     n = max(1, (os.cpu_count() or 1) // 2)
     assert list(map_tiles(torch.get_num_threads, [()] * 2, n_jobs=2)) == [n, n]
     for pools in map_tiles(threadpool_info, [()] * 2, n_jobs=2):
-        assert pools and {p["num_threads"] for p in pools} == {n}, pools
+        assert pools
+        assert {p["num_threads"] for p in pools} == {n}, pools
 
 
 def test_worker_processes_exit_when_their_parent_is_killed(tmp_path):
