@@ -169,7 +169,8 @@ def features_record(meta: dict) -> dict[str, Any]:
     return {
         "method": meta.get("method"),
         "names": sorted(names, key=names.get),
-        "params": jsonable(dict(meta.get("params", {}))),
+        # sorted: read back from a store, uns keys come in the store's listing order, which varies
+        "params": jsonable(dict(sorted(dict(meta.get("params", {})).items()))),
     }
 
 
