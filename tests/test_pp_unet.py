@@ -154,8 +154,10 @@ def test_batch_norm_folded_for_inference_gives_the_same_maps(tiles):
 
 
 def test_bad_weights_and_images(tmp_path, bitro_log):
-    with pytest.raises(FileNotFoundError, match="not a nucleus U-Net folder"):
-        unet_segmenter(tmp_path / "none", mpp=0.5)
+    with pytest.raises(FileNotFoundError, match="none is not an existing folder"):
+        unet_segmenter(tmp_path / "none", mpp=0.5)  # e.g. a typo
+    with pytest.raises(FileNotFoundError, match="is not a nucleus U-Net folder"):
+        unet_segmenter(tmp_path, mpp=0.5)  # a folder without the weights
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "config.json").write_text('{"format": 1, "architecture": "unet", "channels": [4, 8]}')

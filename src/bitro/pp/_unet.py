@@ -157,7 +157,10 @@ def load_unet(path: str | os.PathLike | None = None) -> tuple[NucleusUNet, dict]
 
     folder = _weights_folder(path)
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-        what = "the bundled nucleus model is missing; reinstall bitro" if path is None else "not a nucleus U-Net folder"
+        if path is None:
+            what = "the bundled nucleus model is missing; reinstall bitro"
+        else:
+            what = "not a nucleus U-Net folder" if folder.exists() else "not an existing folder"
         raise FileNotFoundError(f"`model`: {folder} is {what} (expected {CONFIG_NAME} and {WEIGHTS_NAME}).")
     config = read_json(folder / CONFIG_NAME, what="nucleus model's settings")
     if config.get("format") != FORMAT or config.get("architecture") != "unet":
