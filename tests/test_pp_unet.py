@@ -65,6 +65,41 @@ def test_training_recipe_runs_a_few_iterations_and_round_trips(tiles, tmp_path):
         save_unet(net, config, tmp_path / "w")
 
 
+def test_the_recipe_script_trains_and_bundles_a_network_of_the_widths_asked(tmp_path, monkeypatch):
+    import json
+    import runpy
+    import shutil
+
+    import torch
+
+    # the layout of ../shared/data/nuclei in miniature: TNBC patient 01 trains, 07 validates, one DSB train tile
+    for source, name, dest in [
+        ("10_1", "tnbc", "01_1"),
+        ("11_1", "tnbc", "07_1"),
+        ("10_1", "dsb2018_color", "train_a"),
+    ]:
+        for kind in ("images", "labels"):
+            (tmp_path / name / kind).mkdir(parents=True, exist_ok=True)
+            shutil.copy(DATA / "nuclei" / kind / f"{source}.png", tmp_path / name / kind / f"{dest}.png")
+    script = Path(__file__).parents[1] / "scripts" / "train_nucleus_unet.py"
+    out = tmp_path / "weights"
+    args = ["--data", tmp_path, "--out", out, "--iterations", "2", "--batch-size", "2", "--threads", "1"]
+    monkeypatch.setattr("sys.argv", [str(script), *map(str, args), "--channels", "4", "8", "16"])
+    monkeypatch.setattr(bt.settings, "verbosity", bt.settings.verbosity)  # the script sets it: restored after
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)  # and torch's threads (--threads)
+    net, config = load_unet(out)
+    assert net.channels == [4, 8, 16]
+    assert config["maps"] == ["foreground", "distance", "boundary"]
+    assert config["training"]["iterations"] == 2
+    assert "TNBC patients 07" in config["training"]["validation"]
+    assert "Naylor" in (out / "ATTRIBUTION.txt").read_text()
+    assert json.loads((out / "config.json").read_text())["channels"] == [4, 8, 16]
+
+
 def test_a_stopped_training_resumes_to_the_same_weights(tiles, tmp_path, monkeypatch, training_noise):
     import torch
 
