@@ -320,17 +320,18 @@ class UNetSegmenter:
         return self._net, self._config
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        from skimage.transform import resize
+        from ._resample import resize_bilinear
 
         with self._lock:
             net, config = self._load()
             scale = self.mpp / float(config["mpp"])  # > 1: the tile is upsampled to the net's finer scale
             h, w = rgb.shape[:2]
             size = (max(int(round(h * scale)), 1), max(int(round(w * scale)), 1))
-            tile = rgb if size == (h, w) else resize(rgb, size, order=1, preserve_range=True, anti_aliasing=scale < 1)
-            maps = predict_maps(net, np.asarray(tile, dtype=np.uint8), device=self._device, tta=self.tta)
+            rgb = np.asarray(rgb, dtype=np.uint8)
+            tile = rgb if size == (h, w) else resize_bilinear(rgb, size, channel_axis=-1, anti_aliasing=scale < 1)
+            maps = predict_maps(net, tile, device=self._device, tta=self.tta)
         if maps[0].shape != (h, w):  # the maps back at the tile's own pixels (smooth), then the instances there
-            maps = [resize(m, (h, w), order=1, preserve_range=True, anti_aliasing=False) for m in maps]
+            maps = resize_bilinear(np.stack(maps), (h, w), channel_axis=0, anti_aliasing=False)
         names = ("fg_threshold", "marker_threshold", "boundary_threshold", "min_area_um2")
         settings = {k: self.thresholds.get(k, config.get(k, DEFAULT_CONFIG[k])) for k in names}
         return instances(

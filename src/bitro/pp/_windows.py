@@ -78,15 +78,11 @@ class ResampledImage:
     @staticmethod
     def resample(block: np.ndarray, spec: tuple) -> np.ndarray:
         """The window from :meth:`read_source`'s pixels (a static method: it runs in worker processes)."""
-        from skimage.transform import resize
+        from ._resample import resize_bilinear
 
         f, sy0, sy1, sx0, sx1, y0, y1, x0, x1 = spec
         size = (int(round((sy1 - sy0) * f)), int(round((sx1 - sx0) * f)))
-        # channel by channel: the same pixels as one 3-d resize, a third of its float64 buffers
-        big = np.stack([
-            resize(channel, size, order=1, preserve_range=True, anti_aliasing=f < 1).astype(block.dtype)
-            for channel in block
-        ])  # fmt: skip
+        big = resize_bilinear(block, size, channel_axis=0, anti_aliasing=f < 1)
         oy, ox = int(round(y0 - sy0 * f)), int(round(x0 - sx0 * f))
         out = big[:, oy : oy + (y1 - y0), ox : ox + (x1 - x0)]
         if out.shape[1:] != (y1 - y0, x1 - x0):  # at the image's far edge: pad by repeating the border
