@@ -186,6 +186,25 @@ def test_batch_norm_folded_for_inference_gives_the_same_maps(tiles):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_the_inference_network_gives_the_same_maps_everywhere(tiles):
+    """Upsampling + concatenation replaced by transposed convolutions: the same maps, borders included."""
+    import torch
+
+    from bitro.pp._unet import InferenceUNet
+
+    net, _ = load_unet()
+    fast = InferenceUNet(net).to(memory_format=torch.channels_last)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert fast.multiple == net.multiple
+    rgb = torch.from_numpy(np.ascontiguousarray(tiles[0].rgb[:200, :232])).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        for x in (rgb[..., :160, :224], rgb, rgb[..., :16, :16]):  # 160 x 224 and 16 x 16: multiples of 16
+            # 200 x 232 is not: the coarser maps are not exactly half as large, and the two steps are taken
+            np.testing.assert_allclose(
+                net(x).numpy(), fast(x.contiguous(memory_format=torch.channels_last)).numpy(), atol=1e-4
+            )
+
+
 def test_bad_weights_and_images(tmp_path, bitro_log):
     with pytest.raises(FileNotFoundError, match="none is not an existing folder"):
         unet_segmenter(tmp_path / "none", mpp=0.5)  # e.g. a typo
