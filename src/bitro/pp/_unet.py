@@ -64,6 +64,16 @@ def _block(n_in: int, n_out: int) -> nn.Sequential:
     )
 
 
+def _encode(encoder: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """The encoder's maps of each level, finest first, of an RGB batch in [0, 1] (normalised as in training)."""
+    x = (x - 0.5) / 0.25
+    skips = []
+    for i, block in enumerate(encoder):
+        x = block(x if i == 0 else F.max_pool2d(x, 2))
+        skips.append(x)
+    return skips
+
+
 class NucleusUNet(nn.Module):
     """U-Net: RGB in [0, 1] -> a logit per pixel for each of ``n_maps`` maps (see :data:`MAPS`).
 
@@ -90,11 +100,8 @@ class NucleusUNet(nn.Module):
         return 2 ** (len(self.channels) - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - 0.5) / 0.25
-        skips = []
-        for i, block in enumerate(self.encoder):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
+        skips = _encode(self.encoder, x)
+        x = skips[-1]
         for i in reversed(range(len(self.decoder))):
             x = F.interpolate(x, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
             x = self.decoder[i](torch.cat([x, skips[i]], dim=1))
@@ -192,11 +199,8 @@ class InferenceUNet(nn.Module):
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - 0.5) / 0.25
-        skips = []
-        for i, block in enumerate(self.encoder):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
+        skips = _encode(self.encoder, x)
+        x = skips[-1]
         for i in reversed(range(len(self.rest))):
             skip = skips[i]
             if skip.shape[-2:] == (2 * x.shape[-2], 2 * x.shape[-1]):
